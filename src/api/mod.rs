@@ -1,0 +1,7 @@
+//! The OpenAI contract the gateway serves to applications.
+
+pub mod chat;
+pub mod error;
+pub mod models;
+
+pub use error::ApiError;

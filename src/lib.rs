@@ -1,0 +1,13 @@
+//! Switchyard: an LLM gateway inside Envoy, as a proxy-wasm filter.
+//!
+//! Everything but [`filter`] is plain Rust that builds and tests on the host; `filter` only moves
+//! bytes between Envoy and that code.
+
+pub mod api;
+pub mod config;
+pub mod policy;
+pub mod providers;
+pub mod stream;
+
+#[cfg(target_arch = "wasm32")]
+mod filter;

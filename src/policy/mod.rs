@@ -1,0 +1,2 @@
+//! Pure decisions: routing, keys, limits.
+pub mod routing;

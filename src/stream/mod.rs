@@ -1,0 +1,3 @@
+//! Incremental stream formats: SSE today; AWS event-stream and NDJSON as providers need them.
+
+pub mod sse;
