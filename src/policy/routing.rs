@@ -1,0 +1,158 @@
+//! Model resolution: which route serves the model a client asked for. Exact names and aliases are
+//! looked up in a map; wildcard patterns are tried in configuration order after that.
+
+use std::collections::HashMap;
+
+use crate::config::ModelEntry;
+
+pub struct ModelRouter {
+    entries: Vec<ModelEntry>,
+    exact: HashMap<String, usize>,
+    patterns: Vec<usize>,
+}
+
+/// The outcome of resolving a requested model.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Resolved<'a> {
+    /// Envoy route name (`x-switchyard-route`).
+    pub route: &'a str,
+    /// Canonical model name: the entry's name, or the requested name when a pattern matched.
+    pub model: &'a str,
+}
+
+impl ModelRouter {
+    pub fn new(entries: Vec<ModelEntry>) -> Result<Self, String> {
+        let mut exact = HashMap::new();
+        let mut patterns = Vec::new();
+        for (i, e) in entries.iter().enumerate() {
+            if e.name.is_empty() {
+                return Err(format!("models[{i}]: empty name"));
+            }
+            let route = e.route.as_deref().unwrap_or(&e.name);
+            if route.is_empty() || route.contains('*') {
+                return Err(format!("models[{i}] ({}): a wildcard entry needs an explicit route", e.name));
+            }
+            if e.name.contains('*') {
+                patterns.push(i);
+            } else if exact.insert(e.name.clone(), i).is_some() {
+                return Err(format!("model {} is configured twice", e.name));
+            }
+            for a in &e.aliases {
+                if a.contains('*') {
+                    return Err(format!("alias {a}: aliases cannot be patterns"));
+                }
+                if exact.insert(a.clone(), i).is_some() {
+                    return Err(format!("alias {a} is configured twice"));
+                }
+            }
+        }
+        Ok(ModelRouter { entries, exact, patterns })
+    }
+
+    pub fn resolve<'a>(&'a self, requested: &'a str) -> Option<Resolved<'a>> {
+        if let Some(&i) = self.exact.get(requested) {
+            let e = &self.entries[i];
+            return Some(Resolved { route: e.route.as_deref().unwrap_or(&e.name), model: &e.name });
+        }
+        self.patterns.iter().map(|&i| &self.entries[i]).find(|e| glob_match(&e.name, requested)).map(|e| Resolved {
+            route: e.route.as_deref().unwrap_or(&e.name),
+            model: requested,
+        })
+    }
+
+    /// Listable models: exact names and aliases, with their `owned_by`.
+    pub fn listed(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.entries.iter().filter(|e| !e.name.contains('*')).flat_map(|e| {
+            let owner = e.owned_by.as_deref().unwrap_or("switchyard");
+            std::iter::once((e.name.as_str(), owner)).chain(e.aliases.iter().map(move |a| (a.as_str(), owner)))
+        })
+    }
+
+    /// `owned_by` of a listable model, for `GET /v1/models/{id}`.
+    pub fn owner_of(&self, id: &str) -> Option<&str> {
+        self.listed().find(|(name, _)| *name == id).map(|(_, o)| o)
+    }
+}
+
+/// `*` matches any run of characters (including none); everything else matches itself.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let p = pattern.as_bytes();
+    let t = text.as_bytes();
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if pi < p.len() && p[pi] == t[ti] {
+            pi += 1;
+            ti += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == b'*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(name: &str, aliases: &[&str], route: Option<&str>) -> ModelEntry {
+        ModelEntry {
+            name: name.into(),
+            aliases: aliases.iter().map(|s| s.to_string()).collect(),
+            route: route.map(Into::into),
+            owned_by: None,
+        }
+    }
+
+    #[test]
+    fn exact_alias_and_pattern() {
+        let r = ModelRouter::new(vec![
+            entry("gpt-4o-mini", &["fast"], None),
+            entry("claude-*", &[], Some("anthropic")),
+            entry("*", &[], Some("catch-all")),
+        ])
+        .unwrap();
+        assert_eq!(r.resolve("gpt-4o-mini"), Some(Resolved { route: "gpt-4o-mini", model: "gpt-4o-mini" }));
+        assert_eq!(r.resolve("fast"), Some(Resolved { route: "gpt-4o-mini", model: "gpt-4o-mini" }));
+        assert_eq!(r.resolve("claude-3-haiku"), Some(Resolved { route: "anthropic", model: "claude-3-haiku" }));
+        assert_eq!(r.resolve("llama").unwrap().route, "catch-all");
+        let listed: Vec<_> = r.listed().map(|(n, _)| n).collect();
+        assert_eq!(listed, vec!["gpt-4o-mini", "fast"]);
+        assert_eq!(r.owner_of("fast"), Some("switchyard"));
+        assert_eq!(r.owner_of("claude-*"), None);
+    }
+
+    #[test]
+    fn unknown_model_is_none() {
+        let r = ModelRouter::new(vec![entry("a", &[], None)]).unwrap();
+        assert_eq!(r.resolve("b"), None);
+        assert_eq!(r.resolve(""), None);
+    }
+
+    #[test]
+    fn configuration_mistakes_are_errors() {
+        assert!(ModelRouter::new(vec![entry("a", &[], None), entry("a", &[], None)]).is_err());
+        assert!(ModelRouter::new(vec![entry("a", &["b"], None), entry("b", &[], None)]).is_err());
+        assert!(ModelRouter::new(vec![entry("a*", &[], None)]).is_err());
+    }
+
+    #[test]
+    fn glob() {
+        assert!(glob_match("gpt-*", "gpt-4o"));
+        assert!(glob_match("*-mini", "gpt-4o-mini"));
+        assert!(glob_match("a*b*c", "aXXbYYc"));
+        assert!(!glob_match("a*b*c", "aXXbYY"));
+        assert!(glob_match("*", ""));
+        assert!(!glob_match("gpt-*", "claude"));
+    }
+}

@@ -1,3 +1,4 @@
 //! Incremental stream formats: SSE today; AWS event-stream and NDJSON as providers need them.
 
 pub mod sse;
+pub mod usage_tap;

@@ -1,0 +1,217 @@
+//! Backend role: runs upstream, once per attempt (first try and every retry), after Envoy chose the
+//! endpoint. The endpoint's metadata names the backend; this filter rewrites the attempt into that
+//! backend's wire schema and translates the answer back into OpenAI's shape.
+
+use std::rc::Rc;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::{Action, BufferType};
+
+use super::{header, now_secs, send_error, set_request_header, set_response_header, BackendRuntime, Backends};
+use crate::api::chat::parse_chat_request;
+use crate::api::ApiError;
+use crate::config::{Schema, DEFAULT_ANTHROPIC_VERSION, DEFAULT_MAX_TOKENS, INTERNAL_HEADER_PREFIX, METADATA_NAMESPACE, MODEL_HEADER};
+use crate::providers::{anthropic, openai};
+
+/// Client headers that carry credentials: never forwarded to a provider.
+const CLIENT_CREDENTIAL_HEADERS: &[&str] = &["authorization", "x-api-key", "api-key", "x-goog-api-key", "cookie", "proxy-authorization"];
+
+enum ResponseMode {
+    /// OpenAI-compatible success: the body is already in the client's shape.
+    Passthrough,
+    /// An error answer, buffered and rewritten into an OpenAI error.
+    Error { status: u16 },
+    /// Anthropic non-stream success, buffered and translated whole.
+    AnthropicWhole,
+    /// Anthropic SSE, translated chunk by chunk.
+    AnthropicStream(Box<anthropic::StreamTranslator>),
+}
+
+pub struct BackendFilter {
+    backends: Rc<Backends>,
+    backend: Option<Rc<BackendRuntime>>,
+    /// Model name sent upstream.
+    model: String,
+    stream: bool,
+    mode: ResponseMode,
+    out: Vec<u8>,
+}
+
+impl BackendFilter {
+    pub fn new(backends: Rc<Backends>) -> Self {
+        BackendFilter { backends, backend: None, model: String::new(), stream: false, mode: ResponseMode::Passthrough, out: Vec::new() }
+    }
+
+    fn metadata(&self, key: &str) -> Option<String> {
+        let v = self.get_property(vec!["xds", "upstream_host_metadata", "filter_metadata", METADATA_NAMESPACE, key])?;
+        String::from_utf8(v).ok().filter(|s| !s.is_empty())
+    }
+
+    /// Rewrites the buffered request body and the headers for the chosen backend.
+    fn translate_request(&mut self, backend: &BackendRuntime, body: &[u8]) -> Result<(), ApiError> {
+        let cfg = &backend.cfg;
+        let new_body = match cfg.schema {
+            Schema::Openai => {
+                let (b, stream) = openai::request_body(body, &self.model)?;
+                self.stream = stream;
+                b
+            }
+            Schema::Anthropic => {
+                let req = parse_chat_request(body)?;
+                self.stream = req.is_stream();
+                anthropic::request_body(&req, &self.model, cfg.default_max_tokens.unwrap_or(DEFAULT_MAX_TOKENS))?
+            }
+        };
+        set_request_header(":path", Some(&cfg.chat_path()));
+        if let Some(host) = &cfg.host {
+            set_request_header(":authority", Some(host));
+        }
+        set_request_header("content-type", Some("application/json"));
+        set_request_header("content-length", Some(&new_body.len().to_string()));
+        // The answer must come back uncompressed: it is parsed and translated here and in the gateway.
+        set_request_header("accept-encoding", Some("identity"));
+        if let Some(cred) = &backend.credential {
+            set_request_header(cfg.credential_header(), Some(cred));
+        }
+        if cfg.schema == Schema::Anthropic {
+            set_request_header("anthropic-version", Some(cfg.anthropic_version.as_deref().unwrap_or(DEFAULT_ANTHROPIC_VERSION)));
+        }
+        for (k, v) in &cfg.headers {
+            set_request_header(k, Some(v));
+        }
+        if let Err(e) = hostcalls::set_buffer(BufferType::HttpRequestBody, 0, body.len(), &new_body) {
+            return Err(ApiError::gateway(500, format!("cannot replace the request body: {e:?}")));
+        }
+        Ok(())
+    }
+}
+
+impl Context for BackendFilter {}
+
+impl HttpContext for BackendFilter {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let Some(name) = self.metadata("backend") else {
+            log::error!("switchyard: the upstream endpoint has no filter_metadata.{METADATA_NAMESPACE}.backend");
+            send_error(&ApiError::gateway(500, "Gateway misconfiguration: the chosen endpoint names no backend."));
+            return Action::Pause;
+        };
+        let Some(backend) = self.backends.by_name.get(&name).cloned() else {
+            log::error!("switchyard: endpoint names backend {name}, which the backend filter does not configure");
+            send_error(&ApiError::gateway(500, format!("Gateway misconfiguration: unknown backend `{name}`.")));
+            return Action::Pause;
+        };
+        let headers = self.get_http_request_headers();
+        let requested = header(&headers, MODEL_HEADER).unwrap_or("").to_string();
+        self.model = self.metadata("model").or_else(|| backend.cfg.model.clone()).unwrap_or(requested);
+        for (k, _) in &headers {
+            if k.starts_with(INTERNAL_HEADER_PREFIX) || CLIENT_CREDENTIAL_HEADERS.contains(&k.as_str()) {
+                set_request_header(k, None);
+            }
+        }
+        self.backend = Some(backend);
+        if end_of_stream {
+            return Action::Continue;
+        }
+        Action::Pause
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        let Some(backend) = self.backend.clone() else {
+            return Action::Continue;
+        };
+        let body = self.get_http_request_body(0, body_size).unwrap_or_default();
+        match self.translate_request(&backend, &body) {
+            Ok(()) => Action::Continue,
+            Err(e) => {
+                send_error(&e);
+                Action::Pause
+            }
+        }
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let Some(backend) = self.backend.as_ref() else {
+            return Action::Continue;
+        };
+        let status: u16 = self.get_http_response_header(":status").and_then(|s| s.parse().ok()).unwrap_or(0);
+        let schema = backend.cfg.schema;
+        self.mode = if status >= 400 {
+            let mapped = match schema {
+                Schema::Anthropic => anthropic::map_status(status),
+                Schema::Openai => status,
+            };
+            if mapped != status {
+                set_response_header(":status", Some(&mapped.to_string()));
+            }
+            ResponseMode::Error { status }
+        } else {
+            match schema {
+                Schema::Openai => ResponseMode::Passthrough,
+                Schema::Anthropic if self.stream => ResponseMode::AnthropicStream(Box::new(anthropic::StreamTranslator::new(now_secs()))),
+                Schema::Anthropic => ResponseMode::AnthropicWhole,
+            }
+        };
+        match self.mode {
+            ResponseMode::Passthrough => Action::Continue,
+            ResponseMode::AnthropicStream(_) => {
+                set_response_header("content-length", None);
+                Action::Continue
+            }
+            // Hold the headers until the whole body is translated: its status and length may change.
+            _ if end_of_stream => Action::Continue,
+            _ => {
+                set_response_header("content-type", Some("application/json"));
+                Action::Pause
+            }
+        }
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let schema = match self.backend.as_ref() {
+            Some(b) => b.cfg.schema,
+            None => return Action::Continue,
+        };
+        if matches!(self.mode, ResponseMode::Passthrough) {
+            return Action::Continue;
+        }
+        let buffered = !matches!(self.mode, ResponseMode::AnthropicStream(_));
+        if buffered && !end_of_stream {
+            return Action::Pause;
+        }
+        let body = if body_size > 0 { self.get_http_response_body(0, body_size).unwrap_or_default() } else { Vec::new() };
+        self.out.clear();
+        match &mut self.mode {
+            ResponseMode::Passthrough => {}
+            ResponseMode::AnthropicStream(translator) => {
+                translator.push(&body, &mut self.out);
+                if end_of_stream {
+                    translator.finish(&mut self.out);
+                }
+            }
+            ResponseMode::Error { status } => {
+                self.out = match schema {
+                    Schema::Anthropic => anthropic::map_error(*status, &body).1,
+                    Schema::Openai => openai::map_error(*status, &body),
+                };
+            }
+            ResponseMode::AnthropicWhole => match anthropic::response_body(&body, now_secs()) {
+                Ok(b) => self.out = b,
+                Err(e) => {
+                    set_response_header(":status", Some(&e.status.to_string()));
+                    self.out = e.to_json();
+                }
+            },
+        }
+        if let Err(e) = hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body_size, &self.out) {
+            log::warn!("switchyard: cannot replace response body: {e:?}");
+        }
+        if buffered {
+            set_response_header("content-length", Some(&self.out.len().to_string()));
+        }
+        Action::Continue
+    }
+}

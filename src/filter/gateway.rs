@@ -1,0 +1,159 @@
+//! Gateway role: runs downstream, before the router. Validates the request, resolves the model to
+//! a route and lets Envoy's router pick that route's cluster; answers `/v1/models` itself.
+
+use std::rc::Rc;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::Action;
+
+use super::{header, now_secs, send_error, send_json, set_request_header};
+use crate::api::chat::parse_chat_request;
+use crate::api::{models, ApiError};
+use crate::config::{Gateway, INTERNAL_HEADER_PREFIX, MODEL_HEADER, ROUTE_HEADER};
+use crate::stream::usage_tap::UsageTap;
+
+pub struct GatewayFilter {
+    cfg: Rc<Gateway>,
+    /// Set once the request is a chat completion whose body must be read.
+    chat: bool,
+    stream: bool,
+    wants_usage: bool,
+    tap: Option<UsageTap>,
+    out: Vec<u8>,
+}
+
+impl GatewayFilter {
+    pub fn new(cfg: Rc<Gateway>) -> Self {
+        GatewayFilter { cfg, chat: false, stream: false, wants_usage: false, tap: None, out: Vec::new() }
+    }
+
+    fn on_chat_body(&mut self, body: &[u8]) -> Result<(), ApiError> {
+        let req = parse_chat_request(body)?;
+        let resolved = self.cfg.router.resolve(&req.model).ok_or_else(|| ApiError::model_not_found(&req.model))?;
+        set_request_header(ROUTE_HEADER, Some(resolved.route));
+        set_request_header(MODEL_HEADER, Some(resolved.model));
+        // Make Envoy select the route again, now that the route header is set.
+        if let Err(e) = hostcalls::call_foreign_function("clear_route_cache", None) {
+            log::warn!("switchyard: clear_route_cache failed: {e:?}");
+        }
+        self.stream = req.is_stream();
+        self.wants_usage = req.wants_stream_usage();
+        Ok(())
+    }
+}
+
+impl Context for GatewayFilter {}
+
+impl HttpContext for GatewayFilter {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let headers = self.get_http_request_headers();
+        for (name, _) in &headers {
+            if name.starts_with(INTERNAL_HEADER_PREFIX) {
+                set_request_header(name, None);
+            }
+        }
+        let method = header(&headers, ":method").unwrap_or("");
+        let full_path = header(&headers, ":path").unwrap_or("/");
+        let path = full_path.split('?').next().unwrap_or(full_path);
+
+        match path.trim_end_matches('/') {
+            "/v1/chat/completions" => {
+                if method != "POST" {
+                    send_json(405, &ApiError::method_not_allowed(method, path, "POST").to_json(), &[("allow", "POST")]);
+                    return Action::Pause;
+                }
+                let declared = header(&headers, "content-length").and_then(|v| v.parse::<usize>().ok());
+                if let Some(Err(e)) = declared.map(|n| self.cfg.check_body_size(n)) {
+                    send_error(&e);
+                    return Action::Pause;
+                }
+                if end_of_stream {
+                    send_error(&ApiError::invalid_request(
+                        "We could not parse the JSON body of your request: the body is empty. The API expects a JSON payload.",
+                    ));
+                    return Action::Pause;
+                }
+                self.chat = true;
+                Action::Pause
+            }
+            "/v1/models" => {
+                if method != "GET" {
+                    send_json(405, &ApiError::method_not_allowed(method, path, "GET").to_json(), &[("allow", "GET")]);
+                } else {
+                    send_json(200, &models::model_list_json(self.cfg.router.listed(), now_secs()), &[]);
+                }
+                Action::Pause
+            }
+            p if p.starts_with("/v1/models/") => {
+                let id = &p["/v1/models/".len()..];
+                if method != "GET" {
+                    send_json(405, &ApiError::method_not_allowed(method, path, "GET").to_json(), &[("allow", "GET")]);
+                } else {
+                    match self.cfg.router.owner_of(id) {
+                        Some(owner) => send_json(200, &models::model_json(id, owner, now_secs()), &[]),
+                        None => send_error(&ApiError::model_not_found(id)),
+                    }
+                }
+                Action::Pause
+            }
+            _ => {
+                send_error(&ApiError::not_found_path(method, path));
+                Action::Pause
+            }
+        }
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if !self.chat {
+            return Action::Continue;
+        }
+        if let Err(e) = self.cfg.check_body_size(body_size) {
+            self.chat = false;
+            send_error(&e);
+            return Action::Pause;
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        let body = self.get_http_request_body(0, body_size).unwrap_or_default();
+        match self.on_chat_body(&body) {
+            Ok(()) => Action::Continue,
+            Err(e) => {
+                self.chat = false;
+                send_error(&e);
+                Action::Pause
+            }
+        }
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if self.chat && self.stream {
+            let status = self.get_http_response_header(":status");
+            let ctype = self.get_http_response_header("content-type").unwrap_or_default();
+            if status.as_deref() == Some("200") && ctype.starts_with("text/event-stream") {
+                self.tap = Some(UsageTap::new(self.wants_usage));
+            }
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.tap.is_none() {
+            return Action::Continue;
+        }
+        let chunk = if body_size > 0 { self.get_http_response_body(0, body_size).unwrap_or_default() } else { Vec::new() };
+        let Some(tap) = self.tap.as_mut() else {
+            return Action::Continue;
+        };
+        self.out.clear();
+        tap.push(&chunk, &mut self.out);
+        if end_of_stream {
+            tap.finish(&mut self.out);
+        }
+        if let Err(e) = hostcalls::set_buffer(proxy_wasm::types::BufferType::HttpResponseBody, 0, body_size, &self.out) {
+            log::warn!("switchyard: cannot replace response body: {e:?}");
+        }
+        Action::Continue
+    }
+}

@@ -1,0 +1,132 @@
+//! The only code that talks to Envoy. It moves bytes between the host and the plain-Rust logic in
+//! the rest of the crate; decisions live there, not here.
+
+mod backend;
+mod gateway;
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{ContextType, LogLevel, MapType};
+
+use crate::api::ApiError;
+use crate::config::{Backend, Gateway, PluginConfig};
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { role: None }) });
+}}
+
+/// What one plugin instance is, per its configuration.
+enum Role {
+    Gateway(Rc<Gateway>),
+    Backend(Rc<Backends>),
+}
+
+/// Backends with their credentials read once, at configuration time.
+pub(crate) struct Backends {
+    by_name: HashMap<String, Rc<BackendRuntime>>,
+}
+
+pub(crate) struct BackendRuntime {
+    pub name: String,
+    pub cfg: Backend,
+    /// The full credential header value (prefix + secret), if the environment provided one.
+    pub credential: Option<String>,
+}
+
+struct Root {
+    role: Option<Role>,
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let bytes = self.get_plugin_configuration().unwrap_or_default();
+        let parsed = PluginConfig::parse(&bytes).and_then(|cfg| match cfg {
+            PluginConfig::Gateway(g) => Gateway::new(g).map(|g| Role::Gateway(Rc::new(g))),
+            PluginConfig::Backend(b) => {
+                let mut by_name = HashMap::new();
+                for (name, cfg) in b.backends {
+                    let credential = cfg.credential.as_ref().and_then(|c| match std::env::var(&c.env) {
+                        Ok(secret) if !secret.is_empty() => Some(format!("{}{}", cfg.credential_prefix(), secret)),
+                        _ => {
+                            log::warn!(
+                                "switchyard: backend {name}: environment variable {} is not set (list it in vm_config.environment_variables.host_env_keys); requests go without a credential",
+                                c.env
+                            );
+                            None
+                        }
+                    });
+                    by_name.insert(name.clone(), Rc::new(BackendRuntime { name, cfg, credential }));
+                }
+                Ok(Role::Backend(Rc::new(Backends { by_name })))
+            }
+        });
+        match parsed {
+            Ok(role) => {
+                self.role = Some(role);
+                true
+            }
+            Err(e) => {
+                log::error!("switchyard: {e}");
+                false
+            }
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        match &self.role {
+            Some(Role::Gateway(g)) => Some(Box::new(gateway::GatewayFilter::new(g.clone()))),
+            Some(Role::Backend(b)) => Some(Box::new(backend::BackendFilter::new(b.clone()))),
+            None => None,
+        }
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+// Small wrappers over hostcalls that log instead of panicking: a failed hostcall must never take
+// the VM (and every request it serves) down.
+
+fn set_request_header(name: &str, value: Option<&str>) {
+    if let Err(e) = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value) {
+        log::warn!("switchyard: cannot set request header {name}: {e:?}");
+    }
+}
+
+fn set_response_header(name: &str, value: Option<&str>) {
+    if let Err(e) = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, value) {
+        log::warn!("switchyard: cannot set response header {name}: {e:?}");
+    }
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+/// Answers locally with an OpenAI-shaped error.
+fn send_error(err: &ApiError) {
+    send_json(err.status, &err.to_json(), &[]);
+}
+
+fn send_json(status: u16, body: &[u8], extra: &[(&str, &str)]) {
+    let mut headers = vec![("content-type", "application/json")];
+    headers.extend_from_slice(extra);
+    if let Err(e) = hostcalls::send_http_response(status as u32, headers, Some(body)) {
+        log::warn!("switchyard: cannot send local response: {e:?}");
+    }
+}
+
+fn now_secs() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
