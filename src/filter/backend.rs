@@ -9,23 +9,22 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType};
 
 use super::{header, now_secs, send_error, set_request_header, set_response_header, BackendRuntime, Backends};
-use crate::api::chat::parse_chat_request;
 use crate::api::ApiError;
-use crate::config::{Schema, DEFAULT_ANTHROPIC_VERSION, DEFAULT_MAX_TOKENS, INTERNAL_HEADER_PREFIX, METADATA_NAMESPACE, MODEL_HEADER};
-use crate::providers::{anthropic, openai};
+use crate::config::{INTERNAL_HEADER_PREFIX, METADATA_NAMESPACE, MODEL_HEADER};
+use crate::providers::{self, AttemptContext, StreamTranslate};
 
 /// Client headers that carry credentials: never forwarded to a provider.
 const CLIENT_CREDENTIAL_HEADERS: &[&str] = &["authorization", "x-api-key", "api-key", "x-goog-api-key", "cookie", "proxy-authorization"];
 
 enum ResponseMode {
-    /// OpenAI-compatible success: the body is already in the client's shape.
+    /// The body is already in the client's shape (OpenAI-compatible success).
     Passthrough,
     /// An error answer, buffered and rewritten into an OpenAI error.
     Error { status: u16 },
-    /// Anthropic non-stream success, buffered and translated whole.
-    AnthropicWhole,
-    /// Anthropic SSE, translated chunk by chunk.
-    AnthropicStream(Box<anthropic::StreamTranslator>),
+    /// Non-stream success, buffered and translated whole.
+    Whole,
+    /// A stream, translated chunk by chunk.
+    Stream(Box<dyn StreamTranslate>),
 }
 
 pub struct BackendFilter {
@@ -51,36 +50,26 @@ impl BackendFilter {
     /// Rewrites the buffered request body and the headers for the chosen backend.
     fn translate_request(&mut self, backend: &BackendRuntime, body: &[u8]) -> Result<(), ApiError> {
         let cfg = &backend.cfg;
-        let new_body = match cfg.schema {
-            Schema::Openai => {
-                let (b, stream) = openai::request_body(body, &self.model)?;
-                self.stream = stream;
-                b
-            }
-            Schema::Anthropic => {
-                let req = parse_chat_request(body)?;
-                self.stream = req.is_stream();
-                anthropic::request_body(&req, &self.model, cfg.default_max_tokens.unwrap_or(DEFAULT_MAX_TOKENS))?
-            }
-        };
-        set_request_header(":path", Some(&cfg.chat_path()));
+        let up = providers::chat_request(cfg, body, &AttemptContext { model: &self.model, now_unix: now_secs() })?;
+        self.stream = up.stream;
+        set_request_header(":path", Some(&up.path));
         if let Some(host) = &cfg.host {
             set_request_header(":authority", Some(host));
         }
         set_request_header("content-type", Some("application/json"));
-        set_request_header("content-length", Some(&new_body.len().to_string()));
+        set_request_header("content-length", Some(&up.body.len().to_string()));
         // The answer must come back uncompressed: it is parsed and translated here and in the gateway.
         set_request_header("accept-encoding", Some("identity"));
         if let Some(cred) = &backend.credential {
             set_request_header(cfg.credential_header(), Some(cred));
         }
-        if cfg.schema == Schema::Anthropic {
-            set_request_header("anthropic-version", Some(cfg.anthropic_version.as_deref().unwrap_or(DEFAULT_ANTHROPIC_VERSION)));
-        }
         for (k, v) in &cfg.headers {
             set_request_header(k, Some(v));
         }
-        if let Err(e) = hostcalls::set_buffer(BufferType::HttpRequestBody, 0, body.len(), &new_body) {
+        for (k, v) in &up.headers {
+            set_request_header(k, Some(v));
+        }
+        if let Err(e) = hostcalls::set_buffer(BufferType::HttpRequestBody, 0, body.len(), &up.body) {
             return Err(ApiError::gateway(500, format!("cannot replace the request body: {e:?}")));
         }
         Ok(())
@@ -109,6 +98,7 @@ impl HttpContext for BackendFilter {
                 set_request_header(k, None);
             }
         }
+        log::debug!("switchyard: attempt to backend {} with model {}", backend.name, self.model);
         self.backend = Some(backend);
         if end_of_stream {
             return Action::Continue;
@@ -140,24 +130,24 @@ impl HttpContext for BackendFilter {
         let status: u16 = self.get_http_response_header(":status").and_then(|s| s.parse().ok()).unwrap_or(0);
         let schema = backend.cfg.schema;
         self.mode = if status >= 400 {
-            let mapped = match schema {
-                Schema::Anthropic => anthropic::map_status(status),
-                Schema::Openai => status,
-            };
+            let mapped = providers::error_status(schema, status);
             if mapped != status {
                 set_response_header(":status", Some(&mapped.to_string()));
             }
             ResponseMode::Error { status }
-        } else {
-            match schema {
-                Schema::Openai => ResponseMode::Passthrough,
-                Schema::Anthropic if self.stream => ResponseMode::AnthropicStream(Box::new(anthropic::StreamTranslator::new(now_secs()))),
-                Schema::Anthropic => ResponseMode::AnthropicWhole,
+        } else if self.stream {
+            match providers::stream_translator(schema, now_secs()) {
+                Some(t) => ResponseMode::Stream(t),
+                None => ResponseMode::Passthrough,
             }
+        } else if providers::translates_responses(schema) {
+            ResponseMode::Whole
+        } else {
+            ResponseMode::Passthrough
         };
         match self.mode {
             ResponseMode::Passthrough => Action::Continue,
-            ResponseMode::AnthropicStream(_) => {
+            ResponseMode::Stream(_) => {
                 set_response_header("content-length", None);
                 Action::Continue
             }
@@ -178,7 +168,7 @@ impl HttpContext for BackendFilter {
         if matches!(self.mode, ResponseMode::Passthrough) {
             return Action::Continue;
         }
-        let buffered = !matches!(self.mode, ResponseMode::AnthropicStream(_));
+        let buffered = !matches!(self.mode, ResponseMode::Stream(_));
         if buffered && !end_of_stream {
             return Action::Pause;
         }
@@ -186,19 +176,14 @@ impl HttpContext for BackendFilter {
         self.out.clear();
         match &mut self.mode {
             ResponseMode::Passthrough => {}
-            ResponseMode::AnthropicStream(translator) => {
+            ResponseMode::Stream(translator) => {
                 translator.push(&body, &mut self.out);
                 if end_of_stream {
                     translator.finish(&mut self.out);
                 }
             }
-            ResponseMode::Error { status } => {
-                self.out = match schema {
-                    Schema::Anthropic => anthropic::map_error(*status, &body).1,
-                    Schema::Openai => openai::map_error(*status, &body),
-                };
-            }
-            ResponseMode::AnthropicWhole => match anthropic::response_body(&body, now_secs()) {
+            ResponseMode::Error { status } => self.out = providers::error_body(schema, *status, &body),
+            ResponseMode::Whole => match providers::response_body(schema, &body, now_secs()) {
                 Ok(b) => self.out = b,
                 Err(e) => {
                     set_response_header(":status", Some(&e.status.to_string()));
