@@ -1,0 +1,2086 @@
+//! Anthropic Messages API (`POST /v1/messages`, `anthropic-version: 2023-06-01`) ⇄ OpenAI Chat
+//! Completions.
+//!
+//! * [`request_body`] builds the Messages request from a parsed [`ChatRequest`].
+//! * [`response_body`] turns a whole Anthropic `Message` into a `chat.completion`.
+//! * [`StreamTranslator`] turns the Anthropic SSE stream (`message_start`, `content_block_*`,
+//!   `message_delta`, `message_stop`, `ping`, `error`) into `chat.completion.chunk` events, ending
+//!   with a usage-only chunk and `data: [DONE]`.
+//! * [`map_error`] / [`map_status`] turn Anthropic errors into OpenAI-shaped ones (529 → 503).
+//!
+//! Everything here runs on untrusted bytes inside the VM: no `unwrap`, no indexing on input.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::marker::PhantomData;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::api::chat::{
+    ChatCompletion, ChatCompletionChunk, ChatRequest, Choice, ChunkChoice, Content, ContentPart,
+    Delta, FunctionCall, FunctionDelta, PromptTokensDetails, ResponseFormat, ResponseMessage, Role,
+    Stop, ToolCall, ToolCallDelta, ToolChoice, Usage,
+};
+use crate::api::error::{kind_for_status, ApiError};
+use crate::stream::sse::{write_json_event, write_raw_event, SseParser, SseStatus, DONE};
+
+// =============================================================================================
+// Request
+// =============================================================================================
+
+#[derive(Serialize)]
+struct MessagesRequest<'a> {
+    model: &'a str,
+    max_tokens: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    system: Option<String>,
+    messages: Vec<AnthMessage<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stop_sequences: Option<Vec<&'a str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metadata: Option<Metadata<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tools: Option<Vec<AnthTool<'a>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<AnthToolChoice<'a>>,
+}
+
+#[derive(Serialize)]
+struct Metadata<'a> {
+    user_id: &'a str,
+}
+
+#[derive(Serialize)]
+struct AnthMessage<'a> {
+    role: &'static str,
+    content: Vec<Block<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Block<'a> {
+    Text {
+        text: &'a str,
+    },
+    Image {
+        source: ImageSource<'a>,
+    },
+    ToolUse {
+        id: &'a str,
+        name: &'a str,
+        input: Value,
+    },
+    ToolResult {
+        tool_use_id: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        content: Option<ToolResultContent<'a>>,
+    },
+}
+
+impl Block<'_> {
+    fn is_tool_result(&self) -> bool {
+        matches!(self, Block::ToolResult { .. })
+    }
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ImageSource<'a> {
+    Base64 { media_type: &'a str, data: &'a str },
+    Url { url: &'a str },
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum ToolResultContent<'a> {
+    Text(&'a str),
+    Blocks(Vec<Block<'a>>),
+}
+
+#[derive(Serialize)]
+struct AnthTool<'a> {
+    name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<&'a str>,
+    input_schema: Cow<'a, Value>,
+}
+
+#[derive(Serialize)]
+struct AnthToolChoice<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    disable_parallel_tool_use: Option<bool>,
+}
+
+/// Appended to the system prompt for `response_format: {"type":"json_object"}`.
+const JSON_OBJECT_INSTRUCTION: &str = "Respond with a single valid JSON object and nothing else: \
+no prose, no explanation and no Markdown code fences before or after it.";
+
+/// Build the Anthropic `/v1/messages` JSON body.
+///
+/// * `system` and `developer` messages, wherever they appear, become the top-level `system` string
+///   (several are joined with a blank line).
+/// * `user` / `assistant` messages become content blocks; assistant `tool_calls` become `tool_use`
+///   blocks after the assistant's text; `tool` messages become `tool_result` blocks in a `user`
+///   turn. Consecutive turns of the same Anthropic role are merged into one message, and inside a
+///   merged user turn every `tool_result` block comes before other content, as Anthropic requires.
+/// * `response_format`: this API version has no JSON mode, so `json_object` / `json_schema` are
+///   emulated by appending an instruction (with the schema, when one is given) to the system
+///   prompt. The model is asked, not forced: clients that need a guarantee must validate.
+/// * `temperature` and `top_p` are passed unchanged (Anthropic's temperature range is 0–1; a larger
+///   value comes back as Anthropic's own 400).
+/// * Not translated: `seed`, `metadata`, `stream_options` (the stream always reports usage),
+///   `reasoning_content` of earlier assistant turns (Anthropic needs signed thinking blocks).
+pub fn request_body(req: &ChatRequest, model: &str, default_max_tokens: u32) -> Result<Vec<u8>, ApiError> {
+    if let Some(n) = req.n {
+        if n > 1 {
+            return Err(ApiError::invalid_param(
+                "n",
+                format!("`n` = {n} is not supported: the Anthropic backend returns one choice per request."),
+            ));
+        }
+    }
+
+    let mut system_parts: Vec<String> = Vec::new();
+    let mut messages: Vec<AnthMessage<'_>> = Vec::with_capacity(req.messages.len());
+
+    for (i, m) in req.messages.iter().enumerate() {
+        match m.role {
+            Role::System | Role::Developer => {
+                if let Some(c) = &m.content {
+                    let text = c.joined_text();
+                    if !text.is_empty() {
+                        system_parts.push(text);
+                    }
+                }
+            }
+            Role::User => {
+                let mut blocks = Vec::new();
+                if let Some(c) = &m.content {
+                    content_blocks(c, i, false, &mut blocks)?;
+                }
+                push_turn(&mut messages, "user", blocks);
+            }
+            Role::Assistant => {
+                let mut blocks = Vec::new();
+                if let Some(c) = &m.content {
+                    content_blocks(c, i, true, &mut blocks)?;
+                }
+                if let Some(calls) = &m.tool_calls {
+                    for (k, call) in calls.iter().enumerate() {
+                        let input = parse_arguments(&call.function.arguments).ok_or_else(|| {
+                            ApiError::invalid_param(
+                                format!("messages[{i}].tool_calls[{k}].function.arguments"),
+                                format!(
+                                    "Invalid value for 'messages[{i}].tool_calls[{k}].function.arguments': \
+                                     expected a JSON object encoded as a string."
+                                ),
+                            )
+                        })?;
+                        blocks.push(Block::ToolUse { id: &call.id, name: &call.function.name, input });
+                    }
+                }
+                push_turn(&mut messages, "assistant", blocks);
+            }
+            Role::Tool => {
+                let Some(tool_use_id) = m.tool_call_id.as_deref() else {
+                    return Err(ApiError::invalid_param(
+                        format!("messages[{i}].tool_call_id"),
+                        format!("Missing required parameter: 'messages[{i}].tool_call_id'."),
+                    ));
+                };
+                let content = match &m.content {
+                    None => None,
+                    Some(Content::Text(s)) if s.is_empty() => None,
+                    Some(Content::Text(s)) => Some(ToolResultContent::Text(s)),
+                    Some(c @ Content::Parts(_)) => {
+                        let mut inner = Vec::new();
+                        content_blocks(c, i, true, &mut inner)?;
+                        if inner.is_empty() {
+                            None
+                        } else {
+                            Some(ToolResultContent::Blocks(inner))
+                        }
+                    }
+                };
+                push_turn(&mut messages, "user", vec![Block::ToolResult { tool_use_id, content }]);
+            }
+            Role::Function => {
+                return Err(ApiError::invalid_param(
+                    format!("messages[{i}].role"),
+                    format!(
+                        "The deprecated 'function' role (messages[{i}]) is not supported by this backend; \
+                         use 'tool' messages with 'tool_call_id'."
+                    ),
+                ));
+            }
+        }
+    }
+
+    match &req.response_format {
+        Some(ResponseFormat::JsonObject) => system_parts.push(JSON_OBJECT_INSTRUCTION.to_string()),
+        Some(ResponseFormat::JsonSchema { json_schema }) => {
+            let mut s = format!(
+                "Respond with a single valid JSON object and nothing else (no prose, no Markdown code fences). \
+                 The object is the `{}` response format",
+                json_schema.name
+            );
+            if let Some(d) = json_schema.description.as_deref().filter(|d| !d.is_empty()) {
+                s.push_str(" (");
+                s.push_str(d);
+                s.push(')');
+            }
+            match &json_schema.schema {
+                Some(schema) => {
+                    s.push_str(" and must conform to this JSON Schema:\n");
+                    s.push_str(&schema.to_string());
+                }
+                None => s.push('.'),
+            }
+            system_parts.push(s);
+        }
+        Some(ResponseFormat::Text) | None => {}
+    }
+    let system = if system_parts.is_empty() { None } else { Some(system_parts.join("\n\n")) };
+
+    let stop_sequences = req.stop.as_ref().and_then(|s| {
+        let v: Vec<&str> = match s {
+            Stop::One(one) => vec![one.as_str()],
+            Stop::Many(many) => many.iter().map(String::as_str).collect(),
+        };
+        if v.is_empty() {
+            None
+        } else {
+            Some(v)
+        }
+    });
+
+    let mut tools = None;
+    if let Some(defs) = req.tools.as_ref().filter(|t| !t.is_empty()) {
+        let mut out = Vec::with_capacity(defs.len());
+        for (t, def) in defs.iter().enumerate() {
+            if def.kind != "function" {
+                return Err(ApiError::invalid_param(
+                    format!("tools[{t}].type"),
+                    format!("Tool type '{}' is not supported by this backend; only 'function' tools are.", def.kind),
+                ));
+            }
+            let input_schema = match &def.function.parameters {
+                Some(p) => Cow::Borrowed(p),
+                None => Cow::Owned(serde_json::json!({"type": "object", "properties": {}})),
+            };
+            out.push(AnthTool {
+                name: &def.function.name,
+                description: def.function.description.as_deref(),
+                input_schema,
+            });
+        }
+        tools = Some(out);
+    }
+
+    // tool_choice and parallel_tool_calls only mean something with tools.
+    let mut tool_choice = None;
+    if tools.is_some() {
+        let mut choice = match &req.tool_choice {
+            None => None,
+            Some(ToolChoice::Mode(mode)) => Some(match mode.as_str() {
+                "auto" => AnthToolChoice { kind: "auto", name: None, disable_parallel_tool_use: None },
+                "required" => AnthToolChoice { kind: "any", name: None, disable_parallel_tool_use: None },
+                "none" => AnthToolChoice { kind: "none", name: None, disable_parallel_tool_use: None },
+                other => {
+                    return Err(ApiError::invalid_param(
+                        "tool_choice",
+                        format!(
+                            "Invalid value for 'tool_choice': '{other}'. Supported values are 'none', 'auto' and 'required'."
+                        ),
+                    ))
+                }
+            }),
+            Some(ToolChoice::Named(named)) => Some(AnthToolChoice {
+                kind: "tool",
+                name: Some(named.function.name.as_str()),
+                disable_parallel_tool_use: None,
+            }),
+        };
+        if req.parallel_tool_calls == Some(false) {
+            let c = choice.get_or_insert(AnthToolChoice { kind: "auto", name: None, disable_parallel_tool_use: None });
+            // `{"type":"none"}` accepts no other property.
+            if c.kind != "none" {
+                c.disable_parallel_tool_use = Some(true);
+            }
+        }
+        tool_choice = choice;
+    }
+
+    let body = MessagesRequest {
+        model,
+        max_tokens: req.output_token_limit().unwrap_or(default_max_tokens),
+        system,
+        messages,
+        stop_sequences,
+        temperature: req.temperature,
+        top_p: req.top_p,
+        stream: if req.is_stream() { Some(true) } else { None },
+        metadata: req.user.as_deref().map(|user_id| Metadata { user_id }),
+        tools,
+        tool_choice,
+    };
+    serde_json::to_vec(&body)
+        .map_err(|e| ApiError::gateway(500, format!("could not serialise the Anthropic request: {e}")))
+}
+
+/// Appends a turn, merging it into the previous message when that has the same role. In a merged
+/// user turn, `tool_result` blocks go before any other block.
+fn push_turn<'a>(messages: &mut Vec<AnthMessage<'a>>, role: &'static str, blocks: Vec<Block<'a>>) {
+    if blocks.is_empty() {
+        return;
+    }
+    if let Some(last) = messages.last_mut().filter(|m| m.role == role) {
+        for b in blocks {
+            if b.is_tool_result() {
+                let at = last.content.iter().take_while(|x| x.is_tool_result()).count();
+                last.content.insert(at, b);
+            } else {
+                last.content.push(b);
+            }
+        }
+        return;
+    }
+    messages.push(AnthMessage { role, content: blocks });
+}
+
+/// Content → Anthropic blocks. `skip_empty_text` drops empty text (assistant turns echo `""`
+/// next to tool calls, and Anthropic rejects empty text blocks).
+fn content_blocks<'a>(
+    content: &'a Content,
+    i: usize,
+    skip_empty_text: bool,
+    out: &mut Vec<Block<'a>>,
+) -> Result<(), ApiError> {
+    match content {
+        Content::Text(s) => {
+            if !(skip_empty_text && s.is_empty()) {
+                out.push(Block::Text { text: s });
+            }
+        }
+        Content::Parts(parts) => {
+            for (j, part) in parts.iter().enumerate() {
+                match part {
+                    ContentPart::Text { text } | ContentPart::Refusal { refusal: text } => {
+                        if !(skip_empty_text && text.is_empty()) {
+                            out.push(Block::Text { text });
+                        }
+                    }
+                    ContentPart::ImageUrl { image_url } => out.push(image_block(&image_url.url, i, j)?),
+                    ContentPart::InputAudio { .. } => return Err(unsupported_part(i, j, "input_audio")),
+                    ContentPart::File { .. } => return Err(unsupported_part(i, j, "file")),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn unsupported_part(i: usize, j: usize, kind: &str) -> ApiError {
+    ApiError::invalid_param(
+        format!("messages[{i}].content[{j}]"),
+        format!("Content part type '{kind}' in messages[{i}].content[{j}] is not supported by this backend."),
+    )
+}
+
+/// `data:<media type>;base64,<data>` → base64 source; `http(s)://…` → URL source.
+fn image_block(url: &str, i: usize, j: usize) -> Result<Block<'_>, ApiError> {
+    let bad = |why: &str| {
+        ApiError::invalid_param(
+            format!("messages[{i}].content[{j}].image_url.url"),
+            format!("Invalid image URL in messages[{i}].content[{j}]: {why}"),
+        )
+    };
+    if let Some(rest) = strip_prefix_ignore_case(url, "data:") {
+        let (meta, data) = rest.split_once(',').ok_or_else(|| bad("a data URL needs a ',' before its data."))?;
+        let mut params = meta.split(';');
+        let media_type = params.next().unwrap_or("").trim();
+        if !params.any(|p| p.trim().eq_ignore_ascii_case("base64")) {
+            return Err(bad("only base64-encoded data URLs are supported."));
+        }
+        if media_type.is_empty() {
+            return Err(bad("the data URL has no media type."));
+        }
+        return Ok(Block::Image { source: ImageSource::Base64 { media_type, data } });
+    }
+    if strip_prefix_ignore_case(url, "https://").is_some() || strip_prefix_ignore_case(url, "http://").is_some() {
+        return Ok(Block::Image { source: ImageSource::Url { url } });
+    }
+    Err(bad("expected an http(s) URL or a base64 data URL."))
+}
+
+fn strip_prefix_ignore_case<'s>(s: &'s str, prefix: &str) -> Option<&'s str> {
+    let head = s.get(..prefix.len())?;
+    if head.eq_ignore_ascii_case(prefix) {
+        s.get(prefix.len()..)
+    } else {
+        None
+    }
+}
+
+/// Tool-call arguments (JSON text) → the `input` object. Empty text counts as `{}`.
+fn parse_arguments(args: &str) -> Option<Value> {
+    if args.trim().is_empty() {
+        return Some(Value::Object(serde_json::Map::new()));
+    }
+    match serde_json::from_str::<Value>(args) {
+        Ok(v @ Value::Object(_)) => Some(v),
+        _ => None,
+    }
+}
+
+// =============================================================================================
+// Whole response
+// =============================================================================================
+
+#[derive(Deserialize)]
+struct AnthResponse {
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+    id: String,
+    #[serde(default)]
+    model: String,
+    content: Vec<RespBlock>,
+    #[serde(default)]
+    stop_reason: Option<String>,
+    #[serde(default)]
+    usage: Option<AnthUsage>,
+}
+
+#[derive(Deserialize)]
+struct RespBlock {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    thinking: Option<String>,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    input: Option<Value>,
+}
+
+/// Anthropic usage. Cache counters may be absent or `null`.
+#[derive(Deserialize, Default, Clone, Copy, Debug)]
+struct AnthUsage {
+    #[serde(default)]
+    input_tokens: Option<u64>,
+    #[serde(default)]
+    output_tokens: Option<u64>,
+    #[serde(default)]
+    cache_creation_input_tokens: Option<u64>,
+    #[serde(default)]
+    cache_read_input_tokens: Option<u64>,
+}
+
+/// Running token counts, Anthropic's split.
+#[derive(Default, Clone, Copy, Debug)]
+struct Tokens {
+    input: u64,
+    output: u64,
+    cache_read: u64,
+    cache_creation: u64,
+}
+
+impl Tokens {
+    /// Overwrites the counters present in `u` (Anthropic's counts are cumulative).
+    fn update(&mut self, u: &AnthUsage) {
+        if let Some(v) = u.input_tokens {
+            self.input = v;
+        }
+        if let Some(v) = u.output_tokens {
+            self.output = v;
+        }
+        if let Some(v) = u.cache_read_input_tokens {
+            self.cache_read = v;
+        }
+        if let Some(v) = u.cache_creation_input_tokens {
+            self.cache_creation = v;
+        }
+    }
+
+    /// OpenAI counts cached prompt tokens inside `prompt_tokens`; Anthropic's `input_tokens` does
+    /// not include cache reads or writes, so they are added.
+    fn to_openai(self) -> Usage {
+        let prompt = self.input.saturating_add(self.cache_read).saturating_add(self.cache_creation);
+        Usage {
+            prompt_tokens: prompt,
+            completion_tokens: self.output,
+            total_tokens: prompt.saturating_add(self.output),
+            prompt_tokens_details: Some(PromptTokensDetails {
+                cached_tokens: self.cache_read,
+                cache_creation_tokens: self.cache_creation,
+            }),
+            completion_tokens_details: None,
+        }
+    }
+}
+
+/// Anthropic `stop_reason` → OpenAI `finish_reason`.
+fn finish_reason(stop_reason: &str) -> &'static str {
+    match stop_reason {
+        "max_tokens" | "model_context_window_exceeded" => "length",
+        "tool_use" => "tool_calls",
+        "refusal" => "content_filter",
+        // end_turn, stop_sequence, pause_turn and anything new
+        _ => "stop",
+    }
+}
+
+/// Translate a whole (non-stream) Anthropic Message response body into an OpenAI
+/// `chat.completion` JSON body.
+pub fn response_body(body: &[u8], created: u64) -> Result<Vec<u8>, ApiError> {
+    let msg: AnthResponse = serde_json::from_slice(body)
+        .map_err(|e| ApiError::gateway(502, format!("The Anthropic backend returned a response the gateway could not read: {e}.")))?;
+    if let Some(kind) = msg.kind.as_deref() {
+        if kind != "message" {
+            return Err(ApiError::gateway(
+                502,
+                format!("The Anthropic backend returned an object of type '{kind}' instead of a message."),
+            ));
+        }
+    }
+
+    let mut text: Option<String> = None;
+    let mut reasoning: Option<String> = None;
+    let mut tool_calls = Vec::new();
+    for block in msg.content {
+        match block.kind.as_str() {
+            "text" => text.get_or_insert_with(String::new).push_str(block.text.as_deref().unwrap_or("")),
+            "thinking" => reasoning.get_or_insert_with(String::new).push_str(block.thinking.as_deref().unwrap_or("")),
+            "tool_use" => {
+                let arguments = match &block.input {
+                    Some(v) => v.to_string(),
+                    None => "{}".to_string(),
+                };
+                tool_calls.push(ToolCall {
+                    id: block.id.unwrap_or_default(),
+                    kind: "function".to_string(),
+                    function: FunctionCall { name: block.name.unwrap_or_default(), arguments },
+                });
+            }
+            // redacted_thinking, server tool blocks and future types carry nothing OpenAI can show.
+            _ => {}
+        }
+    }
+    let content = match text {
+        Some(t) => Some(t),
+        None if tool_calls.is_empty() => Some(String::new()),
+        None => None,
+    };
+
+    let mut tokens = Tokens::default();
+    if let Some(u) = &msg.usage {
+        tokens.update(u);
+    }
+    let completion = ChatCompletion {
+        id: msg.id,
+        object: "chat.completion",
+        created,
+        model: msg.model,
+        choices: vec![Choice {
+            index: 0,
+            message: ResponseMessage {
+                role: "assistant",
+                content,
+                reasoning_content: reasoning,
+                tool_calls,
+                refusal: None,
+            },
+            finish_reason: Some(finish_reason(msg.stop_reason.as_deref().unwrap_or("end_turn")).to_string()),
+            logprobs: None,
+        }],
+        usage: Some(tokens.to_openai()),
+        system_fingerprint: None,
+    };
+    serde_json::to_vec(&completion)
+        .map_err(|e| ApiError::gateway(500, format!("could not serialise the chat completion: {e}")))
+}
+
+// =============================================================================================
+// Errors
+// =============================================================================================
+
+#[derive(Deserialize)]
+struct ErrorEnvelope {
+    #[serde(default)]
+    error: Option<ErrorBody>,
+}
+
+#[derive(Deserialize, Default)]
+struct ErrorBody {
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+/// Status to use for an upstream error status (used at response-header time, before the body is
+/// seen): 529 (Anthropic "overloaded") → 503, others unchanged.
+pub fn map_status(status: u16) -> u16 {
+    if status == 529 {
+        503
+    } else {
+        status
+    }
+}
+
+/// Map an Anthropic error answer (status + body) to the status the gateway returns and an
+/// OpenAI-shaped error body. `type` follows the mapped status; `code` is Anthropic's error type.
+pub fn map_error(status: u16, body: &[u8]) -> (u16, Vec<u8>) {
+    let mapped = map_status(status);
+    let parsed = serde_json::from_slice::<ErrorEnvelope>(body).ok().and_then(|e| e.error);
+    let err = match parsed {
+        Some(ErrorBody { kind, message }) => {
+            let message = message
+                .filter(|m| !m.is_empty())
+                .unwrap_or_else(|| format!("The Anthropic backend returned HTTP {status}."));
+            let e = ApiError::new(mapped, kind_for_status(mapped), message);
+            match kind {
+                Some(k) if !k.is_empty() => e.with_code(k),
+                _ => e,
+            }
+        }
+        None => ApiError::new(
+            mapped,
+            kind_for_status(mapped),
+            format!("The Anthropic backend returned HTTP {status} with a body that is not an Anthropic error."),
+        ),
+    };
+    (mapped, err.to_json())
+}
+
+/// HTTP status Anthropic uses for an error type (for errors that arrive inside a stream).
+fn status_for_error_type(kind: &str) -> u16 {
+    match kind {
+        "invalid_request_error" => 400,
+        "authentication_error" => 401,
+        "billing_error" => 402,
+        "permission_error" => 403,
+        "not_found_error" => 404,
+        "request_too_large" => 413,
+        "rate_limit_error" => 429,
+        "timeout_error" => 504,
+        "overloaded_error" => 529,
+        _ => 500,
+    }
+}
+
+// =============================================================================================
+// Streaming
+// =============================================================================================
+
+/// A string that borrows from the event's JSON text when it has no escapes.
+struct Str<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Str<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Str<'a>, E> {
+                Ok(Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Str<'a>, E> {
+                Ok(Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Str<'a>, E> {
+                Ok(Str(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V(PhantomData))
+    }
+}
+
+fn s<'x>(v: &'x Option<Str<'_>>) -> Option<&'x str> {
+    v.as_ref().map(|x| x.0.as_ref())
+}
+
+/// One stream event, all kinds flattened (unknown fields are skipped without allocating).
+#[derive(Deserialize)]
+struct Event<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<Str<'a>>,
+    #[serde(default)]
+    index: Option<u32>,
+    #[serde(borrow, default)]
+    message: Option<StartMessage<'a>>,
+    #[serde(borrow, default)]
+    content_block: Option<StartBlock<'a>>,
+    #[serde(borrow, default)]
+    delta: Option<EventDelta<'a>>,
+    #[serde(default)]
+    usage: Option<AnthUsage>,
+    #[serde(default)]
+    error: Option<ErrorBody>,
+}
+
+#[derive(Deserialize)]
+struct StartMessage<'a> {
+    #[serde(borrow, default)]
+    id: Option<Str<'a>>,
+    #[serde(borrow, default)]
+    model: Option<Str<'a>>,
+    #[serde(default)]
+    usage: Option<AnthUsage>,
+}
+
+#[derive(Deserialize)]
+struct StartBlock<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<Str<'a>>,
+    #[serde(borrow, default)]
+    id: Option<Str<'a>>,
+    #[serde(borrow, default)]
+    name: Option<Str<'a>>,
+    #[serde(borrow, default)]
+    text: Option<Str<'a>>,
+    #[serde(borrow, default)]
+    thinking: Option<Str<'a>>,
+    #[serde(default)]
+    input: Option<Value>,
+}
+
+/// `delta` of `content_block_delta` (text / partial_json / thinking) and of `message_delta`
+/// (stop_reason).
+#[derive(Deserialize)]
+struct EventDelta<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<Str<'a>>,
+    #[serde(borrow, default)]
+    text: Option<Str<'a>>,
+    #[serde(borrow, default)]
+    partial_json: Option<Str<'a>>,
+    #[serde(borrow, default)]
+    thinking: Option<Str<'a>>,
+    #[serde(borrow, default)]
+    stop_reason: Option<Str<'a>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Open,
+    /// `message_stop` seen: `[DONE]` written.
+    Done,
+    /// An error event was written; nothing more may follow.
+    Failed,
+}
+
+/// Incremental stream translator: Anthropic SSE in, OpenAI `chat.completion.chunk` SSE out.
+///
+/// Output: a first chunk with `delta: {role: "assistant", content: ""}`, one chunk per text /
+/// thinking / tool-argument delta, a chunk per `tool_use` block start (id, name, empty arguments),
+/// a finishing chunk with `finish_reason`, a usage-only chunk (`choices: []`) and `data: [DONE]`.
+/// An upstream `error` event, an unreadable event or a stream that ends before `message_stop`
+/// produces one `data: {"error":{…}}` event and nothing after it (no `[DONE]`), which the OpenAI
+/// SDKs raise as an `APIError`.
+pub struct StreamTranslator {
+    parser: SseParser,
+    state: StreamState,
+}
+
+struct StreamState {
+    created: u64,
+    id: String,
+    model: String,
+    phase: Phase,
+    started: bool,
+    /// Number of `tool_use` blocks seen so far (the next OpenAI tool-call index).
+    tool_calls: u32,
+    /// (Anthropic content block index, OpenAI tool-call index) of each `tool_use` block.
+    tool_blocks: Vec<(u32, u32)>,
+    finish_reason: Option<&'static str>,
+    tokens: Tokens,
+    usage: Option<Usage>,
+}
+
+impl StreamTranslator {
+    pub fn new(created: u64) -> Self {
+        StreamTranslator {
+            parser: SseParser::new(),
+            state: StreamState {
+                created,
+                id: String::new(),
+                model: String::new(),
+                phase: Phase::Open,
+                started: false,
+                tool_calls: 0,
+                tool_blocks: Vec::new(),
+                finish_reason: None,
+                tokens: Tokens::default(),
+                usage: None,
+            },
+        }
+    }
+
+    /// Feed one upstream body chunk (any split, even mid-line); append translated output bytes to
+    /// `out`.
+    pub fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+        if self.state.phase != Phase::Open {
+            return;
+        }
+        let StreamTranslator { parser, state } = self;
+        let status = parser.push(chunk, |name, data| state.on_event(name, data, out));
+        if status == SseStatus::Overflow {
+            state.fail(
+                out,
+                ApiError::new(502, "api_error", "An upstream stream event exceeded the gateway's size limit.")
+                    .with_code("stream_overflow"),
+            );
+        }
+    }
+
+    /// Upstream ended. If the stream completed normally this writes nothing more; if it was cut
+    /// short (no `message_stop` seen) append an OpenAI error event instead of silently ending.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if self.state.phase != Phase::Open {
+            return;
+        }
+        let StreamTranslator { parser, state } = self;
+        // An event that lacked its closing blank line (a body ending right after `message_stop`).
+        parser.finish(|name, data| state.on_event(name, data, out));
+        if state.phase == Phase::Open {
+            state.fail(
+                out,
+                ApiError::new(502, "api_error", "upstream stream ended before completion").with_code("stream_truncated"),
+            );
+        }
+    }
+
+    /// Usage seen so far (input/output/cache tokens) in OpenAI shape, for accounting.
+    pub fn usage(&self) -> Option<&Usage> {
+        self.state.usage.as_ref()
+    }
+}
+
+impl StreamState {
+    fn on_event(&mut self, name: &str, data: &str, out: &mut Vec<u8>) {
+        if self.phase != Phase::Open {
+            return;
+        }
+        let ev: Event<'_> = match serde_json::from_str(data) {
+            Ok(ev) => ev,
+            Err(e) => {
+                let what = if name.is_empty() { "an" } else { name };
+                self.fail(
+                    out,
+                    ApiError::new(502, "api_error", format!("The Anthropic backend sent an unreadable stream event ({what}): {e}."))
+                        .with_code("invalid_upstream_event"),
+                );
+                return;
+            }
+        };
+        let kind = s(&ev.kind).unwrap_or(name);
+        match kind {
+            "message_start" => self.on_message_start(&ev, out),
+            "content_block_start" => self.on_block_start(&ev, out),
+            "content_block_delta" => self.on_block_delta(&ev, out),
+            "message_delta" => {
+                if let Some(reason) = ev.delta.as_ref().and_then(|d| s(&d.stop_reason)) {
+                    self.finish_reason = Some(finish_reason(reason));
+                }
+                if let Some(u) = &ev.usage {
+                    self.tokens.update(u);
+                    self.usage = Some(self.tokens.to_openai());
+                }
+            }
+            "message_stop" => self.on_message_stop(out),
+            "error" => {
+                let body = ev.error.unwrap_or_default();
+                let code = body.kind.unwrap_or_else(|| "api_error".to_string());
+                let status = map_status(status_for_error_type(&code));
+                let message = body
+                    .message
+                    .filter(|m| !m.is_empty())
+                    .unwrap_or_else(|| format!("The Anthropic backend reported an error ({code}) during the stream."));
+                self.fail(out, ApiError::new(status, kind_for_status(status), message).with_code(code));
+            }
+            // ping, content_block_stop and event types added later carry nothing to forward.
+            _ => {}
+        }
+    }
+
+    fn on_message_start(&mut self, ev: &Event<'_>, out: &mut Vec<u8>) {
+        if let Some(m) = &ev.message {
+            if let Some(id) = s(&m.id) {
+                self.id.clear();
+                self.id.push_str(id);
+            }
+            if let Some(model) = s(&m.model) {
+                self.model.clear();
+                self.model.push_str(model);
+            }
+            if let Some(u) = &m.usage {
+                self.tokens.update(u);
+            }
+        }
+        self.usage = Some(self.tokens.to_openai());
+        if !self.started {
+            self.started = true;
+            let delta = Delta { role: Some("assistant"), content: Some(""), ..Delta::default() };
+            self.chunk(out, delta, None);
+        }
+    }
+
+    fn on_block_start(&mut self, ev: &Event<'_>, out: &mut Vec<u8>) {
+        let Some(block) = &ev.content_block else { return };
+        match s(&block.kind) {
+            Some("text") => {
+                if let Some(t) = s(&block.text).filter(|t| !t.is_empty()) {
+                    self.chunk(out, Delta { content: Some(t), ..Delta::default() }, None);
+                }
+            }
+            Some("thinking") => {
+                if let Some(t) = s(&block.thinking).filter(|t| !t.is_empty()) {
+                    self.chunk(out, Delta { reasoning_content: Some(t), ..Delta::default() }, None);
+                }
+            }
+            Some("tool_use") => {
+                let k = self.tool_calls;
+                self.tool_calls = self.tool_calls.saturating_add(1);
+                if let Some(index) = ev.index {
+                    self.tool_blocks.push((index, k));
+                }
+                // Anthropic starts with `input: {}` and streams the arguments; a non-empty start
+                // input (not seen in practice) is forwarded whole.
+                let initial = match &block.input {
+                    Some(Value::Object(map)) if !map.is_empty() => Some(Value::Object(map.clone()).to_string()),
+                    _ => None,
+                };
+                let call = ToolCallDelta {
+                    index: k,
+                    id: Some(s(&block.id).unwrap_or("")),
+                    kind: Some("function"),
+                    function: FunctionDelta {
+                        name: Some(s(&block.name).unwrap_or("")),
+                        arguments: Some(initial.as_deref().unwrap_or("")),
+                    },
+                };
+                self.chunk(out, Delta { tool_calls: Some(vec![call]), ..Delta::default() }, None);
+            }
+            // redacted_thinking, server_tool_use, web search results, …
+            _ => {}
+        }
+    }
+
+    fn on_block_delta(&mut self, ev: &Event<'_>, out: &mut Vec<u8>) {
+        let Some(d) = &ev.delta else { return };
+        match s(&d.kind) {
+            Some("text_delta") => {
+                if let Some(t) = s(&d.text).filter(|t| !t.is_empty()) {
+                    self.chunk(out, Delta { content: Some(t), ..Delta::default() }, None);
+                }
+            }
+            Some("thinking_delta") => {
+                if let Some(t) = s(&d.thinking).filter(|t| !t.is_empty()) {
+                    self.chunk(out, Delta { reasoning_content: Some(t), ..Delta::default() }, None);
+                }
+            }
+            Some("input_json_delta") => {
+                let Some(part) = s(&d.partial_json).filter(|p| !p.is_empty()) else { return };
+                let Some(block) = ev.index else { return };
+                let Some(&(_, k)) = self.tool_blocks.iter().find(|(b, _)| *b == block) else { return };
+                let call = ToolCallDelta {
+                    index: k,
+                    id: None,
+                    kind: None,
+                    function: FunctionDelta { name: None, arguments: Some(part) },
+                };
+                self.chunk(out, Delta { tool_calls: Some(vec![call]), ..Delta::default() }, None);
+            }
+            // signature_delta, citations_delta, …
+            _ => {}
+        }
+    }
+
+    fn on_message_stop(&mut self, out: &mut Vec<u8>) {
+        self.chunk(out, Delta::default(), Some(self.finish_reason.unwrap_or("stop")));
+        let usage = self.usage.get_or_insert_with(|| self.tokens.to_openai());
+        let last = ChatCompletionChunk {
+            id: &self.id,
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: &self.model,
+            choices: Vec::new(),
+            usage: Some(usage),
+        };
+        write_json_event(out, &last);
+        out.extend_from_slice(DONE);
+        self.phase = Phase::Done;
+    }
+
+    fn chunk(&self, out: &mut Vec<u8>, delta: Delta<'_>, finish_reason: Option<&str>) {
+        let chunk = ChatCompletionChunk {
+            id: &self.id,
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: &self.model,
+            choices: vec![ChunkChoice { index: 0, delta, finish_reason, logprobs: None }],
+            usage: None,
+        };
+        write_json_event(out, &chunk);
+    }
+
+    fn fail(&mut self, out: &mut Vec<u8>, err: ApiError) {
+        write_raw_event(out, &err.to_json());
+        self.phase = Phase::Failed;
+    }
+}
+
+// =============================================================================================
+// Tests
+// =============================================================================================
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::chat::parse_chat_request;
+    use serde_json::json;
+
+    const BASIC: &str = include_str!("../../tests/fixtures/anthropic/basic_response.txt");
+    const TOOL_USE: &str = include_str!("../../tests/fixtures/anthropic/tool_use_response.txt");
+    const REFUSAL: &str = include_str!("../../tests/fixtures/anthropic/refusal_response.txt");
+    const PARTIAL_JSON: &str = include_str!("../../tests/fixtures/anthropic/incomplete_partial_json_response.txt");
+    const INSTRUCTIONS: &str = include_str!("../../tests/fixtures/anthropic/test_anthropic_model_instructions.yaml");
+    const THINKING_STREAM: &str =
+        include_str!("../../tests/fixtures/anthropic/test_anthropic_model_thinking_part_stream.yaml");
+    const ERROR_400: &str =
+        include_str!("../../tests/fixtures/anthropic/test_anthropic_explicit_effort_xhigh_unsupported_model_errors.yaml");
+
+    const CREATED: u64 = 1_700_000_000;
+
+    // ------------------------------------------------------------------------------ helpers
+
+    fn cassette(yaml: &str) -> Value {
+        serde_yaml::from_str(yaml).expect("cassette parses")
+    }
+
+    fn interaction(yaml: &str) -> Value {
+        cassette(yaml)["interactions"][0].clone()
+    }
+
+    fn thinking_stream_body() -> String {
+        interaction(THINKING_STREAM)["response"]["body"]["string"].as_str().expect("stream body").to_string()
+    }
+
+    fn chat(v: Value) -> ChatRequest {
+        parse_chat_request(v.to_string().as_bytes()).expect("valid chat request")
+    }
+
+    fn translate(v: Value) -> Value {
+        let body = request_body(&chat(v), "claude-test", 1024).expect("translates");
+        serde_json::from_slice(&body).expect("request is JSON")
+    }
+
+    fn translate_err(v: Value) -> ApiError {
+        request_body(&chat(v), "claude-test", 1024).expect_err("must be rejected")
+    }
+
+    fn run_chunks<'a>(chunks: impl IntoIterator<Item = &'a [u8]>) -> (Vec<u8>, Option<Usage>) {
+        let mut t = StreamTranslator::new(CREATED);
+        let mut out = Vec::new();
+        for c in chunks {
+            t.push(c, &mut out);
+        }
+        t.finish(&mut out);
+        (out, t.usage().cloned())
+    }
+
+    fn run_whole(s: &str) -> Vec<u8> {
+        run_chunks([s.as_bytes()]).0
+    }
+
+    /// The `data:` payloads of an OpenAI SSE output, checking the framing on the way.
+    fn payloads(out: &[u8]) -> Vec<String> {
+        let text = std::str::from_utf8(out).expect("output is UTF-8");
+        assert!(text.is_empty() || text.ends_with("\n\n"), "output ends on an event boundary");
+        text.split("\n\n")
+            .filter(|e| !e.is_empty())
+            .map(|e| {
+                assert!(!e.contains('\n'), "one data line per event: {e:?}");
+                e.strip_prefix("data: ").expect("data line").to_string()
+            })
+            .collect()
+    }
+
+    /// Parsed JSON events (everything before `[DONE]`) and whether `[DONE]` ended the stream.
+    fn events(out: &[u8]) -> (Vec<Value>, bool) {
+        let p = payloads(out);
+        let mut done = false;
+        let mut evs = Vec::new();
+        for (i, d) in p.iter().enumerate() {
+            if d == "[DONE]" {
+                assert_eq!(i, p.len() - 1, "[DONE] is last");
+                done = true;
+            } else {
+                evs.push(serde_json::from_str::<Value>(d).expect("event is JSON"));
+            }
+        }
+        (evs, done)
+    }
+
+    #[derive(Debug, Default)]
+    struct Summary {
+        content: String,
+        reasoning: String,
+        tools: Vec<(String, String, String)>, // id, name, arguments
+        finish: Vec<String>,
+        usage: Option<Value>,
+        error: Option<Value>,
+        done: bool,
+        role_first: bool,
+    }
+
+    /// Checks every chunk against the OpenAI chunk shape and accumulates what a client would see.
+    fn summarize(out: &[u8], id: &str, model: &str) -> Summary {
+        let (evs, done) = events(out);
+        let mut sum = Summary { done, ..Summary::default() };
+        for (n, ev) in evs.iter().enumerate() {
+            if let Some(err) = ev.get("error") {
+                assert_eq!(n, evs.len() - 1, "an error event is last");
+                sum.error = Some(err.clone());
+                continue;
+            }
+            assert_eq!(ev["id"], id);
+            assert_eq!(ev["object"], "chat.completion.chunk");
+            assert_eq!(ev["created"], CREATED);
+            assert_eq!(ev["model"], model);
+            let choices = ev["choices"].as_array().expect("choices array");
+            if choices.is_empty() {
+                assert!(ev["usage"].is_object(), "a chunk without choices is the usage chunk");
+                sum.usage = Some(ev["usage"].clone());
+                continue;
+            }
+            assert!(ev.get("usage").is_none(), "usage only on the last chunk");
+            assert_eq!(choices.len(), 1);
+            let c = &choices[0];
+            assert_eq!(c["index"], 0);
+            assert!(c["logprobs"].is_null());
+            let delta = c["delta"].as_object().expect("delta object");
+            if n == 0 {
+                sum.role_first = delta.get("role") == Some(&json!("assistant")) && delta.get("content") == Some(&json!(""));
+            } else {
+                assert!(delta.get("role").is_none(), "role only in the first chunk");
+            }
+            if let Some(t) = delta.get("content").and_then(Value::as_str) {
+                sum.content.push_str(t);
+            }
+            if let Some(t) = delta.get("reasoning_content").and_then(Value::as_str) {
+                sum.reasoning.push_str(t);
+            }
+            if let Some(calls) = delta.get("tool_calls").and_then(Value::as_array) {
+                for call in calls {
+                    let k = call["index"].as_u64().expect("tool index") as usize;
+                    if let Some(id) = call.get("id") {
+                        assert_eq!(k, sum.tools.len(), "tool calls are numbered from 0 in order");
+                        assert_eq!(call["type"], "function");
+                        sum.tools.push((
+                            id.as_str().unwrap().to_string(),
+                            call["function"]["name"].as_str().unwrap().to_string(),
+                            call["function"]["arguments"].as_str().unwrap().to_string(),
+                        ));
+                    } else {
+                        assert!(call.get("type").is_none());
+                        assert!(call["function"].get("name").is_none());
+                        sum.tools[k].2.push_str(call["function"]["arguments"].as_str().unwrap());
+                    }
+                }
+            }
+            match &c["finish_reason"] {
+                Value::Null => {}
+                Value::String(f) => {
+                    assert!(delta.is_empty(), "the finishing chunk has an empty delta");
+                    sum.finish.push(f.clone());
+                }
+                other => panic!("finish_reason {other}"),
+            }
+        }
+        sum
+    }
+
+    /// Output for every two-way split and for 1-byte chunks must equal the whole-body output.
+    fn assert_split_invariant(input: &str) -> Vec<u8> {
+        let bytes = input.as_bytes();
+        let whole = run_whole(input);
+        // Every offset for the small recordings; a dense stride (still landing inside every event
+        // kind, escape and padding run) for the 17 KB thinking recording, to keep debug runs quick.
+        let step = if bytes.len() <= 4096 { 1 } else { 7 };
+        for at in (0..=bytes.len()).step_by(step) {
+            let (a, b) = bytes.split_at(at);
+            assert_eq!(run_chunks([a, b]).0, whole, "split at byte {at}");
+        }
+        assert_eq!(run_chunks(bytes.chunks(1)).0, whole, "1-byte chunks");
+        assert_eq!(run_chunks(bytes.chunks(7)).0, whole, "7-byte chunks");
+        whole
+    }
+
+    fn sse(events: &[(&str, Value)]) -> String {
+        let mut s = String::new();
+        for (name, data) in events {
+            s.push_str(&format!("event: {name}\ndata: {data}\n\n"));
+        }
+        s
+    }
+
+    fn start(id: &str, model: &str) -> (&'static str, Value) {
+        (
+            "message_start",
+            json!({"type":"message_start","message":{"id":id,"type":"message","role":"assistant","content":[],"model":model,
+                   "stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":5,"output_tokens":1}}}),
+        )
+    }
+
+    fn text_delta(t: &str) -> (&'static str, Value) {
+        ("content_block_delta", json!({"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":t}}))
+    }
+
+    // ------------------------------------------------------------------------------ requests
+
+    #[test]
+    fn recorded_instructions_request_is_reproduced() {
+        let rec = interaction(INSTRUCTIONS);
+        let want = &rec["request"]["parsed_body"];
+        let system = want["system"].as_str().unwrap();
+        assert!(system.starts_with("You are a helpful assistant."));
+        let user = want["messages"][0]["content"][0]["text"].as_str().unwrap();
+        assert_eq!(user, "What is the capital of France?");
+        let req = chat(json!({
+            "model": "my-alias",
+            "messages": [{"role":"system","content": system}, {"role":"user","content": user}],
+            "max_tokens": 4096
+        }));
+        let body = request_body(&req, "claude-3-opus-latest", 1024).unwrap();
+        let got: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(got["model"], want["model"]);
+        assert_eq!(got["max_tokens"], want["max_tokens"]);
+        assert_eq!(got["system"], want["system"]);
+        assert_eq!(got["messages"], want["messages"]);
+        // Non-stream requests leave `stream` out (the recording's `false` is Anthropic's default).
+        assert_eq!(want["stream"], false);
+        assert!(got.get("stream").is_none());
+        let keys: Vec<&String> = got.as_object().unwrap().keys().collect();
+        assert_eq!(keys.len(), 4, "only model, max_tokens, system, messages: {keys:?}");
+    }
+
+    #[test]
+    fn recorded_stream_request_is_reproduced() {
+        let rec = interaction(THINKING_STREAM);
+        let want = &rec["request"]["parsed_body"];
+        let got = {
+            let req = chat(json!({
+                "model": "x",
+                "messages": [{"role":"user","content":"How do I cross the street?"}],
+                "max_completion_tokens": 4096, "max_tokens": 5, "stream": true
+            }));
+            let body = request_body(&req, "claude-sonnet-4-0", 1024).unwrap();
+            serde_json::from_slice::<Value>(&body).unwrap()
+        };
+        assert_eq!(got["model"], want["model"]);
+        assert_eq!(got["messages"], want["messages"]);
+        assert_eq!(got["stream"], true);
+        assert_eq!(want["stream"], true);
+        assert_eq!(got["max_tokens"], want["max_tokens"], "max_completion_tokens wins over max_tokens");
+        assert!(got.get("system").is_none(), "no system prompt when there is none");
+    }
+
+    #[test]
+    fn default_max_tokens_and_sampling_fields() {
+        let got = translate(json!({
+            "model":"m","messages":[{"role":"user","content":"hi"}],
+            "temperature":0.25,"top_p":0.5,"stop":["END","\n\nHuman:"],"user":"user-42","seed":7
+        }));
+        assert_eq!(got["model"], "claude-test");
+        assert_eq!(got["max_tokens"], 1024);
+        assert_eq!(got["temperature"], 0.25);
+        assert_eq!(got["top_p"], 0.5);
+        assert_eq!(got["stop_sequences"], json!(["END", "\n\nHuman:"]));
+        assert_eq!(got["metadata"], json!({"user_id":"user-42"}));
+        assert!(got.get("seed").is_none());
+        assert!(got.get("stop").is_none());
+        assert!(got.get("user").is_none());
+        let one = translate(json!({"model":"m","messages":[{"role":"user","content":"hi"}],"stop":"STOP"}));
+        assert_eq!(one["stop_sequences"], json!(["STOP"]));
+        let none = translate(json!({"model":"m","messages":[{"role":"user","content":"hi"}],"stop":[]}));
+        assert!(none.get("stop_sequences").is_none());
+        assert!(none.get("temperature").is_none());
+        assert!(none.get("metadata").is_none());
+    }
+
+    #[test]
+    fn system_and_developer_messages_anywhere_become_system() {
+        let got = translate(json!({"model":"m","messages":[
+            {"role":"system","content":"Be brief."},
+            {"role":"user","content":"hi"},
+            {"role":"developer","content":[{"type":"text","text":"Answer in French."}]},
+            {"role":"assistant","content":"Bonjour"},
+            {"role":"user","content":"again"}
+        ]}));
+        assert_eq!(got["system"], "Be brief.\n\nAnswer in French.");
+        assert_eq!(
+            got["messages"],
+            json!([
+                {"role":"user","content":[{"type":"text","text":"hi"}]},
+                {"role":"assistant","content":[{"type":"text","text":"Bonjour"}]},
+                {"role":"user","content":[{"type":"text","text":"again"}]}
+            ])
+        );
+    }
+
+    #[test]
+    fn tool_round_trip_is_translated() {
+        let got = translate(json!({"model":"m","messages":[
+            {"role":"user","content":"Weather in Paris and Rome?"},
+            {"role":"assistant","content":"Let me check.","tool_calls":[
+                {"id":"toolu_1","type":"function","function":{"name":"get_weather","arguments":"{\"location\": \"Paris\"}"}},
+                {"id":"toolu_2","type":"function","function":{"name":"get_weather","arguments":"{\"location\": \"Rome\", \"units\": [\"c\"]}"}}
+            ]},
+            {"role":"tool","tool_call_id":"toolu_1","content":"18C sunny"},
+            {"role":"tool","tool_call_id":"toolu_2","content":[{"type":"text","text":"21C"},{"type":"text","text":"clear"}]},
+            {"role":"user","content":"Thanks, which is warmer?"}
+        ]}));
+        let msgs = got["messages"].as_array().unwrap();
+        assert_eq!(msgs.len(), 3, "{msgs:#?}");
+        assert_eq!(msgs[0]["role"], "user");
+        assert_eq!(
+            msgs[1],
+            json!({"role":"assistant","content":[
+                {"type":"text","text":"Let me check."},
+                {"type":"tool_use","id":"toolu_1","name":"get_weather","input":{"location":"Paris"}},
+                {"type":"tool_use","id":"toolu_2","name":"get_weather","input":{"location":"Rome","units":["c"]}}
+            ]})
+        );
+        // Both results in ONE user message, tool_result blocks first, then the user's text.
+        assert_eq!(
+            msgs[2],
+            json!({"role":"user","content":[
+                {"type":"tool_result","tool_use_id":"toolu_1","content":"18C sunny"},
+                {"type":"tool_result","tool_use_id":"toolu_2","content":[{"type":"text","text":"21C"},{"type":"text","text":"clear"}]},
+                {"type":"text","text":"Thanks, which is warmer?"}
+            ]})
+        );
+    }
+
+    #[test]
+    fn tool_results_go_before_text_already_in_the_user_turn() {
+        let got = translate(json!({"model":"m","messages":[
+            {"role":"assistant","content":null,"tool_calls":[{"id":"t1","type":"function","function":{"name":"f","arguments":""}}]},
+            {"role":"user","content":"note"},
+            {"role":"tool","tool_call_id":"t1","content":""}
+        ]}));
+        assert_eq!(
+            got["messages"],
+            json!([
+                {"role":"assistant","content":[{"type":"tool_use","id":"t1","name":"f","input":{}}]},
+                {"role":"user","content":[{"type":"tool_result","tool_use_id":"t1"},{"type":"text","text":"note"}]}
+            ])
+        );
+    }
+
+    #[test]
+    fn assistant_edge_cases() {
+        // Empty content next to tool calls is dropped; an assistant turn with nothing is skipped;
+        // consecutive same-role turns merge.
+        let got = translate(json!({"model":"m","messages":[
+            {"role":"user","content":"a"},
+            {"role":"assistant","content":"","tool_calls":[{"id":"t","type":"function","function":{"name":"f","arguments":"{}"}}]},
+            {"role":"assistant"},
+            {"role":"assistant","content":"more"},
+            {"role":"user","content":"b"},
+            {"role":"user","content":"c"}
+        ]}));
+        assert_eq!(
+            got["messages"],
+            json!([
+                {"role":"user","content":[{"type":"text","text":"a"}]},
+                {"role":"assistant","content":[{"type":"tool_use","id":"t","name":"f","input":{}},{"type":"text","text":"more"}]},
+                {"role":"user","content":[{"type":"text","text":"b"},{"type":"text","text":"c"}]}
+            ])
+        );
+    }
+
+    #[test]
+    fn invalid_tool_arguments_name_the_field() {
+        for bad in ["{not json", "[1,2]", "\"x\"", "{\"a\":1} trailing"] {
+            let e = translate_err(json!({"model":"m","messages":[
+                {"role":"user","content":"a"},
+                {"role":"assistant","tool_calls":[
+                    {"id":"ok","type":"function","function":{"name":"f","arguments":"{}"}},
+                    {"id":"t","type":"function","function":{"name":"f","arguments":bad}}
+                ]}
+            ]}));
+            assert_eq!(e.status, 400);
+            assert_eq!(e.kind, "invalid_request_error");
+            assert_eq!(e.param.as_deref(), Some("messages[1].tool_calls[1].function.arguments"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn images_become_image_blocks() {
+        let got = translate(json!({"model":"m","messages":[{"role":"user","content":[
+            {"type":"text","text":"What is in these?"},
+            {"type":"image_url","image_url":{"url":"data:image/png;base64,iVBORw0KGgo="}},
+            {"type":"image_url","image_url":{"url":"https://example.com/cat.jpg","detail":"high"}},
+            {"type":"image_url","image_url":{"url":"DATA:image/webp;BASE64,UklGR"}}
+        ]}]}));
+        assert_eq!(
+            got["messages"][0]["content"],
+            json!([
+                {"type":"text","text":"What is in these?"},
+                {"type":"image","source":{"type":"base64","media_type":"image/png","data":"iVBORw0KGgo="}},
+                {"type":"image","source":{"type":"url","url":"https://example.com/cat.jpg"}},
+                {"type":"image","source":{"type":"base64","media_type":"image/webp","data":"UklGR"}}
+            ])
+        );
+    }
+
+    #[test]
+    fn bad_images_and_unsupported_parts_are_400() {
+        for url in ["ftp://x/y.png", "data:image/png,abc", "data:;base64,abc", "data:image/png;base64", "é"] {
+            let e = translate_err(json!({"model":"m","messages":[{"role":"user","content":[
+                {"type":"text","text":"x"},{"type":"image_url","image_url":{"url":url}}]}]}));
+            assert_eq!(e.status, 400, "{url}");
+            assert_eq!(e.param.as_deref(), Some("messages[0].content[1].image_url.url"), "{url}");
+        }
+        let audio = translate_err(json!({"model":"m","messages":[
+            {"role":"system","content":"s"},
+            {"role":"user","content":[{"type":"text","text":"x"},{"type":"input_audio","input_audio":{"data":"AA","format":"wav"}}]}]}));
+        assert_eq!(audio.status, 400);
+        assert_eq!(audio.param.as_deref(), Some("messages[1].content[1]"));
+        assert!(audio.message.contains("not supported by this backend"), "{}", audio.message);
+        let file = translate_err(json!({"model":"m","messages":[
+            {"role":"user","content":[{"type":"file","file":{"file_id":"f"}}]}]}));
+        assert_eq!(file.param.as_deref(), Some("messages[0].content[0]"));
+        assert!(file.message.contains("'file'"));
+    }
+
+    #[test]
+    fn tools_and_tool_choice() {
+        let tools = json!([
+            {"type":"function","function":{"name":"get_weather","description":"Weather for a city",
+             "parameters":{"type":"object","properties":{"location":{"type":"string"}},"required":["location"]}}},
+            {"type":"function","function":{"name":"now"}}
+        ]);
+        let base = |extra: Value| {
+            let mut v = json!({"model":"m","messages":[{"role":"user","content":"hi"}],"tools":tools});
+            for (k, val) in extra.as_object().unwrap() {
+                v[k] = val.clone();
+            }
+            translate(v)
+        };
+        let got = base(json!({}));
+        assert_eq!(
+            got["tools"],
+            json!([
+                {"name":"get_weather","description":"Weather for a city",
+                 "input_schema":{"type":"object","properties":{"location":{"type":"string"}},"required":["location"]}},
+                {"name":"now","input_schema":{"type":"object","properties":{}}}
+            ])
+        );
+        assert!(got.get("tool_choice").is_none());
+        assert_eq!(base(json!({"tool_choice":"auto"}))["tool_choice"], json!({"type":"auto"}));
+        assert_eq!(base(json!({"tool_choice":"required"}))["tool_choice"], json!({"type":"any"}));
+        assert_eq!(base(json!({"tool_choice":"none"}))["tool_choice"], json!({"type":"none"}));
+        assert_eq!(
+            base(json!({"tool_choice":{"type":"function","function":{"name":"now"}}}))["tool_choice"],
+            json!({"type":"tool","name":"now"})
+        );
+        assert_eq!(
+            base(json!({"parallel_tool_calls":false}))["tool_choice"],
+            json!({"type":"auto","disable_parallel_tool_use":true})
+        );
+        assert_eq!(
+            base(json!({"parallel_tool_calls":false,"tool_choice":"required"}))["tool_choice"],
+            json!({"type":"any","disable_parallel_tool_use":true})
+        );
+        assert_eq!(
+            base(json!({"parallel_tool_calls":false,"tool_choice":{"type":"function","function":{"name":"now"}}}))["tool_choice"],
+            json!({"type":"tool","name":"now","disable_parallel_tool_use":true})
+        );
+        assert_eq!(base(json!({"parallel_tool_calls":false,"tool_choice":"none"}))["tool_choice"], json!({"type":"none"}));
+        assert!(base(json!({"parallel_tool_calls":true})).get("tool_choice").is_none());
+
+        // Without tools, tool_choice / parallel_tool_calls are dropped.
+        let plain = translate(json!({"model":"m","messages":[{"role":"user","content":"hi"}],"tools":[],
+                                     "tool_choice":"auto","parallel_tool_calls":false}));
+        assert!(plain.get("tools").is_none());
+        assert!(plain.get("tool_choice").is_none());
+
+        let e = translate_err(json!({"model":"m","messages":[{"role":"user","content":"hi"}],"tools":tools,"tool_choice":"sometimes"}));
+        assert_eq!(e.param.as_deref(), Some("tool_choice"));
+        let e = translate_err(json!({"model":"m","messages":[{"role":"user","content":"hi"}],
+            "tools":[{"type":"function","function":{"name":"a"}},{"type":"code_interpreter","function":{"name":"b"}}]}));
+        assert_eq!(e.param.as_deref(), Some("tools[1].type"));
+    }
+
+    #[test]
+    fn response_format_is_emulated_in_the_system_prompt() {
+        let got = translate(json!({"model":"m","messages":[{"role":"system","content":"You extract data."},{"role":"user","content":"hi"}],
+                                   "response_format":{"type":"json_object"}}));
+        let sys = got["system"].as_str().unwrap();
+        assert!(sys.starts_with("You extract data.\n\n"), "{sys}");
+        assert!(sys.ends_with(JSON_OBJECT_INSTRUCTION));
+
+        let schema = json!({"type":"object","properties":{"city":{"type":"string"}},"required":["city"]});
+        let got = translate(json!({"model":"m","messages":[{"role":"user","content":"hi"}],
+            "response_format":{"type":"json_schema","json_schema":{"name":"city_answer","schema":schema,"strict":true}}}));
+        let sys = got["system"].as_str().unwrap();
+        assert!(sys.contains("`city_answer`"), "{sys}");
+        assert!(sys.contains("JSON object"), "{sys}");
+        let tail = sys.rsplit('\n').next().unwrap();
+        assert_eq!(serde_json::from_str::<Value>(tail).unwrap(), schema, "schema is embedded verbatim");
+
+        let text = translate(json!({"model":"m","messages":[{"role":"user","content":"hi"}],"response_format":{"type":"text"}}));
+        assert!(text.get("system").is_none());
+    }
+
+    #[test]
+    fn unsupported_request_features_are_400() {
+        let e = translate_err(json!({"model":"m","messages":[{"role":"user","content":"hi"}],"n":2}));
+        assert_eq!((e.status, e.param.as_deref()), (400, Some("n")));
+        assert!(e.message.contains("one choice"));
+        translate(json!({"model":"m","messages":[{"role":"user","content":"hi"}],"n":1}));
+
+        let e = translate_err(json!({"model":"m","messages":[{"role":"user","content":"hi"},{"role":"function","name":"f","content":"42"}]}));
+        assert_eq!((e.status, e.param.as_deref()), (400, Some("messages[1].role")));
+        assert!(e.message.contains("function"));
+    }
+
+    // ------------------------------------------------------------------------------ responses
+
+    #[test]
+    fn recorded_response_is_translated() {
+        let rec = interaction(INSTRUCTIONS);
+        let body = rec["response"]["parsed_body"].to_string();
+        let out: Value = serde_json::from_slice(&response_body(body.as_bytes(), CREATED).unwrap()).unwrap();
+        assert_eq!(out["id"], "msg_01Fg1JVgvCYUHWsxrj9GkpEv");
+        assert_eq!(out["object"], "chat.completion");
+        assert_eq!(out["created"], CREATED);
+        assert_eq!(out["model"], "claude-3-opus-20240229");
+        let choice = &out["choices"][0];
+        assert_eq!(out["choices"].as_array().unwrap().len(), 1);
+        assert_eq!(choice["index"], 0);
+        assert_eq!(choice["message"]["role"], "assistant");
+        assert_eq!(choice["message"]["content"], "The capital of France is Paris.");
+        assert!(choice["message"].get("tool_calls").is_none());
+        assert!(choice["message"].get("reasoning_content").is_none());
+        assert_eq!(choice["finish_reason"], "stop");
+        assert_eq!(
+            out["usage"],
+            json!({"prompt_tokens":20,"completion_tokens":10,"total_tokens":30,"prompt_tokens_details":{"cached_tokens":0}})
+        );
+    }
+
+    #[test]
+    fn tool_use_thinking_and_cache_usage() {
+        let body = json!({
+            "id":"msg_T","type":"message","role":"assistant","model":"claude-sonnet-4-20250514",
+            "content":[
+                {"type":"thinking","thinking":"Need weather.","signature":"sig"},
+                {"type":"redacted_thinking","data":"xyz"},
+                {"type":"text","text":"I'll check "},
+                {"type":"text","text":"Paris."},
+                {"type":"tool_use","id":"toolu_01A","name":"get_weather","input":{"location":"Paris","days":2}}
+            ],
+            "stop_reason":"tool_use","stop_sequence":null,
+            "usage":{"input_tokens":100,"output_tokens":40,"cache_read_input_tokens":2000,"cache_creation_input_tokens":300}
+        });
+        let out: Value = serde_json::from_slice(&response_body(body.to_string().as_bytes(), 5).unwrap()).unwrap();
+        let m = &out["choices"][0]["message"];
+        assert_eq!(m["content"], "I'll check Paris.");
+        assert_eq!(m["reasoning_content"], "Need weather.");
+        assert_eq!(out["choices"][0]["finish_reason"], "tool_calls");
+        let calls = m["tool_calls"].as_array().unwrap();
+        assert_eq!(calls.len(), 1);
+        assert_eq!(calls[0]["id"], "toolu_01A");
+        assert_eq!(calls[0]["type"], "function");
+        assert_eq!(calls[0]["function"]["name"], "get_weather");
+        let args: Value = serde_json::from_str(calls[0]["function"]["arguments"].as_str().unwrap()).unwrap();
+        assert_eq!(args, json!({"location":"Paris","days":2}));
+        assert_eq!(
+            out["usage"],
+            json!({"prompt_tokens":2400,"completion_tokens":40,"total_tokens":2440,
+                   "prompt_tokens_details":{"cached_tokens":2000,"cache_creation_tokens":300}})
+        );
+
+        // Tool use only: content is null, as OpenAI sends it.
+        let only = json!({"id":"m","type":"message","model":"c","content":[{"type":"tool_use","id":"t","name":"f","input":{}}],
+                          "stop_reason":"tool_use","usage":{"input_tokens":1,"output_tokens":1,"cache_read_input_tokens":null}});
+        let out: Value = serde_json::from_slice(&response_body(only.to_string().as_bytes(), 5).unwrap()).unwrap();
+        assert!(out["choices"][0]["message"]["content"].is_null());
+        assert_eq!(out["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"], "{}");
+        assert_eq!(out["usage"]["prompt_tokens"], 1);
+    }
+
+    #[test]
+    fn stop_reasons_map_to_finish_reasons() {
+        for (stop, finish) in [
+            ("end_turn", "stop"),
+            ("stop_sequence", "stop"),
+            ("max_tokens", "length"),
+            ("tool_use", "tool_calls"),
+            ("pause_turn", "stop"),
+            ("refusal", "content_filter"),
+        ] {
+            let body = json!({"id":"m","type":"message","model":"c","content":[{"type":"text","text":"x"}],
+                              "stop_reason":stop,"usage":{"input_tokens":1,"output_tokens":1}});
+            let out: Value = serde_json::from_slice(&response_body(body.to_string().as_bytes(), 1).unwrap()).unwrap();
+            assert_eq!(out["choices"][0]["finish_reason"], finish, "{stop}");
+        }
+    }
+
+    #[test]
+    fn unreadable_responses_are_502() {
+        for body in [
+            &b""[..],
+            b"not json",
+            b"{}",
+            br#"{"id":"x","content":"text"}"#,
+            br#"{"type":"error","error":{"type":"api_error","message":"boom"}}"#,
+            br#"{"type":"completion","id":"x","content":[]}"#,
+            b"[1,2,3]",
+        ] {
+            let e = response_body(body, 1).expect_err("must fail");
+            assert_eq!(e.status, 502, "{}", String::from_utf8_lossy(body));
+            assert_eq!(e.kind, "api_error");
+        }
+    }
+
+    // ------------------------------------------------------------------------------ errors
+
+    #[test]
+    fn recorded_error_is_mapped() {
+        let rec = interaction(ERROR_400);
+        assert_eq!(rec["response"]["status"]["code"], 400);
+        let body = rec["response"]["parsed_body"].to_string();
+        let (status, out) = map_error(400, body.as_bytes());
+        assert_eq!(status, 400);
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v,
+            json!({"error":{
+                "message":"This model does not support effort level 'xhigh'. Supported levels: high, low, max, medium.",
+                "type":"invalid_request_error","param":null,"code":"invalid_request_error"}})
+        );
+    }
+
+    #[test]
+    fn overloaded_and_other_errors() {
+        assert_eq!(map_status(529), 503);
+        for s in [400, 401, 403, 404, 413, 429, 500, 502, 503, 504] {
+            assert_eq!(map_status(s), s);
+        }
+        let (status, out) = map_error(529, br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#);
+        assert_eq!(status, 503);
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v,
+            json!({"error":{"message":"Overloaded","type":"service_unavailable_error","param":null,"code":"overloaded_error"}})
+        );
+        let (status, out) = map_error(429, br#"{"type":"error","error":{"type":"rate_limit_error","message":"slow down"}}"#);
+        assert_eq!(status, 429);
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["error"]["type"], "rate_limit_error");
+        assert_eq!(v["error"]["code"], "rate_limit_error");
+        let (_, out) = map_error(401, br#"{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"}}"#);
+        assert_eq!(serde_json::from_slice::<Value>(&out).unwrap()["error"]["type"], "authentication_error");
+
+        for body in [&b"<html>Bad gateway</html>"[..], b"", b"{\"type\":\"error\"}", b"\xff\xfe"] {
+            let (status, out) = map_error(502, body);
+            assert_eq!(status, 502);
+            let v: Value = serde_json::from_slice(&out).unwrap();
+            assert!(v["error"]["message"].as_str().unwrap().contains("502"), "{v}");
+            assert_eq!(v["error"]["type"], "api_error");
+            assert!(v["error"]["param"].is_null());
+        }
+        let (status, out) = map_error(529, b"overloaded");
+        assert_eq!(status, 503);
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert!(v["error"]["message"].as_str().unwrap().contains("529"));
+        assert_eq!(v["error"]["type"], "service_unavailable_error");
+    }
+
+    // ------------------------------------------------------------------------------ streams
+
+    #[test]
+    fn basic_stream() {
+        let out = assert_split_invariant(BASIC);
+        let sum = summarize(&out, "msg_4QpJur2dWWDjF6C758FbBw5vm12BaVipnK", "claude-3-opus-latest");
+        assert!(sum.role_first);
+        assert_eq!(sum.content, "Hello there!");
+        assert_eq!(sum.reasoning, "");
+        assert!(sum.tools.is_empty());
+        assert_eq!(sum.finish, vec!["stop"]);
+        assert_eq!(
+            sum.usage,
+            Some(json!({"prompt_tokens":11,"completion_tokens":6,"total_tokens":17,"prompt_tokens_details":{"cached_tokens":0}}))
+        );
+        assert!(sum.done);
+        assert!(sum.error.is_none());
+        // role chunk, 3 text chunks, finish chunk, usage chunk, [DONE]
+        assert_eq!(payloads(&out).len(), 7);
+        assert!(out.ends_with(DONE));
+    }
+
+    #[test]
+    fn basic_stream_needs_finish_for_its_unterminated_last_event() {
+        // The fixture ends with `data: {"type":"message_stop"}` and no blank line.
+        assert!(!BASIC.ends_with('\n'));
+        let mut t = StreamTranslator::new(CREATED);
+        let mut out = Vec::new();
+        t.push(BASIC.as_bytes(), &mut out);
+        assert!(!out.ends_with(DONE));
+        let before = out.len();
+        t.finish(&mut out);
+        assert!(out.len() > before);
+        assert!(out.ends_with(DONE));
+        // finish() after a completed stream writes nothing more; nor does a later push.
+        let done_len = out.len();
+        t.finish(&mut out);
+        t.push(b"event: ping\ndata: {\"type\":\"ping\"}\n\n", &mut out);
+        assert_eq!(out.len(), done_len);
+    }
+
+    #[test]
+    fn tool_use_stream() {
+        let out = assert_split_invariant(TOOL_USE);
+        let sum = summarize(&out, "msg_019Q1hrJbZG26Fb9BQhrkHEr", "claude-sonnet-4-20250514");
+        assert!(sum.role_first);
+        assert_eq!(sum.content, "I'll check the current weather in Paris for you.");
+        assert_eq!(
+            sum.tools,
+            vec![("toolu_01NRLabsLyVHZPKxbKvkfSMn".to_string(), "get_weather".to_string(), "{\"location\": \"Paris\"}".to_string())]
+        );
+        let args: Value = serde_json::from_str(&sum.tools[0].2).unwrap();
+        assert_eq!(args, json!({"location":"Paris"}));
+        assert_eq!(sum.finish, vec!["tool_calls"]);
+        assert_eq!(sum.usage.as_ref().unwrap()["prompt_tokens"], 377);
+        assert_eq!(sum.usage.as_ref().unwrap()["completion_tokens"], 65);
+        assert_eq!(sum.usage.as_ref().unwrap()["total_tokens"], 442);
+        assert!(sum.done);
+        // The tool-call start chunk carries the id, type, name and empty arguments.
+        let (evs, _) = events(&out);
+        let first_call = evs
+            .iter()
+            .find_map(|e| e["choices"][0]["delta"].get("tool_calls").cloned())
+            .unwrap();
+        assert_eq!(
+            first_call,
+            json!([{"index":0,"id":"toolu_01NRLabsLyVHZPKxbKvkfSMn","type":"function","function":{"name":"get_weather","arguments":""}}])
+        );
+    }
+
+    #[test]
+    fn refusal_stream() {
+        let out = assert_split_invariant(REFUSAL);
+        let sum = summarize(&out, "msg_01RefusalTestMessage123456789", "claude-opus-4-7");
+        assert_eq!(sum.content, "");
+        assert_eq!(sum.finish, vec!["content_filter"]);
+        assert_eq!(sum.usage.as_ref().unwrap()["prompt_tokens"], 20);
+        assert_eq!(sum.usage.as_ref().unwrap()["completion_tokens"], 0);
+        assert!(sum.done);
+    }
+
+    #[test]
+    fn max_tokens_stream_with_partial_tool_json() {
+        let out = assert_split_invariant(PARTIAL_JSON);
+        let sum = summarize(&out, "msg_01UdjYBBipA9omjYhicnevgq", "claude-3-7-sonnet-20250219");
+        assert!(sum.content.starts_with("I'll create a comprehensive tax guide for someone with multiple W2s"));
+        assert!(sum.content.ends_with("Let me do that for you now."));
+        assert_eq!(sum.tools.len(), 1);
+        assert_eq!(sum.tools[0].0, "toolu_01EKqbqmZrGRXy18eN7m9kvY");
+        assert_eq!(sum.tools[0].1, "make_file");
+        assert!(sum.tools[0].2.starts_with("{\"filename\": \"taxes.txt\", \"lines_of_text\": ["));
+        assert!(sum.tools[0].2.ends_with("\n\"Filing taxes"));
+        assert_eq!(sum.finish, vec!["length"]);
+        assert_eq!(
+            sum.usage,
+            Some(json!({"prompt_tokens":450,"completion_tokens":124,"total_tokens":574,"prompt_tokens_details":{"cached_tokens":0}}))
+        );
+        assert!(sum.done);
+    }
+
+    #[test]
+    fn recorded_thinking_stream_with_padded_data_lines() {
+        let body = thinking_stream_body();
+        assert!(body.contains("}}    }\n"), "the recording pads its JSON with spaces");
+        let out = assert_split_invariant(&body);
+        let sum = summarize(&out, "msg_01ALwQ87pTS7hH1PjSdC9wJD", "claude-sonnet-4-20250514");
+        assert!(sum.role_first);
+        assert_eq!(
+            sum.reasoning,
+            "This is a straightforward question about pedestrian safety. I should provide clear, helpful advice \
+             about how to safely cross a street. This is basic safety information that could help prevent accidents."
+        );
+        assert!(sum.content.starts_with("Here are the basic steps for safely crossing the street:\n\n**At"), "{}", sum.content);
+        assert!(sum.content.ends_with("Always prioritize safety over speed when crossing streets."));
+        assert!(!sum.content.contains("EvMCCkYICxgC"), "signatures are not forwarded");
+        assert!(!sum.reasoning.contains("EvMCCkYICxgC"));
+        assert_eq!(sum.finish, vec!["stop"]);
+        assert_eq!(
+            sum.usage,
+            Some(json!({"prompt_tokens":43,"completion_tokens":282,"total_tokens":325,"prompt_tokens_details":{"cached_tokens":0}}))
+        );
+        assert!(sum.done);
+    }
+
+    #[test]
+    fn usage_is_available_while_streaming() {
+        let mut t = StreamTranslator::new(CREATED);
+        let mut out = Vec::new();
+        assert!(t.usage().is_none());
+        let (head, _) = TOOL_USE.split_once("event: content_block_start").unwrap();
+        t.push(head.as_bytes(), &mut out);
+        let u = t.usage().unwrap();
+        assert_eq!((u.prompt_tokens, u.completion_tokens, u.total_tokens), (377, 1, 378));
+        t.push(&TOOL_USE.as_bytes()[head.len()..], &mut out);
+        t.finish(&mut out);
+        let u = t.usage().unwrap();
+        assert_eq!((u.prompt_tokens, u.completion_tokens, u.total_tokens), (377, 65, 442));
+    }
+
+    #[test]
+    fn cache_tokens_count_in_the_prompt() {
+        let input = sse(&[
+            ("message_start", json!({"type":"message_start","message":{"id":"msg_c","model":"claude-x","content":[],
+                "usage":{"input_tokens":10,"cache_read_input_tokens":1000,"cache_creation_input_tokens":50,"output_tokens":1}}})),
+            text_delta("ok"),
+            ("message_delta", json!({"type":"message_delta","delta":{"stop_reason":"stop_sequence","stop_sequence":"END"},"usage":{"output_tokens":3}})),
+            ("message_stop", json!({"type":"message_stop"})),
+        ]);
+        let (out, usage) = run_chunks([input.as_bytes()]);
+        let sum = summarize(&out, "msg_c", "claude-x");
+        assert_eq!(sum.finish, vec!["stop"]);
+        assert_eq!(
+            sum.usage,
+            Some(json!({"prompt_tokens":1060,"completion_tokens":3,"total_tokens":1063,
+                        "prompt_tokens_details":{"cached_tokens":1000,"cache_creation_tokens":50}}))
+        );
+        let usage = usage.unwrap();
+        assert_eq!(usage.prompt_tokens, 1060);
+        assert_eq!(usage.prompt_tokens_details.unwrap().cache_creation_tokens, 50);
+    }
+
+    #[test]
+    fn several_tool_calls_are_numbered_in_order() {
+        let input = sse(&[
+            start("msg_m", "claude-x"),
+            ("content_block_start", json!({"type":"content_block_start","index":0,"content_block":{"type":"tool_use","id":"t_a","name":"a","input":{}}})),
+            ("content_block_delta", json!({"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":"{\"x\":"}})),
+            ("content_block_start", json!({"type":"content_block_start","index":1,"content_block":{"type":"tool_use","id":"t_b","name":"b","input":{}}})),
+            ("content_block_delta", json!({"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\"y\":2}"}})),
+            ("content_block_delta", json!({"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":"1}"}})),
+            ("content_block_delta", json!({"type":"content_block_delta","index":7,"delta":{"type":"input_json_delta","partial_json":"ignored"}})),
+            ("message_delta", json!({"type":"message_delta","delta":{"stop_reason":"tool_use"},"usage":{"output_tokens":9}})),
+            ("message_stop", json!({"type":"message_stop"})),
+        ]);
+        let out = assert_split_invariant(&input);
+        let sum = summarize(&out, "msg_m", "claude-x");
+        assert_eq!(
+            sum.tools,
+            vec![
+                ("t_a".to_string(), "a".to_string(), "{\"x\":1}".to_string()),
+                ("t_b".to_string(), "b".to_string(), "{\"y\":2}".to_string())
+            ]
+        );
+        assert_eq!(sum.finish, vec!["tool_calls"]);
+    }
+
+    #[test]
+    fn mid_stream_error_ends_the_stream_without_done() {
+        let input = sse(&[
+            start("msg_e", "claude-x"),
+            text_delta("partial"),
+            ("error", json!({"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}})),
+            text_delta("never"),
+            ("message_stop", json!({"type":"message_stop"})),
+        ]);
+        let out = assert_split_invariant(&input);
+        let sum = summarize(&out, "msg_e", "claude-x");
+        assert_eq!(sum.content, "partial");
+        assert!(!sum.done);
+        assert!(sum.finish.is_empty());
+        assert_eq!(
+            sum.error,
+            Some(json!({"message":"Overloaded","type":"service_unavailable_error","param":null,"code":"overloaded_error"}))
+        );
+        // finish() adds nothing after an error.
+        let mut t = StreamTranslator::new(CREATED);
+        let mut o = Vec::new();
+        t.push(input.as_bytes(), &mut o);
+        let n = o.len();
+        t.finish(&mut o);
+        t.push(BASIC.as_bytes(), &mut o);
+        assert_eq!(o.len(), n);
+        assert_eq!(payloads(&o).len(), 3);
+    }
+
+    #[test]
+    fn other_stream_error_types() {
+        for (kind, want) in [
+            ("rate_limit_error", "rate_limit_error"),
+            ("api_error", "api_error"),
+            ("invalid_request_error", "invalid_request_error"),
+            ("something_new", "api_error"),
+        ] {
+            let input = sse(&[start("m", "c"), ("error", json!({"type":"error","error":{"type":kind,"message":"m"}}))]);
+            let sum = summarize(&run_whole(&input), "m", "c");
+            let err = sum.error.unwrap();
+            assert_eq!(err["type"], want, "{kind}");
+            assert_eq!(err["code"], kind);
+        }
+        // An error before anything else (no message_start) is still a single error event.
+        let out = run_whole(&sse(&[("error", json!({"type":"error","error":{"type":"api_error","message":"Internal"}}))]));
+        let (evs, done) = events(&out);
+        assert!(!done);
+        assert_eq!(evs, vec![json!({"error":{"message":"Internal","type":"api_error","param":null,"code":"api_error"}})]);
+    }
+
+    #[test]
+    fn truncated_stream_reports_an_error() {
+        let (head, _) = BASIC.split_once("event: message_stop").unwrap();
+        let out = assert_split_invariant(head);
+        let sum = summarize(&out, "msg_4QpJur2dWWDjF6C758FbBw5vm12BaVipnK", "claude-3-opus-latest");
+        assert_eq!(sum.content, "Hello there!");
+        assert!(!sum.done);
+        assert!(sum.finish.is_empty(), "no finish chunk without message_stop");
+        assert!(sum.usage.is_none());
+        assert_eq!(
+            sum.error,
+            Some(json!({"message":"upstream stream ended before completion","type":"api_error","param":null,"code":"stream_truncated"}))
+        );
+        // Nothing at all from upstream: only the error.
+        let (evs, done) = events(&run_whole(""));
+        assert!(!done);
+        assert_eq!(evs.len(), 1);
+        assert_eq!(evs[0]["error"]["code"], "stream_truncated");
+    }
+
+    #[test]
+    fn malformed_event_is_an_error() {
+        let input = format!(
+            "{}event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"x\"\n\n{}",
+            sse(&[start("msg_bad", "c"), text_delta("ok")]),
+            sse(&[text_delta("after")])
+        );
+        let out = assert_split_invariant(&input);
+        let sum = summarize(&out, "msg_bad", "c");
+        assert_eq!(sum.content, "ok");
+        assert!(!sum.done);
+        let err = sum.error.unwrap();
+        assert_eq!(err["type"], "api_error");
+        assert_eq!(err["code"], "invalid_upstream_event");
+        assert!(err["param"].is_null());
+        // A field of the wrong type is malformed too.
+        let out = run_whole(&format!("{}event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":\"zero\"}}\n\n", sse(&[start("m", "c")])));
+        assert_eq!(summarize(&out, "m", "c").error.unwrap()["code"], "invalid_upstream_event");
+    }
+
+    #[test]
+    fn unknown_events_and_blocks_are_ignored() {
+        let input = sse(&[
+            start("msg_u", "claude-x"),
+            ("ping", json!({"type":"ping"})),
+            ("future_event", json!({"type":"future_event","stuff":[1,2,{"a":null}]})),
+            ("content_block_start", json!({"type":"content_block_start","index":0,"content_block":{"type":"server_tool_use","id":"srv","name":"web_search","input":{}}})),
+            ("content_block_delta", json!({"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":"{\"q\":1}"}})),
+            ("content_block_start", json!({"type":"content_block_start","index":1,"content_block":{"type":"redacted_thinking","data":"abc"}})),
+            ("content_block_start", json!({"type":"content_block_start","index":2,"content_block":{"type":"text","text":""}})),
+            ("content_block_delta", json!({"type":"content_block_delta","index":2,"delta":{"type":"citations_delta","citation":{}}})),
+            ("content_block_delta", json!({"type":"content_block_delta","index":2,"delta":{"type":"text_delta","text":"caf\u{e9} \"quoted\"\n"}})),
+            ("content_block_stop", json!({"type":"content_block_stop","index":2})),
+            ("message_delta", json!({"type":"message_delta","delta":{"stop_reason":"pause_turn"},"usage":{"output_tokens":4}})),
+            ("message_stop", json!({"type":"message_stop"})),
+        ]);
+        let out = assert_split_invariant(&input);
+        let sum = summarize(&out, "msg_u", "claude-x");
+        assert_eq!(sum.content, "caf\u{e9} \"quoted\"\n");
+        assert!(sum.tools.is_empty(), "server tools are not client tool calls");
+        assert_eq!(sum.finish, vec!["stop"]);
+        assert!(sum.done);
+        // role, text, finish, usage, [DONE]
+        assert_eq!(payloads(&out).len(), 5);
+    }
+
+    #[test]
+    fn trailing_spaces_after_data_are_tolerated() {
+        let padded: String = TOOL_USE.lines().map(|l| if l.starts_with("data:") { format!("{l}   \t \n") } else { format!("{l}\n") }).collect();
+        assert!(padded.contains("}   \t \n"));
+        let out = assert_split_invariant(&padded);
+        assert_eq!(out, run_whole(TOOL_USE));
+    }
+
+    #[test]
+    fn crlf_and_comment_lines_are_tolerated() {
+        let crlf = TOOL_USE.replace('\n', "\r\n").replace("event: ping", ": keep-alive\r\nevent: ping");
+        let out = assert_split_invariant(&crlf);
+        let sum = summarize(&out, "msg_019Q1hrJbZG26Fb9BQhrkHEr", "claude-sonnet-4-20250514");
+        assert_eq!(sum.tools[0].2, "{\"location\": \"Paris\"}");
+        assert!(sum.done);
+    }
+
+    #[test]
+    fn garbage_and_cut_streams_never_panic_and_always_terminate() {
+        let body = thinking_stream_body();
+        let inputs: Vec<Vec<u8>> = vec![
+            BASIC.as_bytes().to_vec(),
+            TOOL_USE.as_bytes().to_vec(),
+            body.as_bytes().to_vec(),
+            b"\xff\xfe\x00garbage\n\n".to_vec(),
+            b"data: {\"type\":\"message_stop\"}\n\n".to_vec(),
+            b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":null}\n\n".to_vec(),
+            b"data: {\"type\":\"content_block_delta\",\"index\":4294967296}\n\n".to_vec(),
+            b"data: []\n\ndata: 1\n\n".to_vec(),
+        ];
+        for input in &inputs {
+            for cut in (0..=input.len()).step_by(13) {
+                let prefix = input.get(..cut).unwrap();
+                let (out, _) = run_chunks([prefix]);
+                let p = payloads(&out);
+                let last = p.last().expect("something is always written");
+                assert!(
+                    last == "[DONE]" || serde_json::from_str::<Value>(last).unwrap().get("error").is_some(),
+                    "stream ends with [DONE] or an error: {last}"
+                );
+                for d in &p {
+                    assert!(d == "[DONE]" || serde_json::from_str::<Value>(d).is_ok());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn oversized_event_is_an_error() {
+        let mut t = StreamTranslator::new(CREATED);
+        let mut out = Vec::new();
+        let big = vec![b'a'; crate::stream::sse::MAX_PENDING_BYTES + 10];
+        t.push(b"data: ", &mut out);
+        t.push(&big, &mut out);
+        t.finish(&mut out);
+        let (evs, done) = events(&out);
+        assert!(!done);
+        assert_eq!(evs.len(), 1);
+        assert_eq!(evs[0]["error"]["code"], "stream_overflow");
+    }
+}
