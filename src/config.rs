@@ -17,6 +17,8 @@ pub const DEFAULT_MAX_TOKENS: u32 = 4096;
 pub const ROUTE_HEADER: &str = "x-switchyard-route";
 /// Header carrying the resolved (canonical) model name from the gateway to the backend filter.
 pub const MODEL_HEADER: &str = "x-switchyard-model";
+/// Header carrying the operation (`chat`, `embeddings`) from the gateway to the backend filter.
+pub const OP_HEADER: &str = "x-switchyard-op";
 /// Every header with this prefix is internal: stripped from clients and from providers.
 pub const INTERNAL_HEADER_PREFIX: &str = "x-switchyard-";
 /// Endpoint metadata namespace read by the backend filter.
@@ -73,6 +75,21 @@ pub enum Schema {
     Openai,
     /// Anthropic Messages API.
     Anthropic,
+}
+
+impl Schema {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Schema::Openai => "openai",
+            Schema::Anthropic => "anthropic",
+        }
+    }
+
+    pub fn default_base_path(self) -> &'static str {
+        match self {
+            Schema::Openai | Schema::Anthropic => "/v1",
+        }
+    }
 }
 
 /// One provider endpoint as the backend filter sees it; endpoints name it in their metadata
@@ -137,13 +154,9 @@ impl Backend {
         }
     }
 
-    /// The upstream path for a chat request.
-    pub fn chat_path(&self) -> String {
-        let base = self.base_path.as_deref().unwrap_or("/v1").trim_end_matches('/');
-        match self.schema {
-            Schema::Openai => format!("{base}/chat/completions"),
-            Schema::Anthropic => format!("{base}/messages"),
-        }
+    /// Path prefix before the schema's own paths, without a trailing slash.
+    pub fn base_path(&self) -> &str {
+        self.base_path.as_deref().unwrap_or_else(|| self.schema.default_base_path()).trim_end_matches('/')
     }
 }
 
@@ -201,10 +214,10 @@ mod tests {
         let PluginConfig::Backend(b) = b else { panic!("backend expected") };
         assert_eq!(b.backends["a"].credential_header(), "x-api-key");
         assert_eq!(b.backends["a"].credential_prefix(), "");
-        assert_eq!(b.backends["a"].chat_path(), "/v1/messages");
+        assert_eq!(b.backends["a"].base_path(), "/v1");
         assert_eq!(b.backends["o"].credential_header(), "authorization");
         assert_eq!(b.backends["o"].credential_prefix(), "Bearer ");
-        assert_eq!(b.backends["o"].chat_path(), "/openai/v1/chat/completions");
+        assert_eq!(b.backends["o"].base_path(), "/openai/v1");
     }
 
     #[test]

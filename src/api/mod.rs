@@ -1,6 +1,7 @@
 //! The OpenAI contract the gateway serves to applications.
 
 pub mod chat;
+pub mod embeddings;
 pub mod error;
 pub mod models;
 

@@ -10,8 +10,8 @@ use proxy_wasm::types::{Action, BufferType};
 
 use super::{header, now_secs, send_error, set_request_header, set_response_header, BackendRuntime, Backends};
 use crate::api::ApiError;
-use crate::config::{INTERNAL_HEADER_PREFIX, METADATA_NAMESPACE, MODEL_HEADER};
-use crate::providers::{self, AttemptContext, StreamTranslate};
+use crate::config::{INTERNAL_HEADER_PREFIX, METADATA_NAMESPACE, MODEL_HEADER, OP_HEADER};
+use crate::providers::{self, AttemptContext, Operation, ResponseHints, StreamTranslate};
 
 /// Client headers that carry credentials: never forwarded to a provider.
 const CLIENT_CREDENTIAL_HEADERS: &[&str] = &["authorization", "x-api-key", "api-key", "x-goog-api-key", "cookie", "proxy-authorization"];
@@ -32,14 +32,23 @@ pub struct BackendFilter {
     backend: Option<Rc<BackendRuntime>>,
     /// Model name sent upstream.
     model: String,
-    stream: bool,
+    op: Operation,
+    hints: Option<ResponseHints>,
     mode: ResponseMode,
     out: Vec<u8>,
 }
 
 impl BackendFilter {
     pub fn new(backends: Rc<Backends>) -> Self {
-        BackendFilter { backends, backend: None, model: String::new(), stream: false, mode: ResponseMode::Passthrough, out: Vec::new() }
+        BackendFilter {
+            backends,
+            backend: None,
+            model: String::new(),
+            op: Operation::Chat,
+            hints: None,
+            mode: ResponseMode::Passthrough,
+            out: Vec::new(),
+        }
     }
 
     fn metadata(&self, key: &str) -> Option<String> {
@@ -50,8 +59,7 @@ impl BackendFilter {
     /// Rewrites the buffered request body and the headers for the chosen backend.
     fn translate_request(&mut self, backend: &BackendRuntime, body: &[u8]) -> Result<(), ApiError> {
         let cfg = &backend.cfg;
-        let up = providers::chat_request(cfg, body, &AttemptContext { model: &self.model, now_unix: now_secs() })?;
-        self.stream = up.stream;
+        let up = providers::upstream_request(self.op, cfg, body, &AttemptContext { model: &self.model, now_unix: now_secs() })?;
         set_request_header(":path", Some(&up.path));
         if let Some(host) = &cfg.host {
             set_request_header(":authority", Some(host));
@@ -72,6 +80,7 @@ impl BackendFilter {
         if let Err(e) = hostcalls::set_buffer(BufferType::HttpRequestBody, 0, body.len(), &up.body) {
             return Err(ApiError::gateway(500, format!("cannot replace the request body: {e:?}")));
         }
+        self.hints = Some(up.hints);
         Ok(())
     }
 }
@@ -92,6 +101,7 @@ impl HttpContext for BackendFilter {
         };
         let headers = self.get_http_request_headers();
         let requested = header(&headers, MODEL_HEADER).unwrap_or("").to_string();
+        self.op = header(&headers, OP_HEADER).and_then(Operation::parse).unwrap_or(Operation::Chat);
         self.model = self.metadata("model").or_else(|| backend.cfg.model.clone()).unwrap_or(requested);
         for (k, _) in &headers {
             if k.starts_with(INTERNAL_HEADER_PREFIX) || CLIENT_CREDENTIAL_HEADERS.contains(&k.as_str()) {
@@ -124,7 +134,7 @@ impl HttpContext for BackendFilter {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        let Some(backend) = self.backend.as_ref() else {
+        let (Some(backend), Some(hints)) = (self.backend.as_ref(), self.hints.as_ref()) else {
             return Action::Continue;
         };
         let status: u16 = self.get_http_response_header(":status").and_then(|s| s.parse().ok()).unwrap_or(0);
@@ -135,12 +145,12 @@ impl HttpContext for BackendFilter {
                 set_response_header(":status", Some(&mapped.to_string()));
             }
             ResponseMode::Error { status }
-        } else if self.stream {
+        } else if hints.stream {
             match providers::stream_translator(schema, now_secs()) {
                 Some(t) => ResponseMode::Stream(t),
                 None => ResponseMode::Passthrough,
             }
-        } else if providers::translates_responses(schema) {
+        } else if providers::translates_responses(schema, hints) {
             ResponseMode::Whole
         } else {
             ResponseMode::Passthrough
@@ -183,12 +193,13 @@ impl HttpContext for BackendFilter {
                 }
             }
             ResponseMode::Error { status } => self.out = providers::error_body(schema, *status, &body),
-            ResponseMode::Whole => match providers::response_body(schema, &body, now_secs()) {
-                Ok(b) => self.out = b,
-                Err(e) => {
+            ResponseMode::Whole => match self.hints.as_ref().map(|h| providers::response_body(schema, h, &body, now_secs())) {
+                Some(Ok(b)) => self.out = b,
+                Some(Err(e)) => {
                     set_response_header(":status", Some(&e.status.to_string()));
                     self.out = e.to_json();
                 }
+                None => {}
             },
         }
         if let Err(e) = hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body_size, &self.out) {

@@ -9,14 +9,16 @@ use proxy_wasm::types::Action;
 
 use super::{header, now_secs, send_error, send_json, set_request_header};
 use crate::api::chat::parse_chat_request;
+use crate::api::embeddings::parse_embeddings_request;
 use crate::api::{models, ApiError};
-use crate::config::{Gateway, INTERNAL_HEADER_PREFIX, MODEL_HEADER, ROUTE_HEADER};
+use crate::config::{Gateway, INTERNAL_HEADER_PREFIX, MODEL_HEADER, OP_HEADER, ROUTE_HEADER};
+use crate::providers::Operation;
 use crate::stream::usage_tap::UsageTap;
 
 pub struct GatewayFilter {
     cfg: Rc<Gateway>,
-    /// Set once the request is a chat completion whose body must be read.
-    chat: bool,
+    /// Set once the request is an API operation whose body must be read.
+    op: Option<Operation>,
     stream: bool,
     wants_usage: bool,
     tap: Option<UsageTap>,
@@ -25,20 +27,27 @@ pub struct GatewayFilter {
 
 impl GatewayFilter {
     pub fn new(cfg: Rc<Gateway>) -> Self {
-        GatewayFilter { cfg, chat: false, stream: false, wants_usage: false, tap: None, out: Vec::new() }
+        GatewayFilter { cfg, op: None, stream: false, wants_usage: false, tap: None, out: Vec::new() }
     }
 
-    fn on_chat_body(&mut self, body: &[u8]) -> Result<(), ApiError> {
-        let req = parse_chat_request(body)?;
-        let resolved = self.cfg.router.resolve(&req.model).ok_or_else(|| ApiError::model_not_found(&req.model))?;
+    fn on_body(&mut self, op: Operation, body: &[u8]) -> Result<(), ApiError> {
+        let model = match op {
+            Operation::Chat => {
+                let req = parse_chat_request(body)?;
+                self.stream = req.is_stream();
+                self.wants_usage = req.wants_stream_usage();
+                req.model
+            }
+            Operation::Embeddings => parse_embeddings_request(body)?.model,
+        };
+        let resolved = self.cfg.router.resolve(&model).ok_or_else(|| ApiError::model_not_found(&model))?;
         set_request_header(ROUTE_HEADER, Some(resolved.route));
         set_request_header(MODEL_HEADER, Some(resolved.model));
+        set_request_header(OP_HEADER, Some(op.as_str()));
         // Make Envoy select the route again, now that the route header is set.
         if let Err(e) = hostcalls::call_foreign_function("clear_route_cache", None) {
             log::warn!("switchyard: clear_route_cache failed: {e:?}");
         }
-        self.stream = req.is_stream();
-        self.wants_usage = req.wants_stream_usage();
         Ok(())
     }
 }
@@ -57,8 +66,13 @@ impl HttpContext for GatewayFilter {
         let full_path = header(&headers, ":path").unwrap_or("/");
         let path = full_path.split('?').next().unwrap_or(full_path);
 
+        let op = match path.trim_end_matches('/') {
+            "/v1/chat/completions" => Some(Operation::Chat),
+            "/v1/embeddings" => Some(Operation::Embeddings),
+            _ => None,
+        };
         match path.trim_end_matches('/') {
-            "/v1/chat/completions" => {
+            _ if op.is_some() => {
                 if method != "POST" {
                     send_json(405, &ApiError::method_not_allowed(method, path, "POST").to_json(), &[("allow", "POST")]);
                     return Action::Pause;
@@ -74,7 +88,7 @@ impl HttpContext for GatewayFilter {
                     ));
                     return Action::Pause;
                 }
-                self.chat = true;
+                self.op = op;
                 Action::Pause
             }
             "/v1/models" => {
@@ -105,11 +119,11 @@ impl HttpContext for GatewayFilter {
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        if !self.chat {
+        let Some(op) = self.op else {
             return Action::Continue;
-        }
+        };
         if let Err(e) = self.cfg.check_body_size(body_size) {
-            self.chat = false;
+            self.op = None;
             send_error(&e);
             return Action::Pause;
         }
@@ -117,10 +131,10 @@ impl HttpContext for GatewayFilter {
             return Action::Pause;
         }
         let body = self.get_http_request_body(0, body_size).unwrap_or_default();
-        match self.on_chat_body(&body) {
+        match self.on_body(op, &body) {
             Ok(()) => Action::Continue,
             Err(e) => {
-                self.chat = false;
+                self.op = None;
                 send_error(&e);
                 Action::Pause
             }
@@ -128,7 +142,7 @@ impl HttpContext for GatewayFilter {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        if self.chat && self.stream {
+        if self.op == Some(Operation::Chat) && self.stream {
             let status = self.get_http_response_header(":status");
             let ctype = self.get_http_response_header("content-type").unwrap_or_default();
             if status.as_deref() == Some("200") && ctype.starts_with("text/event-stream") {
