@@ -29,6 +29,8 @@ pub const METADATA_NAMESPACE: &str = "switchyard";
 pub enum PluginConfig {
     Gateway(GatewayConfig),
     Backend(BackendsConfig),
+    /// A pass-through filter that does nothing: the floor any wasm filter pays (`scripts/bench`).
+    Noop,
 }
 
 #[derive(Debug, Deserialize)]
@@ -39,6 +41,13 @@ pub struct GatewayConfig {
     pub max_request_body_bytes: usize,
     /// Models the gateway serves, in order; the first match wins.
     pub models: Vec<ModelEntry>,
+    /// Tell clients what served them (`x-switchyard-backend`, `x-switchyard-model`, `x-switchyard-attempts`).
+    #[serde(default = "default_true")]
+    pub expose_served_by: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_max_body() -> usize {
@@ -163,6 +172,7 @@ impl Backend {
 /// The gateway's configuration, validated and indexed for per-request use.
 pub struct Gateway {
     pub max_request_body_bytes: usize,
+    pub expose_served_by: bool,
     pub router: ModelRouter,
 }
 
@@ -187,7 +197,7 @@ impl Gateway {
         if cfg.max_request_body_bytes == 0 {
             return Err("max_request_body_bytes must be positive".into());
         }
-        Ok(Gateway { max_request_body_bytes: cfg.max_request_body_bytes, router: ModelRouter::new(cfg.models)? })
+        Ok(Gateway { max_request_body_bytes: cfg.max_request_body_bytes, expose_served_by: cfg.expose_served_by, router: ModelRouter::new(cfg.models)? })
     }
 
     pub fn check_body_size(&self, size: usize) -> Result<(), ApiError> {
@@ -218,6 +228,11 @@ mod tests {
         assert_eq!(b.backends["o"].credential_header(), "authorization");
         assert_eq!(b.backends["o"].credential_prefix(), "Bearer ");
         assert_eq!(b.backends["o"].base_path(), "/openai/v1");
+    }
+
+    #[test]
+    fn parses_noop_role() {
+        assert!(matches!(PluginConfig::parse(br#"{"role":"noop"}"#), Ok(PluginConfig::Noop)));
     }
 
     #[test]

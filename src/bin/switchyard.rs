@@ -16,6 +16,7 @@ fn check(path: &str) -> Result<String, String> {
             Ok(format!("{path}: gateway configuration with {models} model entries is valid"))
         }
         PluginConfig::Backend(b) => Ok(format!("{path}: backend configuration with {} backends is valid", b.backends.len())),
+        PluginConfig::Noop => Ok(format!("{path}: no-op (pass-through) configuration is valid")),
     }
 }
 

@@ -8,6 +8,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType};
 
+use super::inflight::{self, SharedState};
 use super::{header, now_secs, send_error, set_request_header, set_response_header, BackendRuntime, Backends};
 use crate::api::ApiError;
 use crate::config::{INTERNAL_HEADER_PREFIX, METADATA_NAMESPACE, MODEL_HEADER, OP_HEADER};
@@ -36,6 +37,8 @@ pub struct BackendFilter {
     hints: Option<ResponseHints>,
     mode: ResponseMode,
     out: Vec<u8>,
+    /// The request's state shared with the gateway role (see `inflight`).
+    state: Option<SharedState>,
 }
 
 impl BackendFilter {
@@ -48,6 +51,14 @@ impl BackendFilter {
             hints: None,
             mode: ResponseMode::Passthrough,
             out: Vec::new(),
+            state: None,
+        }
+    }
+
+    fn set_provider_header(&self, name: &str, value: &str) {
+        set_request_header(name, Some(value));
+        if let Some(state) = &self.state {
+            state.borrow_mut().provider_headers.push(name.to_string());
         }
     }
 
@@ -69,13 +80,13 @@ impl BackendFilter {
         // The answer must come back uncompressed: it is parsed and translated here and in the gateway.
         set_request_header("accept-encoding", Some("identity"));
         if let Some(cred) = &backend.credential {
-            set_request_header(cfg.credential_header(), Some(cred));
+            self.set_provider_header(cfg.credential_header(), cred);
         }
         for (k, v) in &cfg.headers {
-            set_request_header(k, Some(v));
+            self.set_provider_header(k, v);
         }
         for (k, v) in &up.headers {
-            set_request_header(k, Some(v));
+            self.set_provider_header(k, v);
         }
         if let Err(e) = hostcalls::set_buffer(BufferType::HttpRequestBody, 0, body.len(), &up.body) {
             return Err(ApiError::gateway(500, format!("cannot replace the request body: {e:?}")));
@@ -100,13 +111,38 @@ impl HttpContext for BackendFilter {
             return Action::Pause;
         };
         let headers = self.get_http_request_headers();
-        let requested = header(&headers, MODEL_HEADER).unwrap_or("").to_string();
-        self.op = header(&headers, OP_HEADER).and_then(Operation::parse).unwrap_or(Operation::Chat);
+        self.state = header(&headers, "x-request-id").and_then(inflight::lookup);
+        let requested = match &self.state {
+            Some(state) => {
+                let mut st = state.borrow_mut();
+                self.op = st.op;
+                // Undo what an earlier attempt added for its provider: retries share one header map.
+                for name in std::mem::take(&mut st.provider_headers) {
+                    set_request_header(&name, None);
+                }
+                st.model.clone()
+            }
+            // The gateway runs in another VM: fall back to its headers (first attempt only).
+            None => {
+                self.op = header(&headers, OP_HEADER).and_then(Operation::parse).unwrap_or(Operation::Chat);
+                header(&headers, MODEL_HEADER).unwrap_or("").to_string()
+            }
+        };
         self.model = self.metadata("model").or_else(|| backend.cfg.model.clone()).unwrap_or(requested);
         for (k, _) in &headers {
             if k.starts_with(INTERNAL_HEADER_PREFIX) || CLIENT_CREDENTIAL_HEADERS.contains(&k.as_str()) {
                 set_request_header(k, None);
             }
+        }
+        if let Some(state) = &self.state {
+            let mut st = state.borrow_mut();
+            st.attempts += 1;
+            let name: Rc<str> = Rc::from(backend.name.as_str());
+            if st.first_backend.is_none() {
+                st.first_backend = Some(name.clone());
+            }
+            st.served_backend = Some(name);
+            st.served_model = Some(self.model.clone());
         }
         log::debug!("switchyard: attempt to backend {} with model {}", backend.name, self.model);
         self.backend = Some(backend);

@@ -7,7 +7,8 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
-use super::{header, now_secs, send_error, send_json, set_request_header};
+use super::inflight::{self, RequestState, SharedState};
+use super::{header, now_secs, send_error, send_json, set_request_header, set_response_header};
 use crate::api::chat::parse_chat_request;
 use crate::api::embeddings::parse_embeddings_request;
 use crate::api::{models, ApiError};
@@ -23,11 +24,31 @@ pub struct GatewayFilter {
     wants_usage: bool,
     tap: Option<UsageTap>,
     out: Vec<u8>,
+    /// `x-request-id` of this request (client's or minted here), the key of its shared state.
+    request_id: Option<String>,
+    state: Option<SharedState>,
+}
+
+impl Drop for GatewayFilter {
+    fn drop(&mut self) {
+        if let (Some(id), Some(_)) = (&self.request_id, &self.state) {
+            inflight::remove(id);
+        }
+    }
 }
 
 impl GatewayFilter {
     pub fn new(cfg: Rc<Gateway>) -> Self {
-        GatewayFilter { cfg, op: None, stream: false, wants_usage: false, tap: None, out: Vec::new() }
+        GatewayFilter {
+            cfg,
+            op: None,
+            stream: false,
+            wants_usage: false,
+            tap: None,
+            out: Vec::new(),
+            request_id: None,
+            state: None,
+        }
     }
 
     fn on_body(&mut self, op: Operation, body: &[u8]) -> Result<(), ApiError> {
@@ -44,11 +65,37 @@ impl GatewayFilter {
         set_request_header(ROUTE_HEADER, Some(resolved.route));
         set_request_header(MODEL_HEADER, Some(resolved.model));
         set_request_header(OP_HEADER, Some(op.as_str()));
+        self.share_state(RequestState::new(resolved.model.to_string(), op));
         // Make Envoy select the route again, now that the route header is set.
         if let Err(e) = hostcalls::call_foreign_function("clear_route_cache", None) {
             log::warn!("switchyard: clear_route_cache failed: {e:?}");
         }
         Ok(())
+    }
+}
+
+impl GatewayFilter {
+    /// Publishes the request's state for its backend attempts, under a request id unique on this
+    /// thread (a client-sent id already in flight is replaced).
+    fn share_state(&mut self, state: RequestState) {
+        let state = Rc::new(std::cell::RefCell::new(state));
+        let mut id = match self.request_id.take() {
+            Some(id) => id,
+            None => {
+                let id = inflight::new_request_id();
+                set_request_header("x-request-id", Some(&id));
+                id
+            }
+        };
+        if !inflight::register(&id, state.clone()) {
+            id = inflight::new_request_id();
+            set_request_header("x-request-id", Some(&id));
+            if !inflight::register(&id, state.clone()) {
+                return;
+            }
+        }
+        self.request_id = Some(id);
+        self.state = Some(state);
     }
 }
 
@@ -62,6 +109,7 @@ impl HttpContext for GatewayFilter {
                 set_request_header(name, None);
             }
         }
+        self.request_id = header(&headers, "x-request-id").filter(|v| !v.is_empty()).map(str::to_string);
         let method = header(&headers, ":method").unwrap_or("");
         let full_path = header(&headers, ":path").unwrap_or("/");
         let path = full_path.split('?').next().unwrap_or(full_path);
@@ -142,6 +190,18 @@ impl HttpContext for GatewayFilter {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if let (true, Some(state)) = (self.cfg.expose_served_by, &self.state) {
+            let st = state.borrow();
+            if let Some(b) = &st.served_backend {
+                set_response_header("x-switchyard-backend", Some(b));
+            }
+            if let Some(m) = &st.served_model {
+                set_response_header("x-switchyard-model", Some(m));
+            }
+            if st.attempts > 0 {
+                set_response_header("x-switchyard-attempts", Some(&st.attempts.to_string()));
+            }
+        }
         if self.op == Some(Operation::Chat) && self.stream {
             let status = self.get_http_response_header(":status");
             let ctype = self.get_http_response_header("content-type").unwrap_or_default();

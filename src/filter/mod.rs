@@ -3,6 +3,8 @@
 
 mod backend;
 mod gateway;
+mod inflight;
+mod noop;
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -23,6 +25,8 @@ proxy_wasm::main! {{
 enum Role {
     Gateway(Rc<Gateway>),
     Backend(Rc<Backends>),
+    /// Pass-through (benchmarks: the floor any wasm filter pays).
+    Noop,
 }
 
 /// Backends with their credentials read once, at configuration time.
@@ -48,6 +52,7 @@ impl RootContext for Root {
         let bytes = self.get_plugin_configuration().unwrap_or_default();
         let parsed = PluginConfig::parse(&bytes).and_then(|cfg| match cfg {
             PluginConfig::Gateway(g) => Gateway::new(g).map(|g| Role::Gateway(Rc::new(g))),
+            PluginConfig::Noop => Ok(Role::Noop),
             PluginConfig::Backend(b) => {
                 let mut by_name = HashMap::new();
                 for (name, cfg) in b.backends {
@@ -82,6 +87,7 @@ impl RootContext for Root {
         match &self.role {
             Some(Role::Gateway(g)) => Some(Box::new(gateway::GatewayFilter::new(g.clone()))),
             Some(Role::Backend(b)) => Some(Box::new(backend::BackendFilter::new(b.clone()))),
+            Some(Role::Noop) => Some(Box::new(noop::NoopFilter)),
             None => None,
         }
     }

@@ -1,0 +1,87 @@
+//! Per-request state shared by the two roles of one request: the gateway (downstream) and every
+//! backend attempt (upstream).
+//!
+//! Why not headers: Envoy hands every retry attempt the same header map, already rewritten by the
+//! upstream filters of earlier attempts. Whatever the gateway passed in an `x-switchyard-*` header
+//! is gone after the first attempt strips it, and the first attempt's provider headers are still
+//! there for the second. Both roles run on the same worker thread in the same VM (one `vm_id`), so
+//! a thread-local registry keyed by `x-request-id` reaches across instead.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use crate::providers::Operation;
+
+#[derive(Debug)]
+pub struct RequestState {
+    /// Canonical model the gateway resolved.
+    pub model: String,
+    pub op: Operation,
+    /// Upstream attempts so far (first try and retries).
+    pub attempts: u32,
+    pub first_backend: Option<Rc<str>>,
+    /// Backend of the latest attempt: the one that served the answer, once there is one.
+    pub served_backend: Option<Rc<str>>,
+    /// Model name sent upstream by the latest attempt.
+    pub served_model: Option<String>,
+    /// Headers the latest attempt added for its provider; the next attempt removes them first.
+    pub provider_headers: Vec<String>,
+}
+
+impl RequestState {
+    pub fn new(model: String, op: Operation) -> Self {
+        RequestState { model, op, attempts: 0, first_backend: None, served_backend: None, served_model: None, provider_headers: Vec::new() }
+    }
+
+    /// Served by a backend other than the first attempt's.
+    pub fn failed_over(&self) -> bool {
+        match (&self.first_backend, &self.served_backend) {
+            (Some(a), Some(b)) => a != b,
+            _ => false,
+        }
+    }
+}
+
+pub type SharedState = Rc<RefCell<RequestState>>;
+
+thread_local! {
+    static INFLIGHT: RefCell<HashMap<String, SharedState>> = RefCell::new(HashMap::new());
+    static COUNTER: RefCell<u64> = const { RefCell::new(0) };
+}
+
+/// Registers the state under `id`; false when a request with that id is already in flight here.
+pub fn register(id: &str, state: SharedState) -> bool {
+    INFLIGHT.with(|m| {
+        let mut m = m.borrow_mut();
+        if m.contains_key(id) {
+            return false;
+        }
+        m.insert(id.to_string(), state);
+        true
+    })
+}
+
+pub fn lookup(id: &str) -> Option<SharedState> {
+    INFLIGHT.with(|m| m.borrow().get(id).cloned())
+}
+
+pub fn remove(id: &str) {
+    INFLIGHT.with(|m| {
+        m.borrow_mut().remove(id);
+    });
+}
+
+/// A fresh request id for requests that came without one or with one already in flight.
+pub fn new_request_id() -> String {
+    let mut rnd = [0u8; 8];
+    if getrandom::getrandom(&mut rnd).is_err() {
+        rnd = [0; 8];
+    }
+    let n = COUNTER.with(|c| {
+        let mut c = c.borrow_mut();
+        *c = c.wrapping_add(1);
+        *c
+    });
+    format!("sy-{:016x}-{n:x}", u64::from_le_bytes(rnd))
+}
