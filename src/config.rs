@@ -44,6 +44,16 @@ pub struct GatewayConfig {
     /// Tell clients what served them (`x-switchyard-backend`, `x-switchyard-model`, `x-switchyard-attempts`).
     #[serde(default = "default_true")]
     pub expose_served_by: bool,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// Metric options. Per-key and per-team labels multiply the number of series: off by default.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    #[serde(default)]
+    pub key_labels: bool,
 }
 
 fn default_true() -> bool {
@@ -173,6 +183,7 @@ impl Backend {
 pub struct Gateway {
     pub max_request_body_bytes: usize,
     pub expose_served_by: bool,
+    pub label_options: crate::telemetry::LabelOptions,
     pub router: ModelRouter,
 }
 
@@ -197,7 +208,9 @@ impl Gateway {
         if cfg.max_request_body_bytes == 0 {
             return Err("max_request_body_bytes must be positive".into());
         }
-        Ok(Gateway { max_request_body_bytes: cfg.max_request_body_bytes, expose_served_by: cfg.expose_served_by, router: ModelRouter::new(cfg.models)? })
+        Ok(Gateway { max_request_body_bytes: cfg.max_request_body_bytes, expose_served_by: cfg.expose_served_by,
+            label_options: crate::telemetry::LabelOptions { key_labels: cfg.metrics.key_labels },
+            router: ModelRouter::new(cfg.models)? })
     }
 
     pub fn check_body_size(&self, size: usize) -> Result<(), ApiError> {

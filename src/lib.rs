@@ -8,6 +8,7 @@ pub mod config;
 pub mod policy;
 pub mod providers;
 pub mod stream;
+pub mod telemetry;
 
 #[cfg(target_arch = "wasm32")]
 mod filter;

@@ -46,6 +46,13 @@ pub struct ChatRequest {
     pub seed: Option<i64>,
     #[serde(default)]
     pub metadata: Option<Value>,
+    #[serde(default)]
+    pub frequency_penalty: Option<f64>,
+    #[serde(default)]
+    pub presence_penalty: Option<f64>,
+    /// `none`, `minimal`, `low`, `medium`, `high` (and provider extensions such as `xhigh`).
+    #[serde(default)]
+    pub reasoning_effort: Option<String>,
 }
 
 impl ChatRequest {
@@ -436,9 +443,45 @@ pub struct FunctionDelta<'a> {
     pub arguments: Option<&'a str>,
 }
 
+/// The parts of a whole OpenAI answer (chat, embeddings or error) the gateway accounts with.
+#[derive(Debug, Default, Deserialize)]
+pub struct ResponseSummary {
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub usage: Option<Usage>,
+    #[serde(default)]
+    pub error: Option<ErrorSummary>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct ErrorSummary {
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub code: Option<Value>,
+}
+
+impl ResponseSummary {
+    /// Never fails: an unreadable body summarises to nothing.
+    pub fn parse(body: &[u8]) -> ResponseSummary {
+        serde_json::from_slice(body).unwrap_or_default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn summaries_of_answers_and_errors() {
+        let s = ResponseSummary::parse(br#"{"model":"m","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}"#);
+        assert_eq!(s.model.as_deref(), Some("m"));
+        assert_eq!(s.usage.unwrap().completion_tokens, 2);
+        let s = ResponseSummary::parse(br#"{"error":{"message":"x","type":"rate_limit_error","code":"rate_limit_exceeded"}}"#);
+        assert_eq!(s.error.unwrap().kind.as_deref(), Some("rate_limit_error"));
+        assert!(ResponseSummary::parse(b"upstream connect error").model.is_none());
+    }
 
     fn err(body: &str) -> ApiError {
         parse_chat_request(body.as_bytes()).unwrap_err()

@@ -142,6 +142,7 @@ impl HttpContext for BackendFilter {
                 st.first_backend = Some(name.clone());
             }
             st.served_backend = Some(name);
+            st.served_provider = Some(backend.cfg.schema.as_str());
             st.served_model = Some(self.model.clone());
         }
         log::debug!("switchyard: attempt to backend {} with model {}", backend.name, self.model);

@@ -1,20 +1,40 @@
 //! Gateway role: runs downstream, before the router. Validates the request, resolves the model to
-//! a route and lets Envoy's router pick that route's cluster; answers `/v1/models` itself.
+//! a route and lets Envoy's router pick that route's cluster; answers `/v1/models` itself. On the
+//! way back it watches the answer (usage, time to first token), turns Envoy's own plain-text error
+//! replies into OpenAI-shaped ones, and leaves metrics and access-log fields behind.
 
+use std::cell::RefCell;
 use std::rc::Rc;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::Action;
+use proxy_wasm::types::{Action, BufferType};
 
 use super::inflight::{self, RequestState, SharedState};
-use super::{header, now_secs, send_error, send_json, set_request_header, set_response_header};
-use crate::api::chat::parse_chat_request;
+use super::{emit_metrics, header, now_ms, publish_log_fields, send_json, set_request_header, set_response_header};
+use crate::api::chat::{parse_chat_request, ResponseSummary, Usage};
 use crate::api::embeddings::parse_embeddings_request;
+use crate::api::error::kind_for_status;
 use crate::api::{models, ApiError};
 use crate::config::{Gateway, INTERNAL_HEADER_PREFIX, MODEL_HEADER, OP_HEADER, ROUTE_HEADER};
 use crate::providers::Operation;
 use crate::stream::usage_tap::UsageTap;
+use crate::telemetry::{self, Rejection, RequestRecord};
+
+/// Most of a whole answer the gateway keeps to read its usage (larger ones are not accounted).
+const MAX_SUMMARY_BYTES: usize = 4 * 1024 * 1024;
+
+/// What the response side does with the body.
+enum ResponseMode {
+    /// Nothing to watch (local replies, `/v1/models`).
+    Ignore,
+    /// A whole answer: copied aside as it passes, summarised at the end.
+    Collect,
+    /// An SSE stream: watched chunk by chunk, usage-only chunk dropped unless asked for.
+    Stream(Box<UsageTap>),
+    /// Envoy's own plain-text error (no healthy upstream, reset, timeout): held and rewritten.
+    RewriteError,
+}
 
 pub struct GatewayFilter {
     cfg: Rc<Gateway>,
@@ -22,11 +42,15 @@ pub struct GatewayFilter {
     op: Option<Operation>,
     stream: bool,
     wants_usage: bool,
-    tap: Option<UsageTap>,
+    mode: ResponseMode,
+    buf: Vec<u8>,
     out: Vec<u8>,
     /// `x-request-id` of this request (client's or minted here), the key of its shared state.
     request_id: Option<String>,
     state: Option<SharedState>,
+    start_ms: u64,
+    record: RequestRecord,
+    usage: Option<Usage>,
 }
 
 impl Drop for GatewayFilter {
@@ -44,10 +68,14 @@ impl GatewayFilter {
             op: None,
             stream: false,
             wants_usage: false,
-            tap: None,
+            mode: ResponseMode::Ignore,
+            buf: Vec::new(),
             out: Vec::new(),
             request_id: None,
             state: None,
+            start_ms: 0,
+            record: RequestRecord::default(),
+            usage: None,
         }
     }
 
@@ -61,24 +89,26 @@ impl GatewayFilter {
             }
             Operation::Embeddings => parse_embeddings_request(body)?.model,
         };
-        let resolved = self.cfg.router.resolve(&model).ok_or_else(|| ApiError::model_not_found(&model))?;
+        self.record.requested_model = Some(model);
+        let model = self.record.requested_model.as_deref().unwrap_or_default();
+        let resolved = self.cfg.router.resolve(model).ok_or_else(|| ApiError::model_not_found(model))?;
+        self.record.route = Some(resolved.route.to_string());
         set_request_header(ROUTE_HEADER, Some(resolved.route));
         set_request_header(MODEL_HEADER, Some(resolved.model));
         set_request_header(OP_HEADER, Some(op.as_str()));
-        self.share_state(RequestState::new(resolved.model.to_string(), op));
+        let state = RequestState::new(resolved.model.to_string(), op);
+        self.share_state(state);
         // Make Envoy select the route again, now that the route header is set.
         if let Err(e) = hostcalls::call_foreign_function("clear_route_cache", None) {
             log::warn!("switchyard: clear_route_cache failed: {e:?}");
         }
         Ok(())
     }
-}
 
-impl GatewayFilter {
     /// Publishes the request's state for its backend attempts, under a request id unique on this
     /// thread (a client-sent id already in flight is replaced).
     fn share_state(&mut self, state: RequestState) {
-        let state = Rc::new(std::cell::RefCell::new(state));
+        let state = Rc::new(RefCell::new(state));
         let mut id = match self.request_id.take() {
             Some(id) => id,
             None => {
@@ -94,8 +124,55 @@ impl GatewayFilter {
                 return;
             }
         }
+        self.record.request_id = id.clone();
         self.request_id = Some(id);
         self.state = Some(state);
+    }
+
+    /// Answers locally with an OpenAI-shaped error and remembers why.
+    fn reject(&mut self, err: &ApiError, reason: Rejection, extra: &[(&str, &str)]) -> Action {
+        self.op = None;
+        self.record.status = err.status;
+        self.record.error_type = Some(err.kind.to_string());
+        self.record.error_code = err.code.clone();
+        self.record.rejection = Some(reason);
+        send_json(err.status, &err.to_json(), extra);
+        Action::Pause
+    }
+
+    fn answer(&mut self, status: u16, body: &[u8]) -> Action {
+        self.record.status = status;
+        send_json(status, body, &[]);
+        Action::Pause
+    }
+
+    /// Fills the record from the shared state and the answer, once the response ends.
+    fn finish_record(&mut self) {
+        let now = now_ms();
+        self.record.duration_ms = now.saturating_sub(self.start_ms);
+        if let Some(state) = &self.state {
+            let st = state.borrow();
+            self.record.attempts = st.attempts;
+            self.record.failover = st.failed_over();
+            self.record.backend = st.served_backend.as_deref().map(str::to_string);
+            self.record.provider = st.served_provider.map(str::to_string);
+            if self.record.response_model.is_none() {
+                self.record.response_model = st.served_model.clone();
+            }
+        }
+        if let Some(u) = self.usage.take() {
+            let r = &mut self.record;
+            r.usage_known = true;
+            r.input_tokens = u.prompt_tokens;
+            r.output_tokens = u.completion_tokens;
+            if let Some(d) = &u.prompt_tokens_details {
+                r.cached_input_tokens = d.cached_tokens;
+                r.cache_creation_tokens = d.cache_creation_tokens;
+            }
+            if let Some(d) = &u.completion_tokens_details {
+                r.reasoning_tokens = d.reasoning_tokens;
+            }
+        }
     }
 }
 
@@ -103,6 +180,8 @@ impl Context for GatewayFilter {}
 
 impl HttpContext for GatewayFilter {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        self.start_ms = now_ms();
+        self.record.start_unix_ms = self.start_ms;
         let headers = self.get_http_request_headers();
         for (name, _) in &headers {
             if name.starts_with(INTERNAL_HEADER_PREFIX) {
@@ -110,60 +189,55 @@ impl HttpContext for GatewayFilter {
             }
         }
         self.request_id = header(&headers, "x-request-id").filter(|v| !v.is_empty()).map(str::to_string);
+        self.record.request_id = self.request_id.clone().unwrap_or_default();
         let method = header(&headers, ":method").unwrap_or("");
         let full_path = header(&headers, ":path").unwrap_or("/");
-        let path = full_path.split('?').next().unwrap_or(full_path);
+        let path = full_path.split('?').next().unwrap_or(full_path).trim_end_matches('/');
 
-        let op = match path.trim_end_matches('/') {
+        let op = match path {
             "/v1/chat/completions" => Some(Operation::Chat),
             "/v1/embeddings" => Some(Operation::Embeddings),
             _ => None,
         };
-        match path.trim_end_matches('/') {
-            _ if op.is_some() => {
-                if method != "POST" {
-                    send_json(405, &ApiError::method_not_allowed(method, path, "POST").to_json(), &[("allow", "POST")]);
-                    return Action::Pause;
-                }
-                let declared = header(&headers, "content-length").and_then(|v| v.parse::<usize>().ok());
-                if let Some(Err(e)) = declared.map(|n| self.cfg.check_body_size(n)) {
-                    send_error(&e);
-                    return Action::Pause;
-                }
-                if end_of_stream {
-                    send_error(&ApiError::invalid_request(
-                        "We could not parse the JSON body of your request: the body is empty. The API expects a JSON payload.",
-                    ));
-                    return Action::Pause;
-                }
-                self.op = op;
-                Action::Pause
+        if let Some(op) = op {
+            self.record.operation = op.as_str();
+            if method != "POST" {
+                return self.reject(&ApiError::method_not_allowed(method, path, "POST"), Rejection::Validation, &[("allow", "POST")]);
             }
-            "/v1/models" => {
-                if method != "GET" {
-                    send_json(405, &ApiError::method_not_allowed(method, path, "GET").to_json(), &[("allow", "GET")]);
-                } else {
-                    send_json(200, &models::model_list_json(self.cfg.router.listed(), now_secs()), &[]);
-                }
-                Action::Pause
+            let declared = header(&headers, "content-length").and_then(|v| v.parse::<usize>().ok());
+            if let Some(Err(e)) = declared.map(|n| self.cfg.check_body_size(n)) {
+                return self.reject(&e, Rejection::Validation, &[]);
             }
-            p if p.starts_with("/v1/models/") => {
-                let id = &p["/v1/models/".len()..];
-                if method != "GET" {
-                    send_json(405, &ApiError::method_not_allowed(method, path, "GET").to_json(), &[("allow", "GET")]);
-                } else {
-                    match self.cfg.router.owner_of(id) {
-                        Some(owner) => send_json(200, &models::model_json(id, owner, now_secs()), &[]),
-                        None => send_error(&ApiError::model_not_found(id)),
-                    }
-                }
-                Action::Pause
+            if end_of_stream {
+                let e = ApiError::invalid_request(
+                    "We could not parse the JSON body of your request: the body is empty. The API expects a JSON payload.",
+                );
+                return self.reject(&e, Rejection::Validation, &[]);
             }
-            _ => {
-                send_error(&ApiError::not_found_path(method, path));
-                Action::Pause
-            }
+            self.op = Some(op);
+            return Action::Pause;
         }
+        self.record.operation = "models";
+        if path == "/v1/models" || path.starts_with("/v1/models/") {
+            if method != "GET" {
+                return self.reject(&ApiError::method_not_allowed(method, path, "GET"), Rejection::Validation, &[("allow", "GET")]);
+            }
+            let now = self.start_ms / 1000;
+            if path == "/v1/models" {
+                let body = models::model_list_json(self.cfg.router.listed(), now);
+                return self.answer(200, &body);
+            }
+            let id = &path["/v1/models/".len()..];
+            return match self.cfg.router.owner_of(id) {
+                Some(owner) => {
+                    let body = models::model_json(id, owner, now);
+                    self.answer(200, &body)
+                }
+                None => self.reject(&ApiError::model_not_found(id), Rejection::Validation, &[]),
+            };
+        }
+        self.record.operation = "unknown";
+        self.reject(&ApiError::not_found_path(method, path), Rejection::Validation, &[])
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
@@ -171,25 +245,28 @@ impl HttpContext for GatewayFilter {
             return Action::Continue;
         };
         if let Err(e) = self.cfg.check_body_size(body_size) {
-            self.op = None;
-            send_error(&e);
-            return Action::Pause;
+            return self.reject(&e, Rejection::Validation, &[]);
         }
         if !end_of_stream {
             return Action::Pause;
         }
         let body = self.get_http_request_body(0, body_size).unwrap_or_default();
         match self.on_body(op, &body) {
-            Ok(()) => Action::Continue,
-            Err(e) => {
-                self.op = None;
-                send_error(&e);
-                Action::Pause
+            Ok(()) => {
+                self.record.stream = self.stream;
+                Action::Continue
             }
+            Err(e) => self.reject(&e, Rejection::Validation, &[]),
         }
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        if self.op.is_none() {
+            return Action::Continue;
+        }
+        self.record.ttfb_ms = Some(now_ms().saturating_sub(self.start_ms));
+        let status: u16 = self.get_http_response_header(":status").and_then(|s| s.parse().ok()).unwrap_or(0);
+        self.record.status = status;
         if let (true, Some(state)) = (self.cfg.expose_served_by, &self.state) {
             let st = state.borrow();
             if let Some(b) = &st.served_backend {
@@ -202,32 +279,118 @@ impl HttpContext for GatewayFilter {
                 set_response_header("x-switchyard-attempts", Some(&st.attempts.to_string()));
             }
         }
-        if self.op == Some(Operation::Chat) && self.stream {
-            let status = self.get_http_response_header(":status");
-            let ctype = self.get_http_response_header("content-type").unwrap_or_default();
-            if status.as_deref() == Some("200") && ctype.starts_with("text/event-stream") {
-                self.tap = Some(UsageTap::new(self.wants_usage));
+        let ctype = self.get_http_response_header("content-type").unwrap_or_default();
+        self.mode = if status >= 400 && !ctype.starts_with("application/json") {
+            ResponseMode::RewriteError
+        } else if self.stream && status == 200 && ctype.starts_with("text/event-stream") {
+            ResponseMode::Stream(Box::new(UsageTap::new(self.wants_usage)))
+        } else {
+            ResponseMode::Collect
+        };
+        match self.mode {
+            ResponseMode::RewriteError if end_of_stream => {
+                let e = ApiError::new(status, kind_for_status(status), format!("The gateway could not get an answer from the provider (HTTP {status})."))
+                    .with_code("upstream_unavailable");
+                self.record.error_type = Some(e.kind.to_string());
+                self.record.error_code = e.code.clone();
+                // A header-only reply cannot grow a body here; fix the content type at least.
+                set_response_header("content-type", Some("application/json"));
+                Action::Continue
             }
+            ResponseMode::RewriteError => {
+                set_response_header("content-type", Some("application/json"));
+                Action::Pause
+            }
+            _ => Action::Continue,
         }
-        Action::Continue
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        if self.tap.is_none() {
-            return Action::Continue;
+        match self.mode {
+            ResponseMode::Ignore => Action::Continue,
+            ResponseMode::Collect => {
+                if body_size > 0 && self.buf.len() + body_size <= MAX_SUMMARY_BYTES {
+                    if let Some(chunk) = self.get_http_response_body(0, body_size) {
+                        self.buf.extend_from_slice(&chunk);
+                    }
+                }
+                if end_of_stream {
+                    let summary = ResponseSummary::parse(&self.buf);
+                    self.buf = Vec::new();
+                    self.record.response_model = summary.model;
+                    self.usage = summary.usage;
+                    if let Some(e) = summary.error {
+                        self.record.error_type = e.kind;
+                        self.record.error_code = e.code.map(|c| c.as_str().map(str::to_string).unwrap_or_else(|| c.to_string()));
+                    }
+                }
+                Action::Continue
+            }
+            ResponseMode::RewriteError => {
+                if !end_of_stream {
+                    return Action::Pause;
+                }
+                let text = self.get_http_response_body(0, body_size).unwrap_or_default();
+                let status = self.record.status;
+                let detail = String::from_utf8_lossy(&text);
+                let e = ApiError::new(
+                    status,
+                    kind_for_status(status),
+                    format!("The gateway could not get an answer from the provider: {}", detail.trim()),
+                )
+                .with_code("upstream_unavailable");
+                self.record.error_type = Some(e.kind.to_string());
+                self.record.error_code = e.code.clone();
+                let body = e.to_json();
+                if let Err(err) = hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body_size, &body) {
+                    log::warn!("switchyard: cannot replace response body: {err:?}");
+                }
+                set_response_header("content-length", Some(&body.len().to_string()));
+                Action::Continue
+            }
+            ResponseMode::Stream(ref mut tap) => {
+                let had_token = tap.first_token_seen();
+                let chunk = if body_size > 0 { hostcalls::get_buffer(BufferType::HttpResponseBody, 0, body_size).ok().flatten() } else { None };
+                self.out.clear();
+                tap.push(chunk.as_deref().unwrap_or_default(), &mut self.out);
+                if end_of_stream {
+                    tap.finish(&mut self.out);
+                }
+                if !had_token && tap.first_token_seen() {
+                    self.record.ttft_ms = Some(now_ms().saturating_sub(self.start_ms));
+                }
+                if end_of_stream {
+                    self.usage = tap.usage().cloned();
+                    self.record.response_model = tap.model().map(str::to_string);
+                    if tap.saw_error() || !tap.completed() {
+                        self.record.error_type = Some("stream_error".to_string());
+                    }
+                }
+                if let Err(e) = hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body_size, &self.out) {
+                    log::warn!("switchyard: cannot replace response body: {e:?}");
+                }
+                Action::Continue
+            }
         }
-        let chunk = if body_size > 0 { self.get_http_response_body(0, body_size).unwrap_or_default() } else { Vec::new() };
-        let Some(tap) = self.tap.as_mut() else {
-            return Action::Continue;
-        };
-        self.out.clear();
-        tap.push(&chunk, &mut self.out);
-        if end_of_stream {
-            tap.finish(&mut self.out);
+    }
+
+    fn on_log(&mut self) {
+        // A stream cut short by the client never reached end_of_stream: count what it produced.
+        if let ResponseMode::Stream(tap) = &self.mode {
+            if self.usage.is_none() {
+                self.usage = tap.usage().cloned();
+            }
+            if self.record.response_model.is_none() {
+                self.record.response_model = tap.model().map(str::to_string);
+            }
         }
-        if let Err(e) = hostcalls::set_buffer(proxy_wasm::types::BufferType::HttpResponseBody, 0, body_size, &self.out) {
-            log::warn!("switchyard: cannot replace response body: {e:?}");
+        if self.record.status == 0 {
+            // The client went away before any answer.
+            self.record.status = 499;
+            self.record.error_type.get_or_insert_with(|| "client_closed".to_string());
         }
-        Action::Continue
+        self.finish_record();
+        emit_metrics(&telemetry::metric_updates(&self.record, self.cfg.label_options));
+        publish_log_fields(&telemetry::log_fields(&self.record));
     }
 }

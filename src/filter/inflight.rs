@@ -23,6 +23,8 @@ pub struct RequestState {
     pub first_backend: Option<Rc<str>>,
     /// Backend of the latest attempt: the one that served the answer, once there is one.
     pub served_backend: Option<Rc<str>>,
+    /// Schema (provider family) of the latest attempt's backend.
+    pub served_provider: Option<&'static str>,
     /// Model name sent upstream by the latest attempt.
     pub served_model: Option<String>,
     /// Headers the latest attempt added for its provider; the next attempt removes them first.
@@ -31,7 +33,7 @@ pub struct RequestState {
 
 impl RequestState {
     pub fn new(model: String, op: Operation) -> Self {
-        RequestState { model, op, attempts: 0, first_backend: None, served_backend: None, served_model: None, provider_headers: Vec::new() }
+        RequestState { model, op, attempts: 0, first_backend: None, served_backend: None, served_provider: None, served_model: None, provider_headers: Vec::new() }
     }
 
     /// Served by a backend other than the first attempt's.

@@ -11,7 +11,7 @@ use std::rc::Rc;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{ContextType, LogLevel, MapType};
+use proxy_wasm::types::{ContextType, LogLevel, MapType, MetricType};
 
 use crate::api::ApiError;
 use crate::config::{Backend, Gateway, PluginConfig};
@@ -126,6 +126,64 @@ fn send_json(status: u16, body: &[u8], extra: &[(&str, &str)]) {
     headers.extend_from_slice(extra);
     if let Err(e) = hostcalls::send_http_response(status as u32, headers, Some(body)) {
         log::warn!("switchyard: cannot send local response: {e:?}");
+    }
+}
+
+fn now_ms() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+thread_local! {
+    /// Stat name → metric id. Each name is defined once per VM, then only incremented.
+    static METRICS: std::cell::RefCell<HashMap<String, u32>> = std::cell::RefCell::new(HashMap::new());
+}
+
+fn emit_metrics(updates: &[crate::telemetry::MetricUpdate]) {
+    use crate::telemetry::MetricKind;
+    METRICS.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        for u in updates {
+            let id = match cache.get(&u.name) {
+                Some(id) => *id,
+                None => {
+                    let ty = match u.kind {
+                        MetricKind::Counter => MetricType::Counter,
+                        MetricKind::Histogram => MetricType::Histogram,
+                    };
+                    match hostcalls::define_metric(ty, &u.name) {
+                        Ok(id) => {
+                            cache.insert(u.name.clone(), id);
+                            id
+                        }
+                        Err(e) => {
+                            log::warn!("switchyard: cannot define metric {}: {e:?}", u.name);
+                            continue;
+                        }
+                    }
+                }
+            };
+            let res = match u.kind {
+                MetricKind::Counter => hostcalls::increment_metric(id, u.value.min(i64::MAX as u64) as i64),
+                MetricKind::Histogram => hostcalls::record_metric(id, u.value),
+            };
+            if let Err(e) = res {
+                log::warn!("switchyard: cannot update metric {}: {e:?}", u.name);
+            }
+        }
+    });
+}
+
+/// Access-log fields as filter state `wasm.switchyard.<name>` (see `telemetry::log_fields`).
+fn publish_log_fields(fields: &[(&'static str, String)]) {
+    for (name, value) in fields {
+        let key = format!("switchyard.{name}");
+        if let Err(e) = hostcalls::set_property(vec![key.as_str()], Some(value.as_bytes())) {
+            log::debug!("switchyard: cannot set property {key}: {e:?}");
+        }
     }
 }
 

@@ -14,6 +14,15 @@ pub struct UsageTap {
     usage: Option<Usage>,
     saw_done: bool,
     events: u64,
+    model: Option<String>,
+    first_token: bool,
+    error: bool,
+}
+
+#[derive(Deserialize)]
+struct ModelHead {
+    #[serde(default)]
+    model: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -26,18 +35,46 @@ struct ChunkHead {
 
 impl UsageTap {
     pub fn new(client_wants_usage: bool) -> Self {
-        UsageTap { parser: SseParser::new(), forward_usage_chunk: client_wants_usage, usage: None, saw_done: false, events: 0 }
+        UsageTap {
+            parser: SseParser::new(),
+            forward_usage_chunk: client_wants_usage,
+            usage: None,
+            saw_done: false,
+            events: 0,
+            model: None,
+            first_token: false,
+            error: false,
+        }
     }
 
     /// Feeds a chunk of the upstream (already OpenAI-shaped) stream; appends what the client gets.
     pub fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> SseStatus {
-        let Self { parser, forward_usage_chunk, usage, saw_done, events } = self;
-        parser.push(chunk, |_, data| Self::on_event(data, *forward_usage_chunk, usage, saw_done, events, out))
+        // The parser is moved out for the call so that the event callback may borrow `self`.
+        let mut parser = std::mem::take(&mut self.parser);
+        let status = parser.push(chunk, |_, data| self.on_event(data, out));
+        self.parser = parser;
+        status
     }
 
     pub fn finish(&mut self, out: &mut Vec<u8>) {
-        let Self { parser, forward_usage_chunk, usage, saw_done, events } = self;
-        parser.finish(|_, data| Self::on_event(data, *forward_usage_chunk, usage, saw_done, events, out));
+        let mut parser = std::mem::take(&mut self.parser);
+        parser.finish(|_, data| self.on_event(data, out));
+        self.parser = parser;
+    }
+
+    /// `model` of the first chunk: what actually served the stream.
+    pub fn model(&self) -> Option<&str> {
+        self.model.as_deref()
+    }
+
+    /// A chunk with generated content (text, reasoning or a tool call) has gone by.
+    pub fn first_token_seen(&self) -> bool {
+        self.first_token
+    }
+
+    /// The stream carried an error event.
+    pub fn saw_error(&self) -> bool {
+        self.error
     }
 
     pub fn usage(&self) -> Option<&Usage> {
@@ -53,19 +90,32 @@ impl UsageTap {
         self.events
     }
 
-    fn on_event(data: &str, forward: bool, usage: &mut Option<Usage>, saw_done: &mut bool, events: &mut u64, out: &mut Vec<u8>) {
-        *events += 1;
+    fn on_event(&mut self, data: &str, out: &mut Vec<u8>) {
+        self.events += 1;
         if data.trim() == "[DONE]" {
-            *saw_done = true;
+            self.saw_done = true;
             write_raw_event(out, b"[DONE]");
             return;
+        }
+        if self.model.is_none() {
+            self.model = serde_json::from_str::<ModelHead>(data).ok().and_then(|h| h.model);
+        }
+        if !self.first_token
+            && ((data.contains("\"content\":\"") && !data.contains("\"content\":\"\""))
+                || data.contains("\"tool_calls\"")
+                || data.contains("\"reasoning_content\":\""))
+        {
+            self.first_token = true;
+        }
+        if !self.error && data.starts_with("{\"error\"") {
+            self.error = true;
         }
         if data.contains("\"usage\"") {
             if let Ok(head) = serde_json::from_str::<ChunkHead>(data) {
                 if let Some(u) = head.usage {
-                    *usage = Some(u);
+                    self.usage = Some(u);
                     let usage_only = head.choices.map_or(true, |c| c.is_empty());
-                    if usage_only && !forward {
+                    if usage_only && !self.forward_usage_chunk {
                         return;
                     }
                 }
@@ -79,7 +129,8 @@ impl UsageTap {
 mod tests {
     use super::*;
 
-    const STREAM: &[u8] = b"data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\n\
+    const STREAM: &[u8] = b"data: {\"id\":\"c\",\"model\":\"m-1\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n\
+data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\n\
 data: {\"id\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1,\"total_tokens\":4}}\n\n\
 data: [DONE]\n\n";
 
@@ -94,6 +145,17 @@ data: [DONE]\n\n";
     }
 
     #[test]
+    fn role_only_chunk_is_not_a_token_and_errors_are_seen() {
+        let mut tap = UsageTap::new(false);
+        let mut out = Vec::new();
+        tap.push(b"data: {\"model\":\"x\",\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n", &mut out);
+        assert!(!tap.first_token_seen());
+        tap.push(b"data: {\"error\":{\"message\":\"boom\"}}\n\n", &mut out);
+        assert!(tap.saw_error());
+        assert!(!tap.completed());
+    }
+
+    #[test]
     fn drops_usage_chunk_unless_asked_and_always_records_usage() {
         for chunk in [1, 7, STREAM.len()] {
             let (out, tap) = run(false, chunk);
@@ -102,6 +164,9 @@ data: [DONE]\n\n";
             assert!(out.ends_with("data: [DONE]\n\n"));
             assert_eq!(tap.usage().unwrap().total_tokens, 4);
             assert!(tap.completed());
+            assert!(tap.first_token_seen());
+            assert_eq!(tap.model(), Some("m-1"));
+            assert!(!tap.saw_error());
 
             let (out, tap) = run(true, chunk);
             assert!(out.contains("\"prompt_tokens\":3"));

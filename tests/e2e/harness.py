@@ -199,7 +199,7 @@ def _strip_key(node, key: str) -> int:
 
 
 def render_config(text: str, listener: int, admin: int, openai: int, anthropic: int,
-                  wasm: Path) -> tuple[str, dict]:
+                  wasm: Path, access_log: Path | None = None) -> tuple[str, dict]:
     """Rewrite envoy/demo.yaml text for the test run.
 
     Replaces the four well-known ports and the relative wasm filename (each must occur at least
@@ -216,6 +216,10 @@ def render_config(text: str, listener: int, admin: int, openai: int, anthropic: 
         counts[name] = n
     text, n = re.subn(r"(?<![\w/.-])" + re.escape(WASM_REL), str(wasm).replace("\\", "/"), text)
     counts["wasm"] = n
+    if access_log is not None:
+        # The demo logs one JSON line per request to stdout; tests read it from a file.
+        text, n = re.subn(r"(\bpath:\s*)/dev/stdout\b", rf"\g<1>{access_log}", text)
+        counts["access_log"] = n
     missing = [k for k, v in counts.items() if v < 1]
     if missing:
         raise AssertionError(
@@ -356,6 +360,7 @@ class Gateway:
         self.anthropic_mock_url = mocks.anthropic_url
         self.config_path = self.workdir / "envoy.yaml"
         self.log_path = self.workdir / "envoy.log"
+        self.access_log_path = self.workdir / "access.log"
         self.wasm_path: Path | None = None
         self.replacements: dict = {}
         self.base_id = (os.getpid() * 7 + self.listener_port) % 60000 + 1000
@@ -368,7 +373,8 @@ class Gateway:
         self.wasm_path = Path(wasm)
         text, self.replacements = render_config(
             self.config_src.read_text(encoding="utf-8"), self.listener_port, self.admin_port,
-            self.mocks.openai_port, self.mocks.anthropic_port, self.wasm_path)
+            self.mocks.openai_port, self.mocks.anthropic_port, self.wasm_path,
+            self.access_log_path)
         self.config_path.write_text(text, encoding="utf-8")
         env = dict(os.environ)
         env.update(ENVOY_ENV)

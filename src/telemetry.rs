@@ -1,0 +1,359 @@
+//! What every request leaves behind: metrics (Envoy stats) and access-log fields.
+//!
+//! Metric dimensions are encoded in the stat name as `;label=value` pairs, e.g.
+//! `gen_ai_client_token_usage;gen_ai_provider_name=anthropic;gen_ai_request_model=claude-haiku;gen_ai_token_type=output`,
+//! and turned into Prometheus labels by the `stats_config.stats_tags` regexes in envoy.yaml (one per
+//! label: `(;LABEL=([^;]*))`, see [`STATS_TAG_LABELS`]). Envoy's wasm stats live in the `wasmcustom`
+//! namespace, which the Prometheus endpoint exports without the `envoy_` prefix.
+//! Names follow the OpenTelemetry GenAI semantic conventions where one exists.
+
+use std::fmt::Write;
+
+/// Every label the gateway puts in stat names; envoy.yaml needs one `stats_tags` entry for each.
+pub const STATS_TAG_LABELS: &[&str] = &[
+    "route",
+    "backend",
+    "gen_ai_provider_name",
+    "gen_ai_request_model",
+    "gen_ai_response_model",
+    "status_class",
+    "error_type",
+    "gen_ai_token_type",
+    "reason",
+    "key_id",
+    "team",
+];
+
+pub const REQUESTS: &str = "switchyard_requests";
+pub const TOKENS: &str = "gen_ai_client_token_usage";
+pub const COST: &str = "switchyard_cost_micros";
+pub const FAILOVERS: &str = "switchyard_failovers";
+pub const REJECTIONS: &str = "switchyard_rejections";
+pub const DURATION: &str = "gen_ai_server_request_duration_ms";
+pub const TTFT: &str = "gen_ai_server_time_to_first_token_ms";
+pub const TPOT: &str = "gen_ai_server_time_per_output_token_ms";
+pub const TOKENS_PER_REQUEST: &str = "switchyard_request_tokens";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MetricKind {
+    Counter,
+    Histogram,
+}
+
+/// One metric update: add `value` to a counter, or record it in a histogram.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricUpdate {
+    pub kind: MetricKind,
+    pub name: String,
+    pub value: u64,
+}
+
+/// Why the gateway answered a request itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    Auth,
+    Scope,
+    RateLimit,
+    Budget,
+    Validation,
+}
+
+impl Rejection {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejection::Auth => "auth",
+            Rejection::Scope => "scope",
+            Rejection::RateLimit => "rate_limit",
+            Rejection::Budget => "budget",
+            Rejection::Validation => "validation",
+        }
+    }
+}
+
+/// Everything known about one request when it ends.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RequestRecord {
+    pub request_id: String,
+    pub start_unix_ms: u64,
+    pub operation: &'static str,
+    pub key_id: Option<String>,
+    pub team: Option<String>,
+    pub route: Option<String>,
+    pub requested_model: Option<String>,
+    pub response_model: Option<String>,
+    pub backend: Option<String>,
+    pub provider: Option<String>,
+    pub attempts: u32,
+    pub failover: bool,
+    pub status: u16,
+    pub error_type: Option<String>,
+    pub error_code: Option<String>,
+    pub rejection: Option<Rejection>,
+    pub stream: bool,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cached_input_tokens: u64,
+    pub cache_creation_tokens: u64,
+    pub reasoning_tokens: u64,
+    pub usage_known: bool,
+    pub cost_micros: Option<u64>,
+    pub duration_ms: u64,
+    pub ttfb_ms: Option<u64>,
+    pub ttft_ms: Option<u64>,
+}
+
+/// Which optional labels to add (per-key labels multiply series: opt-in).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LabelOptions {
+    pub key_labels: bool,
+}
+
+/// Builds `metric;label=value;…`. Values are sanitised: `;` and `=` would break the encoding,
+/// control characters and spaces have no place in a label, and an empty value reads `unknown`.
+pub fn stat_name(metric: &str, labels: &[(&str, &str)]) -> String {
+    let mut s = String::with_capacity(metric.len() + labels.len() * 32);
+    s.push_str(metric);
+    for (k, v) in labels {
+        s.push(';');
+        s.push_str(k);
+        s.push('=');
+        if v.is_empty() {
+            s.push_str("unknown");
+        }
+        for c in v.chars().take(128) {
+            s.push(if c == ';' || c == '=' || c.is_control() || c.is_whitespace() { '_' } else { c });
+        }
+    }
+    s
+}
+
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        _ => "none",
+    }
+}
+
+/// The metric updates one finished request makes.
+pub fn metric_updates(r: &RequestRecord, opts: LabelOptions) -> Vec<MetricUpdate> {
+    let mut out = Vec::with_capacity(16);
+    let route = r.route.as_deref().unwrap_or("");
+    let backend = r.backend.as_deref().unwrap_or("");
+    let provider = r.provider.as_deref().unwrap_or("");
+    let req_model = r.requested_model.as_deref().unwrap_or("");
+    let resp_model = r.response_model.as_deref().unwrap_or("");
+    let error_type = r.error_type.as_deref().unwrap_or("none");
+    let key = r.key_id.as_deref().unwrap_or("");
+    let team = r.team.as_deref().unwrap_or("");
+
+    let mut base: Vec<(&str, &str)> = vec![
+        ("route", route),
+        ("backend", backend),
+        ("gen_ai_provider_name", provider),
+        ("gen_ai_request_model", req_model),
+        ("gen_ai_response_model", resp_model),
+        ("status_class", status_class(r.status)),
+        ("error_type", error_type),
+    ];
+    if opts.key_labels {
+        base.push(("key_id", key));
+        base.push(("team", team));
+    }
+    let counter = |name: String, value: u64| MetricUpdate { kind: MetricKind::Counter, name, value };
+    let histogram = |name: String, value: u64| MetricUpdate { kind: MetricKind::Histogram, name, value };
+
+    out.push(counter(stat_name(REQUESTS, &base), 1));
+
+    if let Some(rej) = r.rejection {
+        let mut labels = vec![("reason", rej.as_str()), ("gen_ai_request_model", req_model)];
+        if opts.key_labels {
+            labels.push(("key_id", key));
+            labels.push(("team", team));
+        }
+        out.push(counter(stat_name(REJECTIONS, &labels), 1));
+    }
+    if r.failover {
+        out.push(counter(stat_name(FAILOVERS, &[("route", route), ("backend", backend)]), 1));
+    }
+
+    let model_labels: Vec<(&str, &str)> = {
+        let mut l = vec![("gen_ai_provider_name", provider), ("gen_ai_request_model", req_model)];
+        if opts.key_labels {
+            l.push(("key_id", key));
+            l.push(("team", team));
+        }
+        l
+    };
+    if r.usage_known {
+        let cached = r.cached_input_tokens;
+        let creation = r.cache_creation_tokens;
+        for (ty, n) in [
+            ("input", r.input_tokens),
+            ("output", r.output_tokens),
+            ("cached_input", cached),
+            ("cache_creation", creation),
+            ("reasoning", r.reasoning_tokens),
+        ] {
+            if n > 0 {
+                let mut l = model_labels.clone();
+                l.push(("gen_ai_token_type", ty));
+                out.push(counter(stat_name(TOKENS, &l), n));
+            }
+        }
+        for (ty, n) in [("input", r.input_tokens), ("output", r.output_tokens)] {
+            let mut l = model_labels[..2].to_vec();
+            l.push(("gen_ai_token_type", ty));
+            out.push(histogram(stat_name(TOKENS_PER_REQUEST, &l), n));
+        }
+    }
+    if let Some(c) = r.cost_micros {
+        if c > 0 {
+            out.push(counter(stat_name(COST, &model_labels), c));
+        }
+    }
+    // Latency histograms only for requests that reached a provider.
+    if r.attempts > 0 {
+        let l = &model_labels[..2];
+        out.push(histogram(stat_name(DURATION, l), r.duration_ms));
+        if let Some(ttft) = r.ttft_ms {
+            out.push(histogram(stat_name(TTFT, l), ttft));
+            if r.output_tokens > 1 && r.duration_ms >= ttft {
+                out.push(histogram(stat_name(TPOT, l), (r.duration_ms - ttft) / (r.output_tokens - 1)));
+            }
+        }
+    }
+    out
+}
+
+/// Access-log fields, published as filter state `wasm.switchyard.<name>` and read in envoy.yaml as
+/// `%FILTER_STATE(wasm.switchyard.<name>:PLAIN)%`. No credential or prompt ever goes here.
+pub fn log_fields(r: &RequestRecord) -> Vec<(&'static str, String)> {
+    fn opt(v: &Option<String>) -> String {
+        v.clone().unwrap_or_default()
+    }
+    let mut f = vec![
+        ("request_id", r.request_id.clone()),
+        ("start_time_ms", r.start_unix_ms.to_string()),
+        ("operation", r.operation.to_string()),
+        ("key_id", opt(&r.key_id)),
+        ("team", opt(&r.team)),
+        ("route", opt(&r.route)),
+        ("requested_model", opt(&r.requested_model)),
+        ("response_model", opt(&r.response_model)),
+        ("backend", opt(&r.backend)),
+        ("provider", opt(&r.provider)),
+        ("attempts", r.attempts.to_string()),
+        ("failover", r.failover.to_string()),
+        ("status", r.status.to_string()),
+        ("error_type", opt(&r.error_type)),
+        ("error_code", opt(&r.error_code)),
+        ("rejection", r.rejection.map(|x| x.as_str().to_string()).unwrap_or_default()),
+        ("stream", r.stream.to_string()),
+        ("input_tokens", r.input_tokens.to_string()),
+        ("output_tokens", r.output_tokens.to_string()),
+        ("cached_input_tokens", r.cached_input_tokens.to_string()),
+        ("cache_creation_tokens", r.cache_creation_tokens.to_string()),
+        ("reasoning_tokens", r.reasoning_tokens.to_string()),
+        ("cost_micros", r.cost_micros.map(|c| c.to_string()).unwrap_or_default()),
+        ("duration_ms", r.duration_ms.to_string()),
+        ("ttfb_ms", r.ttfb_ms.map(|c| c.to_string()).unwrap_or_default()),
+        ("ttft_ms", r.ttft_ms.map(|c| c.to_string()).unwrap_or_default()),
+    ];
+    f.retain(|(_, v)| !v.is_empty());
+    f
+}
+
+/// The `stats_tags` block for envoy.yaml (used by docs and a test that keeps envoy.yaml in sync).
+pub fn stats_tags_yaml(indent: usize) -> String {
+    let pad = " ".repeat(indent);
+    let mut s = String::new();
+    for l in STATS_TAG_LABELS {
+        let _ = writeln!(s, "{pad}- {{ tag_name: {l}, regex: \"(;{l}=([^;]*))\" }}");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> RequestRecord {
+        RequestRecord {
+            request_id: "r1".into(),
+            operation: "chat",
+            route: Some("gpt-4o-mini".into()),
+            requested_model: Some("gpt-4o-mini".into()),
+            response_model: Some("claude-3-5-haiku-20241022".into()),
+            backend: Some("anthropic".into()),
+            provider: Some("anthropic".into()),
+            attempts: 2,
+            failover: true,
+            status: 200,
+            stream: true,
+            input_tokens: 20,
+            output_tokens: 11,
+            cached_input_tokens: 5,
+            usage_known: true,
+            cost_micros: Some(42),
+            duration_ms: 120,
+            ttft_ms: Some(20),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn names_encode_labels_and_sanitise_values() {
+        assert_eq!(stat_name("m", &[("a", "x.y"), ("b", "")]), "m;a=x.y;b=unknown");
+        assert_eq!(stat_name("m", &[("a", "p;q=r s\n")]), "m;a=p_q_r_s_");
+    }
+
+    #[test]
+    fn a_failed_over_stream_counts_everything_once() {
+        let u = metric_updates(&record(), LabelOptions::default());
+        let get = |prefix: &str| u.iter().filter(|m| m.name.starts_with(prefix)).collect::<Vec<_>>();
+        assert_eq!(get(REQUESTS).len(), 1);
+        assert!(get(REQUESTS)[0].name.contains(";status_class=2xx;error_type=none"));
+        assert_eq!(get(FAILOVERS).len(), 1);
+        let tokens: Vec<_> = u.iter().filter(|m| m.name.starts_with("gen_ai_client_token_usage;")).collect();
+        assert_eq!(tokens.len(), 3, "input, output, cached_input (zero counts are skipped)");
+        assert!(tokens.iter().any(|m| m.name.ends_with("gen_ai_token_type=output") && m.value == 11));
+        assert_eq!(get(COST)[0].value, 42);
+        assert_eq!(get(TTFT)[0].value, 20);
+        assert_eq!(get(TPOT)[0].value, 10, "(120-20)/(11-1)");
+        assert!(get(REJECTIONS).is_empty());
+        assert!(!u.iter().any(|m| m.name.contains("key_id")), "key labels are opt-in");
+    }
+
+    #[test]
+    fn rejections_have_a_reason_and_no_latency() {
+        let r = RequestRecord {
+            status: 401,
+            rejection: Some(Rejection::Auth),
+            error_type: Some("invalid_request_error".into()),
+            requested_model: Some("m".into()),
+            ..Default::default()
+        };
+        let u = metric_updates(&r, LabelOptions { key_labels: true });
+        assert!(u.iter().any(|m| m.name == "switchyard_rejections;reason=auth;gen_ai_request_model=m;key_id=unknown;team=unknown"));
+        assert!(!u.iter().any(|m| m.kind == MetricKind::Histogram));
+    }
+
+    #[test]
+    fn log_fields_skip_empty_values() {
+        let f = log_fields(&record());
+        assert!(f.iter().any(|(k, v)| *k == "backend" && v == "anthropic"));
+        assert!(!f.iter().any(|(k, _)| *k == "key_id"));
+    }
+
+    #[test]
+    fn stats_tags_cover_every_label() {
+        let y = stats_tags_yaml(0);
+        for l in STATS_TAG_LABELS {
+            assert!(y.contains(&format!("tag_name: {l},")));
+        }
+    }
+}
