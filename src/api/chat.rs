@@ -280,6 +280,18 @@ pub fn parse_json_body<'de, T: Deserialize<'de>>(body: &'de [u8]) -> Result<T, A
             "We could not parse the JSON body of your request: the body is empty. The API expects a JSON payload.",
         ));
     }
+    // serde's derived maps also accept positional arrays (`["gpt-4o", [...]]`); the API takes objects.
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => {}
+        Some(_) if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() => {
+            return Err(ApiError::invalid_request("The request body must be a JSON object."));
+        }
+        _ => {
+            return Err(ApiError::invalid_request(
+                "We could not parse the JSON body of your request. The API expects a JSON object payload.",
+            ))
+        }
+    }
     let mut de = serde_json::Deserializer::from_slice(body);
     let result = serde_path_to_error::deserialize(&mut de)
         .map_err(|err| (err.path().to_string(), err.into_inner()))
@@ -533,5 +545,8 @@ mod tests {
             Some("temperature")
         );
         assert_eq!(err(r#"[1,2]"#).status, 400);
+        let positional = err(r#"["m",[{"role":"user","content":"x"}]]"#);
+        assert_eq!((positional.status, positional.param), (400, None));
+        assert!(err("  \"text\"").message.contains("JSON object"));
     }
 }

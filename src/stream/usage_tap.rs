@@ -7,6 +7,7 @@ use serde::Deserialize;
 
 use super::sse::{write_raw_event, SseParser, SseStatus};
 use crate::api::chat::Usage;
+use crate::api::ApiError;
 
 pub struct UsageTap {
     parser: SseParser,
@@ -56,10 +57,17 @@ impl UsageTap {
         status
     }
 
+    /// Upstream ended. A stream that reached neither `[DONE]` nor an error event was cut short:
+    /// the client gets an error event, never a silent end that looks complete.
     pub fn finish(&mut self, out: &mut Vec<u8>) {
         let mut parser = std::mem::take(&mut self.parser);
         parser.finish(|_, data| self.on_event(data, out));
         self.parser = parser;
+        if !self.saw_done && !self.error {
+            self.error = true;
+            let e = ApiError::new(502, "api_error", "The upstream stream ended before completion.").with_code("stream_truncated");
+            write_raw_event(out, &e.to_json());
+        }
     }
 
     /// `model` of the first chunk: what actually served the stream.
@@ -142,6 +150,18 @@ data: [DONE]\n\n";
         }
         tap.finish(&mut out);
         (String::from_utf8(out).unwrap(), tap)
+    }
+
+    #[test]
+    fn a_stream_cut_short_ends_with_an_error_event() {
+        let cut = &STREAM[..STREAM.len() - b"data: [DONE]\n\n".len()];
+        let mut tap = UsageTap::new(false);
+        let mut out = Vec::new();
+        tap.push(cut, &mut out);
+        tap.finish(&mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.ends_with("\"code\":\"stream_truncated\"}}\n\n"), "{text}");
+        assert!(tap.saw_error());
     }
 
     #[test]
