@@ -46,6 +46,10 @@ pub struct GatewayConfig {
     pub expose_served_by: bool,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Virtual keys, teams, rate limits, budgets and prices (`crate::policy::Policy::new`).
+    /// Absent: no authentication.
+    #[serde(default)]
+    pub auth: Option<crate::policy::PolicyConfig>,
 }
 
 /// Metric options. Per-key and per-team labels multiply the number of series: off by default.
@@ -94,6 +98,16 @@ pub enum Schema {
     Openai,
     /// Anthropic Messages API.
     Anthropic,
+    /// AWS Bedrock Runtime: Converse (chat) and InvokeModel (embeddings), SigV4 or Bedrock API keys.
+    Bedrock,
+    /// Google Gemini API (`generateContent`); with `vertex`, the same schema on Vertex AI.
+    Gemini,
+    /// Azure OpenAI: OpenAI's bodies on `/openai/deployments/{model}/…?api-version=…`, `api-key` auth.
+    AzureOpenai,
+    /// Cohere v2 (`/v2/chat`, `/v2/embed`).
+    Cohere,
+    /// Ollama's native API (`/api/chat`, `/api/embed`, NDJSON streams).
+    Ollama,
 }
 
 impl Schema {
@@ -101,12 +115,20 @@ impl Schema {
         match self {
             Schema::Openai => "openai",
             Schema::Anthropic => "anthropic",
+            Schema::Bedrock => "bedrock",
+            Schema::Gemini => "gemini",
+            Schema::AzureOpenai => "azure_openai",
+            Schema::Cohere => "cohere",
+            Schema::Ollama => "ollama",
         }
     }
 
     pub fn default_base_path(self) -> &'static str {
         match self {
             Schema::Openai | Schema::Anthropic => "/v1",
+            Schema::Bedrock => "",
+            Schema::Gemini => "/v1beta",
+            Schema::AzureOpenai | Schema::Cohere | Schema::Ollama => "",
         }
     }
 }
@@ -138,6 +160,102 @@ pub struct Backend {
     /// Extra headers sent on every request to this backend.
     #[serde(default)]
     pub headers: Vec<(String, String)>,
+    /// Bedrock: where the AWS SigV4 credentials and region come from. Optional: without it a
+    /// Bedrock backend still reads the standard `AWS_*` variables and takes the region from `host`.
+    #[serde(default)]
+    pub aws: Option<AwsConfig>,
+    /// Gemini: serve through Vertex AI (`/v1/projects/{project}/locations/{location}/publishers/google/models/…`,
+    /// the credential as `authorization: Bearer …`); needs `host` (`{location}-aiplatform.googleapis.com`).
+    #[serde(default)]
+    pub vertex: Option<VertexConfig>,
+    /// OpenAI schema: a known OpenAI-compatible provider (`mistral`, `deepseek`, `qwen`, `groq`, `xai`,
+    /// `together`, `fireworks`, `openrouter`, `vllm`, `ollama`) supplying `host`, `base_path` and the
+    /// credential variable when those are unset, and the provider's request/answer adjustments.
+    #[serde(default)]
+    pub preset: Option<crate::providers::presets::Preset>,
+    /// Azure OpenAI: the `api-version` query parameter (default `2024-10-21`).
+    #[serde(default)]
+    pub api_version: Option<String>,
+}
+
+/// The Vertex AI project and location of a Gemini backend.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct VertexConfig {
+    pub project: String,
+    /// A region (`us-central1`) or `global`.
+    pub location: String,
+}
+
+impl VertexConfig {
+    /// Vertex AI's endpoint for the location: `{location}-aiplatform.googleapis.com`, or
+    /// `aiplatform.googleapis.com` for `global`.
+    pub fn endpoint_host(&self) -> String {
+        if self.location == "global" {
+            "aiplatform.googleapis.com".to_string()
+        } else {
+            format!("{}-aiplatform.googleapis.com", self.location)
+        }
+    }
+}
+
+/// AWS signing settings of a Bedrock backend. The keys are read once, at configuration time, from
+/// environment variables passed into the VM (`vm_config.environment_variables.host_env_keys`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsConfig {
+    /// Signing region; defaults to the one in `host` (`bedrock-runtime.<region>.amazonaws.com`).
+    #[serde(default)]
+    pub region: Option<String>,
+    #[serde(default = "default_access_key_id_env")]
+    pub access_key_id_env: String,
+    #[serde(default = "default_secret_access_key_env")]
+    pub secret_access_key_env: String,
+    #[serde(default = "default_session_token_env")]
+    pub session_token_env: String,
+}
+
+fn default_access_key_id_env() -> String {
+    "AWS_ACCESS_KEY_ID".to_string()
+}
+
+fn default_secret_access_key_env() -> String {
+    "AWS_SECRET_ACCESS_KEY".to_string()
+}
+
+fn default_session_token_env() -> String {
+    "AWS_SESSION_TOKEN".to_string()
+}
+
+impl Default for AwsConfig {
+    fn default() -> Self {
+        AwsConfig {
+            region: None,
+            access_key_id_env: default_access_key_id_env(),
+            secret_access_key_env: default_secret_access_key_env(),
+            session_token_env: default_session_token_env(),
+        }
+    }
+}
+
+/// AWS credentials for SigV4, read once at configuration time. `Debug` never shows the secrets.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AwsCredentials {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub session_token: Option<String>,
+    pub region: String,
+}
+
+impl std::fmt::Debug for AwsCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AwsCredentials")
+            .field("access_key_id", &"<redacted>")
+            .field("secret_access_key", &"<redacted>")
+            .field("session_token", &self.session_token.as_ref().map(|_| "<redacted>"))
+            .field("region", &self.region)
+            .finish()
+    }
 }
 
 /// Where the provider credential comes from: an environment variable passed into the VM by
@@ -161,6 +279,14 @@ impl Backend {
             None => match self.schema {
                 Schema::Openai => "authorization",
                 Schema::Anthropic => "x-api-key",
+                // A Bedrock API key, sent as a bearer token when no AWS keys are configured.
+                Schema::Bedrock => "authorization",
+                // Vertex AI takes an OAuth access token; the Gemini API an API key.
+                Schema::Gemini if self.vertex.is_some() => "authorization",
+                Schema::Gemini => "x-goog-api-key",
+                Schema::AzureOpenai => "api-key",
+                // Cohere always; Ollama only behind ollama.com or an authenticating proxy.
+                Schema::Cohere | Schema::Ollama => "authorization",
             },
         }
     }
@@ -175,7 +301,92 @@ impl Backend {
 
     /// Path prefix before the schema's own paths, without a trailing slash.
     pub fn base_path(&self) -> &str {
-        self.base_path.as_deref().unwrap_or_else(|| self.schema.default_base_path()).trim_end_matches('/')
+        let default = if self.vertex.is_some() { "/v1" } else { self.schema.default_base_path() };
+        self.base_path.as_deref().unwrap_or(default).trim_end_matches('/')
+    }
+
+    /// The AWS signing region: `aws.region`, else the one in a `bedrock-runtime[-fips].<region>.amazonaws.com[.cn]` host.
+    pub fn aws_region(&self) -> Option<String> {
+        if let Some(r) = self.aws.as_ref().and_then(|a| a.region.as_deref()).filter(|r| !r.is_empty()) {
+            return Some(r.to_string());
+        }
+        let host = self.host.as_deref()?;
+        let host = host.split(':').next().unwrap_or(host);
+        let mut labels = host.split('.');
+        let service = labels.next()?;
+        let region = labels.next()?;
+        let is_bedrock = service == "bedrock-runtime" || service == "bedrock-runtime-fips";
+        if is_bedrock && !region.is_empty() && labels.next() == Some("amazonaws") {
+            Some(region.to_string())
+        } else {
+            None
+        }
+    }
+
+    /// Bedrock's AWS credentials from the environment (`getenv` is `std::env::var` in the filter,
+    /// read once at configuration time). `Ok(None)`: not Bedrock, or no AWS keys set (requests then
+    /// go with the `credential` as a bearer token, or unauthenticated). `Err`: half-configured keys
+    /// or no region, which the caller reports.
+    pub fn load_aws_credentials(&self, getenv: impl Fn(&str) -> Option<String>) -> Result<Option<AwsCredentials>, String> {
+        if self.schema != Schema::Bedrock {
+            return Ok(None);
+        }
+        let defaults = AwsConfig::default();
+        let cfg = self.aws.as_ref().unwrap_or(&defaults);
+        let get = |name: &str| getenv(name).filter(|v| !v.trim().is_empty());
+        let (id, secret) = match (get(&cfg.access_key_id_env), get(&cfg.secret_access_key_env)) {
+            (None, None) => return Ok(None),
+            (Some(id), Some(secret)) => (id, secret),
+            (Some(_), None) => {
+                return Err(format!("{} is set but {} is not", cfg.access_key_id_env, cfg.secret_access_key_env))
+            }
+            (None, Some(_)) => {
+                return Err(format!("{} is set but {} is not", cfg.secret_access_key_env, cfg.access_key_id_env))
+            }
+        };
+        let Some(region) = self.aws_region() else {
+            return Err("AWS keys are set but no region is known: set aws.region or a bedrock-runtime.<region>.amazonaws.com host".into());
+        };
+        Ok(Some(AwsCredentials {
+            access_key_id: id.trim().to_string(),
+            secret_access_key: secret.trim().to_string(),
+            session_token: get(&cfg.session_token_env).map(|t| t.trim().to_string()),
+            region,
+        }))
+    }
+
+    /// Schema-specific checks of a backend entry.
+    fn validate(&self) -> Result<(), String> {
+        if self.preset.is_some() && self.schema != Schema::Openai {
+            return Err("`preset` only applies to the openai schema".into());
+        }
+        if self.api_version.is_some() && self.schema != Schema::AzureOpenai {
+            return Err("`api_version` only applies to the azure_openai schema".into());
+        }
+        if self.aws.is_some() && self.schema != Schema::Bedrock {
+            return Err("`aws` only applies to the bedrock schema".into());
+        }
+        if let Some(v) = &self.vertex {
+            if self.schema != Schema::Gemini {
+                return Err("`vertex` only applies to the gemini schema".into());
+            }
+            let ok = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !ok(&v.project) || !ok(&v.location) {
+                return Err("vertex.project and vertex.location must be non-empty and use only letters, digits, '-' and '_'".into());
+            }
+            if self.host.as_deref().map_or(true, str::is_empty) {
+                return Err(format!("a vertex backend needs `host` (the regional endpoint, e.g. {})", v.endpoint_host()));
+            }
+        }
+        if self.schema == Schema::Bedrock {
+            if self.host.as_deref().is_none_or(str::is_empty) {
+                return Err("a bedrock backend needs `host` (e.g. bedrock-runtime.us-east-1.amazonaws.com): requests are signed for it".into());
+            }
+            if self.aws.is_some() && self.aws_region().is_none() {
+                return Err("aws.region is not set and the host does not name a region".into());
+            }
+        }
+        Ok(())
     }
 }
 
@@ -184,19 +395,24 @@ pub struct Gateway {
     pub max_request_body_bytes: usize,
     pub expose_served_by: bool,
     pub label_options: crate::telemetry::LabelOptions,
+    /// Virtual keys, limits and budgets; `None` when the gateway is open.
+    pub policy: Option<crate::policy::Policy>,
     pub router: ModelRouter,
 }
 
 impl PluginConfig {
     pub fn parse(bytes: &[u8]) -> Result<PluginConfig, String> {
-        let cfg: PluginConfig = serde_json::from_slice(bytes).map_err(|e| format!("invalid plugin configuration: {e}"))?;
-        if let PluginConfig::Backend(b) = &cfg {
-            for (name, backend) in &b.backends {
+        let mut cfg: PluginConfig = serde_json::from_slice(bytes).map_err(|e| format!("invalid plugin configuration: {e}"))?;
+        if let PluginConfig::Backend(b) = &mut cfg {
+            for (name, backend) in &mut b.backends {
+                backend.validate().map_err(|e| format!("backend {name}: {e}"))?;
                 if let Some(bp) = &backend.base_path {
-                    if !bp.starts_with('/') {
+                    // Empty is allowed: several schemas' paths start at the host's root.
+                    if !bp.is_empty() && !bp.starts_with('/') {
                         return Err(format!("backend {name}: base_path must start with '/'"));
                     }
                 }
+                crate::providers::presets::apply_defaults(backend);
             }
         }
         Ok(cfg)
@@ -208,9 +424,17 @@ impl Gateway {
         if cfg.max_request_body_bytes == 0 {
             return Err("max_request_body_bytes must be positive".into());
         }
-        Ok(Gateway { max_request_body_bytes: cfg.max_request_body_bytes, expose_served_by: cfg.expose_served_by,
+        let policy = match cfg.auth {
+            Some(p) => Some(crate::policy::Policy::new(p).map_err(|e| format!("auth: {e}"))?),
+            None => None,
+        };
+        Ok(Gateway {
+            max_request_body_bytes: cfg.max_request_body_bytes,
+            expose_served_by: cfg.expose_served_by,
             label_options: crate::telemetry::LabelOptions { key_labels: cfg.metrics.key_labels },
-            router: ModelRouter::new(cfg.models)? })
+            router: ModelRouter::new(cfg.models)?,
+            policy,
+        })
     }
 
     pub fn check_body_size(&self, size: usize) -> Result<(), ApiError> {
@@ -225,6 +449,82 @@ impl Gateway {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn bedrock(json: &str) -> Backend {
+        let cfg = format!(r#"{{"role":"backend","backends":{{"b":{json}}}}}"#);
+        match PluginConfig::parse(cfg.as_bytes()) {
+            Ok(PluginConfig::Backend(mut b)) => b.backends.remove("b").expect("backend b"),
+            other => panic!("{json}: {other:?}"),
+        }
+    }
+
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+    }
+
+    #[test]
+    fn bedrock_backend_defaults_and_credentials() {
+        let b = bedrock(r#"{"schema":"bedrock","host":"bedrock-runtime.eu-west-3.amazonaws.com"}"#);
+        assert_eq!(b.base_path(), "");
+        assert_eq!(b.credential_header(), "authorization");
+        assert_eq!(b.credential_prefix(), "Bearer ");
+        assert_eq!(b.aws_region().as_deref(), Some("eu-west-3"));
+        // Standard variable names by default; the session token is optional.
+        let c = b
+            .load_aws_credentials(env(&[("AWS_ACCESS_KEY_ID", "AKID"), ("AWS_SECRET_ACCESS_KEY", " secret\n")]))
+            .unwrap()
+            .unwrap();
+        assert_eq!((c.access_key_id.as_str(), c.secret_access_key.as_str(), c.region.as_str()), ("AKID", "secret", "eu-west-3"));
+        assert_eq!(c.session_token, None);
+        let c = b
+            .load_aws_credentials(env(&[("AWS_ACCESS_KEY_ID", "AKIDQQ"), ("AWS_SECRET_ACCESS_KEY", "zzsecretzz"), ("AWS_SESSION_TOKEN", "zztokenzz")]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.session_token.as_deref(), Some("zztokenzz"));
+        // Debug never shows the secrets.
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("AKIDQQ") && !shown.contains("zzsecretzz") && !shown.contains("zztokenzz"), "{shown}");
+        assert!(shown.contains("eu-west-3"), "{shown}");
+        // No keys: no SigV4 (a bearer `credential` may still be used).
+        assert_eq!(b.load_aws_credentials(env(&[("AWS_ACCESS_KEY_ID", "")])), Ok(None));
+        // Half a key pair is an error the filter reports.
+        assert!(b.load_aws_credentials(env(&[("AWS_ACCESS_KEY_ID", "AKID")])).unwrap_err().contains("AWS_SECRET_ACCESS_KEY"));
+        assert!(b.load_aws_credentials(env(&[("AWS_SECRET_ACCESS_KEY", "s")])).unwrap_err().contains("AWS_ACCESS_KEY_ID"));
+    }
+
+    #[test]
+    fn bedrock_aws_section_overrides_names_and_region() {
+        let b = bedrock(
+            r#"{"schema":"bedrock","host":"bedrock.internal:8443","credential":{"env":"AWS_BEARER_TOKEN_BEDROCK"},
+                "aws":{"region":"ap-south-1","access_key_id_env":"K","secret_access_key_env":"S","session_token_env":"T"}}"#,
+        );
+        let c = b.load_aws_credentials(env(&[("K", "id"), ("S", "sec"), ("T", "tok"), ("AWS_ACCESS_KEY_ID", "other")])).unwrap().unwrap();
+        assert_eq!(c, AwsCredentials { access_key_id: "id".into(), secret_access_key: "sec".into(), session_token: Some("tok".into()), region: "ap-south-1".into() });
+        // Other schemas never load AWS keys.
+        let o = bedrock(r#"{"schema":"openai"}"#);
+        assert_eq!(o.load_aws_credentials(env(&[("AWS_ACCESS_KEY_ID", "a"), ("AWS_SECRET_ACCESS_KEY", "b")])), Ok(None));
+        // A host that names no region and no aws.region: keys cannot be used.
+        let m = bedrock(r#"{"schema":"bedrock","host":"127.0.0.1:18003"}"#);
+        assert_eq!(m.aws_region(), None);
+        assert!(m.load_aws_credentials(env(&[("AWS_ACCESS_KEY_ID", "a"), ("AWS_SECRET_ACCESS_KEY", "b")])).is_err());
+        assert_eq!(m.load_aws_credentials(env(&[])), Ok(None));
+        assert_eq!(bedrock(r#"{"schema":"bedrock","host":"bedrock-runtime-fips.us-gov-west-1.amazonaws.com"}"#).aws_region().as_deref(), Some("us-gov-west-1"));
+        assert_eq!(bedrock(r#"{"schema":"bedrock","host":"bedrock-runtime.cn-north-1.amazonaws.com.cn"}"#).aws_region().as_deref(), Some("cn-north-1"));
+    }
+
+    #[test]
+    fn bedrock_backend_mistakes_are_rejected() {
+        for bad in [
+            r#"{"schema":"bedrock"}"#,
+            r#"{"schema":"bedrock","host":""}"#,
+            r#"{"schema":"bedrock","host":"127.0.0.1:1","aws":{}}"#,
+            r#"{"schema":"openai","aws":{"region":"us-east-1"}}"#,
+            r#"{"schema":"bedrock","host":"h","aws":{"region":"x","typo":1}}"#,
+        ] {
+            let cfg = format!(r#"{{"role":"backend","backends":{{"b":{bad}}}}}"#);
+            assert!(PluginConfig::parse(cfg.as_bytes()).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn parses_both_roles() {

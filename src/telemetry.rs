@@ -144,7 +144,10 @@ pub fn metric_updates(r: &RequestRecord, opts: LabelOptions) -> Vec<MetricUpdate
     let route = r.route.as_deref().unwrap_or("");
     let backend = r.backend.as_deref().unwrap_or("");
     let provider = r.provider.as_deref().unwrap_or("");
-    let req_model = r.requested_model.as_deref().unwrap_or("");
+    // A label carries only a model the configuration resolved: an unknown name is whatever a client
+    // sent, and each distinct one would define a new stat for good (unbounded series and VM memory).
+    // The access log keeps the name as sent.
+    let req_model = if r.route.is_some() { r.requested_model.as_deref().unwrap_or("") } else { "" };
     let resp_model = r.response_model.as_deref().unwrap_or("");
     let error_type = r.error_type.as_deref().unwrap_or("none");
     let key = r.key_id.as_deref().unwrap_or("");
@@ -334,12 +337,28 @@ mod tests {
             status: 401,
             rejection: Some(Rejection::Auth),
             error_type: Some("invalid_request_error".into()),
+            route: Some("m".into()),
             requested_model: Some("m".into()),
             ..Default::default()
         };
         let u = metric_updates(&r, LabelOptions { key_labels: true });
         assert!(u.iter().any(|m| m.name == "switchyard_rejections;reason=auth;gen_ai_request_model=m;key_id=unknown;team=unknown"));
         assert!(!u.iter().any(|m| m.kind == MetricKind::Histogram));
+    }
+
+    #[test]
+    fn unresolved_models_do_not_become_label_values() {
+        let r = RequestRecord {
+            status: 404,
+            rejection: Some(Rejection::Validation),
+            error_type: Some("invalid_request_error".into()),
+            requested_model: Some("no-such-model-1234".into()),
+            ..Default::default()
+        };
+        let u = metric_updates(&r, LabelOptions::default());
+        assert!(u.iter().all(|m| !m.name.contains("no-such-model")), "{u:?}");
+        assert!(u.iter().any(|m| m.name == "switchyard_rejections;reason=validation;gen_ai_request_model=unknown"));
+        assert!(log_fields(&r).iter().any(|(k, v)| *k == "requested_model" && v == "no-such-model-1234"));
     }
 
     #[test]

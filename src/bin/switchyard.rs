@@ -2,6 +2,8 @@
 //!
 //!   switchyard check FILE...   parse and validate plugin configuration JSON files
 //!   switchyard version
+//!   switchyard hash-key [KEY]  print the sha256 to configure for a virtual key (KEY, else read from stdin)
+//!   switchyard new-key [ID]    generate a virtual key and print it with its configuration entry
 
 use std::process::ExitCode;
 
@@ -12,12 +14,46 @@ fn check(path: &str) -> Result<String, String> {
     match PluginConfig::parse(&bytes).map_err(|e| format!("{path}: {e}"))? {
         PluginConfig::Gateway(g) => {
             let models = g.models.len();
+            if let Some(auth) = g.auth.clone() {
+                switchyard::policy::Policy::new(auth).map_err(|e| format!("{path}: auth: {e}"))?;
+            }
             Gateway::new(g).map_err(|e| format!("{path}: {e}"))?;
             Ok(format!("{path}: gateway configuration with {models} model entries is valid"))
         }
         PluginConfig::Backend(b) => Ok(format!("{path}: backend configuration with {} backends is valid", b.backends.len())),
         PluginConfig::Noop => Ok(format!("{path}: no-op (pass-through) configuration is valid")),
     }
+}
+
+/// `hash-key`: the key from the argument, else the first line of stdin (keeps it out of shell history).
+fn hash_key_cmd(arg: Option<&str>) -> Result<String, String> {
+    let key = match arg {
+        Some(k) => k.to_string(),
+        None => {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).map_err(|e| format!("reading the key from stdin: {e}"))?;
+            line.trim().to_string()
+        }
+    };
+    if key.is_empty() {
+        return Err("hash-key: empty key".into());
+    }
+    Ok(switchyard::policy::keys::hash_key(&key))
+}
+
+/// `new-key`: 32 bytes from the operating system's random source.
+fn new_key_cmd(id: Option<&str>) -> Result<String, String> {
+    use std::io::Read;
+    let mut random = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut random))
+        .map_err(|e| format!("new-key: cannot read /dev/urandom: {e}"))?;
+    let key = switchyard::policy::keys::generate_key(&random);
+    let hash = switchyard::policy::keys::hash_key(&key);
+    let id = id.unwrap_or("my-key");
+    Ok(format!(
+        "key:    {key}\nsha256: {hash}\n\nGive the key to its user (it is shown only now) and add to the gateway's auth.keys:\n  {{\"id\": \"{id}\", \"sha256\": \"{hash}\"}}"
+    ))
 }
 
 fn main() -> ExitCode {
@@ -40,12 +76,26 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+        Some(cmd @ ("hash-key" | "new-key")) if args.len() <= 2 => {
+            let arg = args.get(1).map(String::as_str);
+            let result = if cmd == "hash-key" { hash_key_cmd(arg) } else { new_key_cmd(arg) };
+            match result {
+                Ok(out) => {
+                    println!("{out}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Some("version") => {
             println!("switchyard {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
         _ => {
-            eprintln!("usage: switchyard check FILE...   |   switchyard version");
+            eprintln!("usage: switchyard check FILE...   |   switchyard hash-key [KEY]   |   switchyard new-key [ID]   |   switchyard version");
             ExitCode::from(2)
         }
     }

@@ -70,7 +70,7 @@ impl BackendFilter {
     /// Rewrites the buffered request body and the headers for the chosen backend.
     fn translate_request(&mut self, backend: &BackendRuntime, body: &[u8]) -> Result<(), ApiError> {
         let cfg = &backend.cfg;
-        let up = providers::upstream_request(self.op, cfg, body, &AttemptContext { model: &self.model, now_unix: now_secs() })?;
+        let up = providers::upstream_request(self.op, cfg, body, &AttemptContext { model: &self.model, now_unix: now_secs(), aws: backend.aws.as_ref() })?;
         set_request_header(":path", Some(&up.path));
         if let Some(host) = &cfg.host {
             set_request_header(":authority", Some(host));
@@ -79,8 +79,11 @@ impl BackendFilter {
         set_request_header("content-length", Some(&up.body.len().to_string()));
         // The answer must come back uncompressed: it is parsed and translated here and in the gateway.
         set_request_header("accept-encoding", Some("identity"));
-        if let Some(cred) = &backend.credential {
-            self.set_provider_header(cfg.credential_header(), cred);
+        let byok = self.state.as_ref().and_then(|st| st.borrow().byok.clone());
+        match (byok, &backend.credential) {
+            (Some(own), _) => self.set_provider_header(cfg.credential_header(), &format!("{}{own}", cfg.credential_prefix())),
+            (None, Some(cred)) => self.set_provider_header(cfg.credential_header(), cred),
+            (None, None) => {}
         }
         for (k, v) in &cfg.headers {
             self.set_provider_header(k, v);
@@ -176,6 +179,7 @@ impl HttpContext for BackendFilter {
         };
         let status: u16 = self.get_http_response_header(":status").and_then(|s| s.parse().ok()).unwrap_or(0);
         let schema = backend.cfg.schema;
+        let dialect = providers::Dialect::from(&backend.cfg);
         self.mode = if status >= 400 {
             let mapped = providers::error_status(schema, status);
             if mapped != status {
@@ -183,11 +187,11 @@ impl HttpContext for BackendFilter {
             }
             ResponseMode::Error { status }
         } else if hints.stream {
-            match providers::stream_translator(schema, now_secs()) {
+            match providers::stream_translator(dialect, hints, now_secs()) {
                 Some(t) => ResponseMode::Stream(t),
                 None => ResponseMode::Passthrough,
             }
-        } else if providers::translates_responses(schema, hints) {
+        } else if providers::translates_responses(dialect, hints) {
             ResponseMode::Whole
         } else {
             ResponseMode::Passthrough
@@ -196,6 +200,9 @@ impl HttpContext for BackendFilter {
             ResponseMode::Passthrough => Action::Continue,
             ResponseMode::Stream(_) => {
                 set_response_header("content-length", None);
+                // What the client gets is OpenAI SSE whatever the upstream sent (Bedrock answers
+                // `application/vnd.amazon.eventstream`); the gateway's usage tap keys on this too.
+                set_response_header("content-type", Some("text/event-stream"));
                 Action::Continue
             }
             // Hold the headers until the whole body is translated: its status and length may change.
@@ -208,8 +215,8 @@ impl HttpContext for BackendFilter {
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let schema = match self.backend.as_ref() {
-            Some(b) => b.cfg.schema,
+        let (schema, dialect) = match self.backend.as_ref() {
+            Some(b) => (b.cfg.schema, providers::Dialect::from(&b.cfg)),
             None => return Action::Continue,
         };
         if matches!(self.mode, ResponseMode::Passthrough) {
@@ -230,7 +237,7 @@ impl HttpContext for BackendFilter {
                 }
             }
             ResponseMode::Error { status } => self.out = providers::error_body(schema, *status, &body),
-            ResponseMode::Whole => match self.hints.as_ref().map(|h| providers::response_body(schema, h, &body, now_secs())) {
+            ResponseMode::Whole => match self.hints.as_ref().map(|h| providers::response_body(dialect, h, &body, now_secs())) {
                 Some(Ok(b)) => self.out = b,
                 Some(Err(e)) => {
                     set_response_header(":status", Some(&e.status.to_string()));

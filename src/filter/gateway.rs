@@ -11,12 +11,15 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType};
 
 use super::inflight::{self, RequestState, SharedState};
-use super::{emit_metrics, header, now_ms, publish_log_fields, send_json, set_request_header, set_response_header};
+use super::{emit_metrics, header, now_ms, publish_log_fields, send_json, set_request_header, set_response_header, EnvoyStore};
 use crate::api::chat::{parse_chat_request, ResponseSummary, Usage};
 use crate::api::embeddings::parse_embeddings_request;
 use crate::api::error::kind_for_status;
 use crate::api::{models, ApiError};
 use crate::config::{Gateway, INTERNAL_HEADER_PREFIX, MODEL_HEADER, OP_HEADER, ROUTE_HEADER};
+use crate::policy::estimate::{estimate_text_tokens, RequestEstimate};
+use crate::policy::gate::MAX_COST_HEADER;
+use crate::policy::{Admission, Outcome, Principal};
 use crate::providers::Operation;
 use crate::stream::usage_tap::UsageTap;
 use crate::telemetry::{self, Rejection, RequestRecord};
@@ -30,6 +33,8 @@ enum ResponseMode {
     Ignore,
     /// A whole answer: copied aside as it passes, summarised at the end.
     Collect,
+    /// A whole answer held back until it is complete, so its cost can go in the headers.
+    Hold,
     /// An SSE stream: watched chunk by chunk, usage-only chunk dropped unless asked for.
     Stream(Box<UsageTap>),
     /// Envoy's own plain-text error (no healthy upstream, reset, timeout): held and rewritten.
@@ -51,6 +56,16 @@ pub struct GatewayFilter {
     start_ms: u64,
     record: RequestRecord,
     usage: Option<Usage>,
+    /// The record is complete and published as filter state (see `publish_record`).
+    published: bool,
+    /// The authenticated virtual key (when the gateway has an `auth` policy).
+    principal: Option<Principal>,
+    /// What admission granted; settled exactly once, when the answer ends (or in `on_log`).
+    admission: Option<Admission>,
+    /// `x-switchyard-max-cost`, read before internal headers are stripped.
+    max_cost: Option<String>,
+    /// Output counted on a stream that ended without usage.
+    streamed_tokens: u64,
 }
 
 impl Drop for GatewayFilter {
@@ -76,27 +91,61 @@ impl GatewayFilter {
             start_ms: 0,
             record: RequestRecord::default(),
             usage: None,
+            published: false,
+            principal: None,
+            admission: None,
+            max_cost: None,
+            streamed_tokens: 0,
         }
     }
 
-    fn on_body(&mut self, op: Operation, body: &[u8]) -> Result<(), ApiError> {
-        let model = match op {
+    fn on_body(&mut self, op: Operation, body: &[u8]) -> Result<(), (ApiError, Rejection, Vec<(&'static str, String)>)> {
+        let invalid = |e: ApiError| (e, Rejection::Validation, Vec::new());
+        let (model, estimate) = match op {
             Operation::Chat => {
-                let req = parse_chat_request(body)?;
+                let req = parse_chat_request(body).map_err(invalid)?;
                 self.stream = req.is_stream();
                 self.wants_usage = req.wants_stream_usage();
-                req.model
+                let est = self.principal.as_ref().map(|_| RequestEstimate::from_chat(&req));
+                (req.model, est)
             }
-            Operation::Embeddings => parse_embeddings_request(body)?.model,
+            Operation::Embeddings => {
+                let req = parse_embeddings_request(body).map_err(invalid)?;
+                let est = self.principal.as_ref().map(|_| RequestEstimate {
+                    prompt_tokens: req.input.texts().map_or(0, |t| t.iter().map(|s| estimate_text_tokens(s)).sum()),
+                    max_output_tokens: Some(0),
+                    choices: 1,
+                });
+                (req.model, est)
+            }
         };
         self.record.requested_model = Some(model);
+        let cfg = self.cfg.clone();
         let model = self.record.requested_model.as_deref().unwrap_or_default();
-        let resolved = self.cfg.router.resolve(model).ok_or_else(|| ApiError::model_not_found(model))?;
+        let resolved = cfg.router.resolve(model).ok_or_else(|| invalid(ApiError::model_not_found(model)))?;
+        let mut byok = None;
+        if let (Some(policy), Some(principal), Some(est)) = (cfg.policy.as_ref(), self.principal.as_ref(), estimate) {
+            policy.authorize_model(principal, model, resolved.model).map_err(|e| (e, Rejection::Scope, Vec::new()))?;
+            match policy.admit(principal, &est, resolved.model, self.max_cost.as_deref(), now_ms(), &EnvoyStore) {
+                Ok(admission) => self.admission = Some(admission),
+                Err(rej) => {
+                    let reason = match (rej.error.status, rej.error.code.as_deref()) {
+                        (429, Some("insufficient_quota")) => Rejection::Budget,
+                        (429, _) => Rejection::RateLimit,
+                        (403, _) => Rejection::Scope,
+                        _ => Rejection::Validation,
+                    };
+                    return Err((rej.error, reason, rej.headers));
+                }
+            }
+            byok = principal.byok().map(|s| s.expose().to_string());
+        }
         self.record.route = Some(resolved.route.to_string());
         set_request_header(ROUTE_HEADER, Some(resolved.route));
         set_request_header(MODEL_HEADER, Some(resolved.model));
         set_request_header(OP_HEADER, Some(op.as_str()));
-        let state = RequestState::new(resolved.model.to_string(), op);
+        let mut state = RequestState::new(resolved.model.to_string(), op);
+        state.byok = byok;
         self.share_state(state);
         // Make Envoy select the route again, now that the route header is set.
         if let Err(e) = hostcalls::call_foreign_function("clear_route_cache", None) {
@@ -136,14 +185,55 @@ impl GatewayFilter {
         self.record.error_type = Some(err.kind.to_string());
         self.record.error_code = err.code.clone();
         self.record.rejection = Some(reason);
+        self.publish_record();
         send_json(err.status, &err.to_json(), extra);
         Action::Pause
     }
 
+    /// Settles the admission (once): the real cost from usage, or what a cut stream produced,
+    /// or nothing for an answer that never came.
+    fn settle(&mut self) -> Option<crate::policy::Settlement> {
+        let admission = self.admission.take()?;
+        let policy = self.cfg.policy.as_ref()?;
+        let status = self.record.status;
+        let outcome = if status == 0 || status >= 400 {
+            Outcome::NotServed
+        } else if let Some(u) = self.usage.as_ref() {
+            Outcome::Usage(u)
+        } else {
+            Outcome::Partial { prompt_tokens: None, output_tokens: self.streamed_tokens }
+        };
+        let (model, backend) = match &self.state {
+            Some(st) => {
+                let st = st.borrow();
+                (st.served_model.clone(), st.served_backend.as_deref().map(str::to_string))
+            }
+            None => (None, None),
+        };
+        let s = policy.settle(admission, outcome, model.as_deref(), backend.as_deref(), now_ms(), &EnvoyStore);
+        self.record.cost_micros = s.cost_micros;
+        Some(s)
+    }
+
     fn answer(&mut self, status: u16, body: &[u8]) -> Action {
         self.record.status = status;
+        self.publish_record();
         send_json(status, body, &[]);
         Action::Pause
+    }
+
+    /// Completes the record and publishes it as filter state, once, as soon as the answer is
+    /// complete (before a local reply is sent, at the end of a proxied response). Not later: Envoy
+    /// finalises the request's trace span, whose custom_tags read this filter state, before the
+    /// access-log stage that runs `on_log`. `on_log` publishes whatever ended otherwise.
+    fn publish_record(&mut self) {
+        if self.published {
+            return;
+        }
+        self.published = true;
+        self.settle();
+        self.finish_record();
+        publish_log_fields(&telemetry::log_fields(&self.record));
     }
 
     /// Fills the record from the shared state and the answer, once the response ends.
@@ -199,6 +289,28 @@ impl HttpContext for GatewayFilter {
             "/v1/embeddings" => Some(Operation::Embeddings),
             _ => None,
         };
+        self.record.operation = match op {
+            Some(op) => op.as_str(),
+            None if path == "/v1/models" || path.starts_with("/v1/models/") => "models",
+            None => "unknown",
+        };
+        let cfg = self.cfg.clone();
+        if let Some(policy) = cfg.policy.as_ref() {
+            if op.is_some() || path == "/v1/models" || path.starts_with("/v1/models/") {
+                match policy.authenticate(&headers, self.start_ms) {
+                    Ok(p) => {
+                        self.record.key_id = Some(p.key_id().to_string());
+                        self.record.team = p.team().map(str::to_string);
+                        self.principal = Some(p);
+                    }
+                    Err(e) => {
+                        let reason = if e.status == 403 { Rejection::Scope } else { Rejection::Auth };
+                        return self.reject(&e, reason, &[]);
+                    }
+                }
+                self.max_cost = header(&headers, MAX_COST_HEADER).map(str::to_string);
+            }
+        }
         if let Some(op) = op {
             self.record.operation = op.as_str();
             if method != "POST" {
@@ -223,12 +335,18 @@ impl HttpContext for GatewayFilter {
                 return self.reject(&ApiError::method_not_allowed(method, path, "GET"), Rejection::Validation, &[("allow", "GET")]);
             }
             let now = self.start_ms / 1000;
+            // A key sees only the models it may use.
+            let allowed = |name: &str| match (cfg.policy.as_ref(), self.principal.as_ref()) {
+                (Some(policy), Some(p)) => policy.authorize_model(p, name, name).is_ok(),
+                _ => true,
+            };
             if path == "/v1/models" {
-                let body = models::model_list_json(self.cfg.router.listed(), now);
+                let body = models::model_list_json(cfg.router.listed().filter(|(name, _)| allowed(name)), now);
                 return self.answer(200, &body);
             }
             let id = &path["/v1/models/".len()..];
-            return match self.cfg.router.owner_of(id) {
+            let owner = cfg.router.owner_of(id).filter(|_| allowed(id));
+            return match owner {
                 Some(owner) => {
                     let body = models::model_json(id, owner, now);
                     self.answer(200, &body)
@@ -256,7 +374,10 @@ impl HttpContext for GatewayFilter {
                 self.record.stream = self.stream;
                 Action::Continue
             }
-            Err(e) => self.reject(&e, Rejection::Validation, &[]),
+            Err((e, reason, headers)) => {
+                let extra: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                self.reject(&e, reason, &extra)
+            }
         }
     }
 
@@ -279,15 +400,26 @@ impl HttpContext for GatewayFilter {
                 set_response_header("x-switchyard-attempts", Some(&st.attempts.to_string()));
             }
         }
+        if let Some(admission) = &self.admission {
+            for (k, v) in admission.response_headers() {
+                set_response_header(k, Some(&v));
+            }
+        }
         let ctype = self.get_http_response_header("content-type").unwrap_or_default();
         self.mode = if status >= 400 && !ctype.starts_with("application/json") {
             ResponseMode::RewriteError
         } else if self.stream && status == 200 && ctype.starts_with("text/event-stream") {
-            ResponseMode::Stream(Box::new(UsageTap::new(self.wants_usage)))
+            // The tap may drop the usage-only chunk: an upstream content-length would then be wrong
+            // (and a keep-alive client would wait for bytes that never come).
+            set_response_header("content-length", None);
+            let tap = UsageTap::new(self.wants_usage);
+            ResponseMode::Stream(Box::new(if self.admission.is_some() { tap.with_meter() } else { tap }))
+        } else if self.admission.is_some() && !end_of_stream {
+            ResponseMode::Hold
         } else {
             ResponseMode::Collect
         };
-        match self.mode {
+        let action = match self.mode {
             ResponseMode::RewriteError if end_of_stream => {
                 let e = ApiError::new(status, kind_for_status(status), format!("The gateway could not get an answer from the provider (HTTP {status})."))
                     .with_code("upstream_unavailable");
@@ -301,13 +433,37 @@ impl HttpContext for GatewayFilter {
                 set_response_header("content-type", Some("application/json"));
                 Action::Pause
             }
+            ResponseMode::Hold => Action::Pause,
             _ => Action::Continue,
+        };
+        if end_of_stream {
+            self.publish_record();
         }
+        action
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        match self.mode {
-            ResponseMode::Ignore => Action::Continue,
+        let action = match self.mode {
+            ResponseMode::Ignore => return Action::Continue,
+            ResponseMode::Hold => {
+                if !end_of_stream {
+                    return Action::Pause;
+                }
+                let body = self.get_http_response_body(0, body_size).unwrap_or_default();
+                let summary = ResponseSummary::parse(&body);
+                self.record.response_model = summary.model;
+                self.usage = summary.usage;
+                if let Some(e) = summary.error {
+                    self.record.error_type = e.kind;
+                    self.record.error_code = e.code.map(|c| c.as_str().map(str::to_string).unwrap_or_else(|| c.to_string()));
+                }
+                if let Some(settlement) = self.settle() {
+                    for (k, v) in settlement.headers() {
+                        set_response_header(k, Some(&v));
+                    }
+                }
+                Action::Continue
+            }
             ResponseMode::Collect => {
                 if body_size > 0 && self.buf.len() + body_size <= MAX_SUMMARY_BYTES {
                     if let Some(chunk) = self.get_http_response_body(0, body_size) {
@@ -361,6 +517,7 @@ impl HttpContext for GatewayFilter {
                 }
                 if end_of_stream {
                     self.usage = tap.usage().cloned();
+                    self.streamed_tokens = tap.estimated_output_tokens();
                     self.record.response_model = tap.model().map(str::to_string);
                     if tap.saw_error() || !tap.completed() {
                         self.record.error_type = Some("stream_error".to_string());
@@ -371,26 +528,32 @@ impl HttpContext for GatewayFilter {
                 }
                 Action::Continue
             }
+        };
+        if end_of_stream {
+            self.publish_record();
         }
+        action
     }
 
     fn on_log(&mut self) {
-        // A stream cut short by the client never reached end_of_stream: count what it produced.
-        if let ResponseMode::Stream(tap) = &self.mode {
-            if self.usage.is_none() {
-                self.usage = tap.usage().cloned();
+        if !self.published {
+            // A stream cut short by the client never reached end_of_stream: count what it produced.
+            if let ResponseMode::Stream(tap) = &self.mode {
+                if self.usage.is_none() {
+                    self.usage = tap.usage().cloned();
+                    self.streamed_tokens = tap.estimated_output_tokens();
+                }
+                if self.record.response_model.is_none() {
+                    self.record.response_model = tap.model().map(str::to_string);
+                }
             }
-            if self.record.response_model.is_none() {
-                self.record.response_model = tap.model().map(str::to_string);
+            if self.record.status == 0 {
+                // The client went away before any answer.
+                self.record.status = 499;
+                self.record.error_type.get_or_insert_with(|| "client_closed".to_string());
             }
+            self.publish_record();
         }
-        if self.record.status == 0 {
-            // The client went away before any answer.
-            self.record.status = 499;
-            self.record.error_type.get_or_insert_with(|| "client_closed".to_string());
-        }
-        self.finish_record();
         emit_metrics(&telemetry::metric_updates(&self.record, self.cfg.label_options));
-        publish_log_fields(&telemetry::log_fields(&self.record));
     }
 }

@@ -29,11 +29,13 @@ pub struct RequestState {
     pub served_model: Option<String>,
     /// Headers the latest attempt added for its provider; the next attempt removes them first.
     pub provider_headers: Vec<String>,
+    /// The client's own provider credential (bring-your-own-key), used instead of the gateway's.
+    pub byok: Option<String>,
 }
 
 impl RequestState {
     pub fn new(model: String, op: Operation) -> Self {
-        RequestState { model, op, attempts: 0, first_backend: None, served_backend: None, served_provider: None, served_model: None, provider_headers: Vec::new() }
+        RequestState { model, op, attempts: 0, first_backend: None, served_backend: None, served_provider: None, served_model: None, provider_headers: Vec::new(), byok: None }
     }
 
     /// Served by a backend other than the first attempt's.

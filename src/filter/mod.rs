@@ -14,7 +14,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{ContextType, LogLevel, MapType, MetricType};
 
 use crate::api::ApiError;
-use crate::config::{Backend, Gateway, PluginConfig};
+use crate::config::{AwsCredentials, Backend, Gateway, PluginConfig, Schema};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -39,6 +39,8 @@ pub(crate) struct BackendRuntime {
     pub cfg: Backend,
     /// The full credential header value (prefix + secret), if the environment provided one.
     pub credential: Option<String>,
+    /// Bedrock: AWS keys for SigV4, if the environment provided them (they win over `credential`).
+    pub aws: Option<AwsCredentials>,
 }
 
 struct Root {
@@ -51,7 +53,13 @@ impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
         let bytes = self.get_plugin_configuration().unwrap_or_default();
         let parsed = PluginConfig::parse(&bytes).and_then(|cfg| match cfg {
-            PluginConfig::Gateway(g) => Gateway::new(g).map(|g| Role::Gateway(Rc::new(g))),
+            PluginConfig::Gateway(g) => Gateway::new(g).map(|g| {
+                if let Some(policy) = &g.policy {
+                    // Create every key's state up front: proxy-wasm's CAS cannot guard a first write.
+                    policy.prime(&EnvoyStore);
+                }
+                Role::Gateway(Rc::new(g))
+            }),
             PluginConfig::Noop => Ok(Role::Noop),
             PluginConfig::Backend(b) => {
                 let mut by_name = HashMap::new();
@@ -66,7 +74,17 @@ impl RootContext for Root {
                             None
                         }
                     });
-                    by_name.insert(name.clone(), Rc::new(BackendRuntime { name, cfg, credential }));
+                    let aws = match cfg.load_aws_credentials(|k| std::env::var(k).ok()) {
+                        Ok(aws) => aws,
+                        Err(e) => {
+                            log::warn!("switchyard: backend {name}: {e}; requests are not SigV4-signed");
+                            None
+                        }
+                    };
+                    if cfg.schema == Schema::Bedrock && aws.is_none() && credential.is_none() {
+                        log::warn!("switchyard: backend {name}: no AWS keys and no Bedrock API key in the environment; requests go unauthenticated");
+                    }
+                    by_name.insert(name.clone(), Rc::new(BackendRuntime { name, cfg, credential, aws }));
                 }
                 Ok(Role::Backend(Rc::new(Backends { by_name })))
             }
@@ -126,6 +144,23 @@ fn send_json(status: u16, body: &[u8], extra: &[(&str, &str)]) {
     headers.extend_from_slice(extra);
     if let Err(e) = hostcalls::send_http_response(status as u32, headers, Some(body)) {
         log::warn!("switchyard: cannot send local response: {e:?}");
+    }
+}
+
+/// proxy-wasm shared data (one store per VM id, shared by every worker), for the policy's state.
+pub(crate) struct EnvoyStore;
+
+impl crate::policy::store::SharedStore for EnvoyStore {
+    fn get(&self, key: &str) -> (Option<Vec<u8>>, u32) {
+        match hostcalls::get_shared_data(key) {
+            Ok((value, cas)) => (value, cas.unwrap_or(0)),
+            Err(_) => (None, 0),
+        }
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), crate::policy::store::CasMismatch> {
+        let cas = if cas == 0 { None } else { Some(cas) };
+        hostcalls::set_shared_data(key, Some(value), cas).map_err(|_| crate::policy::store::CasMismatch)
     }
 }
 

@@ -1,2 +1,13 @@
 //! Pure decisions: routing, keys, limits.
 pub mod routing;
+
+// Virtual keys, rate limits, budgets and cost (host-testable; the filter wires them to Envoy).
+pub mod budget;
+pub mod estimate;
+pub mod gate;
+pub mod keys;
+pub mod limits;
+pub mod pricing;
+pub mod store;
+
+pub use gate::{Admission, Outcome, Policy, PolicyConfig, Principal, Rejection, Settlement};

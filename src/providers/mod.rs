@@ -3,12 +3,23 @@
 //! only place that dispatches on [`Schema`], so the filter stays schema-agnostic.
 
 pub mod anthropic;
+pub mod azure;
+pub mod bedrock;
+pub mod cohere;
+pub mod ollama;
+pub mod gemini;
+pub mod mistral;
 pub mod openai;
+pub mod presets;
+pub mod sigv4;
+#[cfg(test)]
+pub(crate) mod testutil;
+pub(crate) mod util;
 
 use crate::api::chat::{parse_chat_request, Usage};
 use crate::api::embeddings::EncodingFormat;
 use crate::api::ApiError;
-use crate::config::{Backend, Schema, DEFAULT_ANTHROPIC_VERSION, DEFAULT_MAX_TOKENS};
+use crate::config::{AwsCredentials, Backend, Schema, DEFAULT_ANTHROPIC_VERSION, DEFAULT_MAX_TOKENS};
 
 /// The API operation a request performs; the gateway tells the backend filter in `x-switchyard-op`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,11 +72,35 @@ impl ResponseHints {
     }
 }
 
+/// What the answer-side dispatch needs to know about the backend: its schema and, for the OpenAI
+/// schema, its preset (Mistral's streams and some providers' answers are normalised). A bare
+/// [`Schema`] converts into it (no preset), so does a `&Backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dialect {
+    pub schema: Schema,
+    pub preset: Option<presets::Preset>,
+}
+
+impl From<Schema> for Dialect {
+    fn from(schema: Schema) -> Self {
+        Dialect { schema, preset: None }
+    }
+}
+
+impl From<&Backend> for Dialect {
+    fn from(b: &Backend) -> Self {
+        Dialect { schema: b.schema, preset: if b.schema == Schema::Openai { b.preset } else { None } }
+    }
+}
+
 /// Per-attempt inputs that do not come from the client's body.
 pub struct AttemptContext<'a> {
     /// Model name to send upstream.
     pub model: &'a str,
     pub now_unix: u64,
+    /// Bedrock: AWS keys read at configuration time; `None` sends requests unsigned (a Bedrock API
+    /// key `credential`, if any, goes as a bearer token).
+    pub aws: Option<&'a AwsCredentials>,
 }
 
 /// A streamed answer translated chunk by chunk into OpenAI `chat.completion.chunk` SSE.
@@ -75,6 +110,18 @@ pub trait StreamTranslate {
     /// Upstream ended; a stream cut short appends an error event rather than ending silently.
     fn finish(&mut self, out: &mut Vec<u8>);
     fn usage(&self) -> Option<&Usage>;
+}
+
+impl StreamTranslate for bedrock::StreamTranslator {
+    fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+        bedrock::StreamTranslator::push(self, chunk, out)
+    }
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        bedrock::StreamTranslator::finish(self, out)
+    }
+    fn usage(&self) -> Option<&Usage> {
+        bedrock::StreamTranslator::usage(self)
+    }
 }
 
 impl StreamTranslate for anthropic::StreamTranslator {
@@ -101,9 +148,24 @@ fn chat_request(backend: &Backend, body: &[u8], ctx: &AttemptContext) -> Result<
     let base = backend.base_path();
     match backend.schema {
         Schema::Openai => {
-            let (body, stream) = openai::request_body(body, ctx.model)?;
+            let (body, stream) = presets::chat_body(backend.preset, body, ctx.model)?;
             let path = format!("{base}/chat/completions");
             Ok(UpstreamRequest { path, body, headers: Vec::new(), hints: ResponseHints::chat(stream, ctx.model) })
+        }
+        Schema::AzureOpenai => {
+            let (body, stream) = openai::request_body(body, ctx.model)?;
+            let path = azure::path(base, ctx.model, "chat/completions", backend.api_version.as_deref());
+            Ok(UpstreamRequest { path, body, headers: Vec::new(), hints: ResponseHints::chat(stream, ctx.model) })
+        }
+        Schema::Cohere => {
+            let req = parse_chat_request(body)?;
+            let body = cohere::request_body(&req, ctx.model)?;
+            Ok(UpstreamRequest { path: format!("{base}/v2/chat"), body, headers: Vec::new(), hints: ResponseHints::chat(req.is_stream(), ctx.model) })
+        }
+        Schema::Ollama => {
+            let req = parse_chat_request(body)?;
+            let body = ollama::request_body(&req, ctx.model)?;
+            Ok(UpstreamRequest { path: format!("{base}/api/chat"), body, headers: Vec::new(), hints: ResponseHints::chat(req.is_stream(), ctx.model) })
         }
         Schema::Anthropic => {
             let req = parse_chat_request(body)?;
@@ -116,6 +178,8 @@ fn chat_request(backend: &Backend, body: &[u8], ctx: &AttemptContext) -> Result<
                 hints: ResponseHints::chat(req.is_stream(), ctx.model),
             })
         }
+        Schema::Bedrock => bedrock::chat_upstream(backend, body, ctx),
+        Schema::Gemini => gemini::chat_request(backend, body, ctx),
     }
 }
 
@@ -125,10 +189,27 @@ fn embeddings_request(backend: &Backend, body: &[u8], ctx: &AttemptContext) -> R
     let hints = ResponseHints { op: Operation::Embeddings, stream: false, encoding, model: ctx.model.to_string() };
     match backend.schema {
         Schema::Openai => {
-            let (body, _) = openai::request_body(body, ctx.model)?;
+            let body = presets::embeddings_body(backend.preset, body, ctx.model)?;
             Ok(UpstreamRequest { path: format!("{base}/embeddings"), body, headers: Vec::new(), hints })
         }
+        Schema::AzureOpenai => {
+            let (body, _) = openai::request_body(body, ctx.model)?;
+            let path = azure::path(base, ctx.model, "embeddings", backend.api_version.as_deref());
+            Ok(UpstreamRequest { path, body, headers: Vec::new(), hints })
+        }
+        Schema::Cohere => {
+            let req = crate::api::embeddings::parse_embeddings_request(body)?;
+            let body = cohere::embeddings_request_body(&req, ctx.model)?;
+            Ok(UpstreamRequest { path: format!("{base}/v2/embed"), body, headers: Vec::new(), hints })
+        }
+        Schema::Ollama => {
+            let req = crate::api::embeddings::parse_embeddings_request(body)?;
+            let body = ollama::embeddings_request_body(&req, ctx.model)?;
+            Ok(UpstreamRequest { path: format!("{base}/api/embed"), body, headers: Vec::new(), hints })
+        }
         Schema::Anthropic => Err(unsupported(backend, "embeddings")),
+        Schema::Bedrock => bedrock::embeddings_upstream(backend, body, ctx),
+        Schema::Gemini => gemini::embeddings_request(backend, body, ctx, hints),
     }
 }
 
@@ -141,37 +222,71 @@ pub fn unsupported(backend: &Backend, capability: &str) -> ApiError {
 /// Status the client (and Envoy's retry policy) sees for an upstream error status.
 pub fn error_status(schema: Schema, status: u16) -> u16 {
     match schema {
-        Schema::Openai => status,
+        Schema::Openai | Schema::AzureOpenai | Schema::Ollama => status,
+        Schema::Cohere => cohere::map_status(status),
         Schema::Anthropic => anthropic::map_status(status),
+        Schema::Bedrock => bedrock::map_status(status),
+        Schema::Gemini => gemini::map_status(status),
     }
 }
 
 /// An upstream error body rewritten into an OpenAI error body.
 pub fn error_body(schema: Schema, status: u16, body: &[u8]) -> Vec<u8> {
     match schema {
-        Schema::Openai => openai::map_error(status, body),
+        Schema::Openai | Schema::AzureOpenai => openai::map_error(status, body),
+        Schema::Cohere => cohere::map_error(status, body),
+        Schema::Ollama => ollama::map_error(status, body),
         Schema::Anthropic => anthropic::map_error(status, body).1,
+        // The exception type is in the `x-amzn-errortype` header, which this signature does not
+        // carry; the code is then the exception most likely behind the status.
+        Schema::Bedrock => bedrock::map_error(status, None, body).1,
+        Schema::Gemini => gemini::map_error(status, body),
     }
 }
 
 /// Whether a successful non-stream answer needs translating (OpenAI-compatible ones pass as they are).
-pub fn translates_responses(schema: Schema, _hints: &ResponseHints) -> bool {
-    !matches!(schema, Schema::Openai)
-}
-
-/// A successful non-stream answer translated into the OpenAI body for the operation.
-pub fn response_body(schema: Schema, hints: &ResponseHints, body: &[u8], created: u64) -> Result<Vec<u8>, ApiError> {
-    match (schema, hints.op) {
-        (Schema::Openai, _) => Ok(body.to_vec()),
-        (Schema::Anthropic, Operation::Chat) => anthropic::response_body(body, created),
-        (Schema::Anthropic, Operation::Embeddings) => Err(ApiError::gateway(502, "unexpected embeddings answer")),
+/// For the OpenAI schema that depends on the preset (Mistral, OpenRouter, Groq… chat answers).
+pub fn translates_responses(dialect: impl Into<Dialect>, hints: &ResponseHints) -> bool {
+    let d = dialect.into();
+    match d.schema {
+        Schema::Openai => hints.op == Operation::Chat && d.preset.is_some_and(presets::Preset::normalises_responses),
+        Schema::AzureOpenai => false,
+        _ => true,
     }
 }
 
-/// The stream translator for a schema; `None` when the stream is already OpenAI SSE.
-pub fn stream_translator(schema: Schema, created: u64) -> Option<Box<dyn StreamTranslate>> {
-    match schema {
-        Schema::Openai => None,
+/// A successful non-stream answer translated into the OpenAI body for the operation.
+pub fn response_body(dialect: impl Into<Dialect>, hints: &ResponseHints, body: &[u8], created: u64) -> Result<Vec<u8>, ApiError> {
+    let d = dialect.into();
+    match (d.schema, hints.op) {
+        (Schema::Openai, Operation::Chat) if d.preset.is_some_and(presets::Preset::normalises_responses) => {
+            Ok(presets::normalise_response(body))
+        }
+        (Schema::Openai | Schema::AzureOpenai, _) => Ok(body.to_vec()),
+        (Schema::Cohere, Operation::Chat) => cohere::response_body(body, &hints.model, created),
+        (Schema::Cohere, Operation::Embeddings) => cohere::embeddings_response_body(body, &hints.model, hints.encoding),
+        (Schema::Ollama, Operation::Chat) => ollama::response_body(body, &hints.model, created),
+        (Schema::Ollama, Operation::Embeddings) => ollama::embeddings_response_body(body, &hints.model, hints.encoding),
+        (Schema::Anthropic, Operation::Chat) => anthropic::response_body(body, created),
+        (Schema::Anthropic, Operation::Embeddings) => Err(ApiError::gateway(502, "unexpected embeddings answer")),
+        (Schema::Bedrock, Operation::Chat) => bedrock::response_body(body, &hints.model, created),
+        (Schema::Bedrock, Operation::Embeddings) => bedrock::embeddings_response(body, &hints.model, hints.encoding),
+        (Schema::Gemini, Operation::Chat) => gemini::response_body(body, hints, created),
+        (Schema::Gemini, Operation::Embeddings) => gemini::embeddings_response_body(body, hints),
+    }
+}
+
+/// The stream translator for a schema; `None` when the stream is already OpenAI SSE. `hints` are
+/// the request's (streams that do not name their model, like Bedrock's, use `hints.model`).
+pub fn stream_translator(dialect: impl Into<Dialect>, hints: &ResponseHints, created: u64) -> Option<Box<dyn StreamTranslate>> {
+    let d = dialect.into();
+    match d.schema {
+        Schema::Openai if d.preset.is_some_and(presets::Preset::translates_streams) => Some(Box::new(mistral::StreamTranslator::new())),
+        Schema::Openai | Schema::AzureOpenai => None,
+        Schema::Cohere => Some(Box::new(cohere::StreamTranslator::new(created, &hints.model))),
+        Schema::Ollama => Some(Box::new(ollama::StreamTranslator::new(created, &hints.model))),
         Schema::Anthropic => Some(Box::new(anthropic::StreamTranslator::new(created))),
+        Schema::Bedrock => Some(Box::new(bedrock::StreamTranslator::new(&hints.model, created))),
+        Schema::Gemini => Some(Box::new(gemini::StreamTranslator::new(&hints.model, created))),
     }
 }

@@ -37,6 +37,27 @@ struct ErrorEnvelope {
     error: Value,
 }
 
+/// Errors of compatible providers without OpenAI's envelope: Mistral's
+/// `{"object":"error","message":…,"type":…,"code":…}` (where `message` may be an object of
+/// validation details) and FastAPI-style `{"detail": …}` (vLLM and other servers).
+#[derive(Deserialize)]
+struct FlatError {
+    #[serde(default)]
+    message: Option<Value>,
+    #[serde(default)]
+    detail: Option<Value>,
+    #[serde(default)]
+    code: Option<Value>,
+}
+
+fn text_of(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Object(_) | Value::Array(_) => Some(v.to_string()),
+        _ => None,
+    }
+}
+
 /// Normalises an error answer from an OpenAI-compatible provider. OpenAI-shaped bodies pass as they
 /// are; anything else (an HTML page from a proxy, a bare string, `{"detail":…}`) is wrapped.
 pub fn map_error(status: u16, body: &[u8]) -> Vec<u8> {
@@ -46,6 +67,17 @@ pub fn map_error(status: u16, body: &[u8]) -> Vec<u8> {
         }
         if let Some(msg) = env.error.as_str() {
             return ApiError::new(status, kind_for_status(status), msg).to_json();
+        }
+    }
+    if let Ok(flat) = serde_json::from_slice::<FlatError>(body) {
+        if let Some(message) = flat.message.as_ref().and_then(text_of).or_else(|| flat.detail.as_ref().and_then(text_of)) {
+            let e = ApiError::new(status, kind_for_status(status), message);
+            let e = match flat.code {
+                Some(Value::String(c)) if !c.is_empty() => e.with_code(c),
+                Some(Value::Number(n)) => e.with_code(n.to_string()),
+                _ => e,
+            };
+            return e.to_json();
         }
     }
     let text = String::from_utf8_lossy(body);
@@ -95,5 +127,21 @@ mod tests {
         let v: Value = serde_json::from_slice(&map_error(429, br#"{"error":"slow down"}"#)).unwrap();
         assert_eq!(v["error"]["message"], "slow down");
         assert_eq!(v["error"]["type"], "rate_limit_error");
+    }
+
+    #[test]
+    fn mistral_and_fastapi_errors_are_wrapped_with_their_message() {
+        // Mistral's 422 for a field it does not define (shape as reported by Mistral API users).
+        let mistral = br#"{"object":"error","message":{"detail":[{"type":"extra_forbidden","loc":["body","stream_options","include_usage"],"msg":"Extra inputs are not permitted","input":true}]},"type":"invalid_request_error","param":null,"code":null}"#;
+        let v: Value = serde_json::from_slice(&map_error(422, mistral)).unwrap();
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert!(v["error"]["message"].as_str().unwrap().contains("extra_forbidden"));
+        let v: Value = serde_json::from_slice(&map_error(429, br#"{"object":"error","message":"Requests rate limit exceeded","type":"rate_limited","param":null,"code":"1300"}"#)).unwrap();
+        assert_eq!(v["error"]["message"], "Requests rate limit exceeded");
+        assert_eq!(v["error"]["type"], "rate_limit_error");
+        assert_eq!(v["error"]["code"], "1300");
+        let v: Value = serde_json::from_slice(&map_error(404, br#"{"detail":"Not Found"}"#)).unwrap();
+        assert_eq!(v["error"]["message"], "Not Found");
+        assert!(v["error"]["code"].is_null());
     }
 }

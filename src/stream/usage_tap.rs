@@ -8,6 +8,7 @@ use serde::Deserialize;
 use super::sse::{write_raw_event, SseParser, SseStatus};
 use crate::api::chat::Usage;
 use crate::api::ApiError;
+use crate::policy::estimate::OutputMeter;
 
 pub struct UsageTap {
     parser: SseParser,
@@ -18,6 +19,8 @@ pub struct UsageTap {
     model: Option<String>,
     first_token: bool,
     error: bool,
+    /// Counts generated text, for charging a stream that ends without usage (only when metered).
+    meter: Option<OutputMeter>,
 }
 
 #[derive(Deserialize)]
@@ -45,7 +48,19 @@ impl UsageTap {
             model: None,
             first_token: false,
             error: false,
+            meter: None,
         }
+    }
+
+    /// Also count the generated text (see [`Self::estimated_output_tokens`]).
+    pub fn with_meter(mut self) -> Self {
+        self.meter = Some(OutputMeter::new());
+        self
+    }
+
+    /// Output tokens estimated from the text that went by (metered taps only).
+    pub fn estimated_output_tokens(&self) -> u64 {
+        self.meter.as_ref().map_or(0, OutputMeter::tokens)
     }
 
     /// Feeds a chunk of the upstream (already OpenAI-shaped) stream; appends what the client gets.
@@ -118,6 +133,9 @@ impl UsageTap {
         if !self.error && data.starts_with("{\"error\"") {
             self.error = true;
         }
+        if let Some(m) = self.meter.as_mut() {
+            m.push_chunk_json(data);
+        }
         if data.contains("\"usage\"") {
             if let Ok(head) = serde_json::from_str::<ChunkHead>(data) {
                 if let Some(u) = head.usage {
@@ -162,6 +180,15 @@ data: [DONE]\n\n";
         let text = String::from_utf8(out).unwrap();
         assert!(text.ends_with("\"code\":\"stream_truncated\"}}\n\n"), "{text}");
         assert!(tap.saw_error());
+    }
+
+    #[test]
+    fn metered_taps_estimate_output() {
+        let mut tap = UsageTap::new(false).with_meter();
+        let mut out = Vec::new();
+        tap.push(b"data: {\"choices\":[{\"delta\":{\"content\":\"abcdefgh\"}}]}\n\n", &mut out);
+        assert_eq!(tap.estimated_output_tokens(), 2);
+        assert_eq!(UsageTap::new(false).estimated_output_tokens(), 0);
     }
 
     #[test]

@@ -1,0 +1,558 @@
+//! OpenAI-compatible providers by name: `"preset"` on an `openai`-schema backend supplies the
+//! provider's host, base path and credential variable (explicit backend fields win), and the few
+//! request and answer adjustments that make the provider look like OpenAI to clients.
+//!
+//! | preset       | host                          | base_path            | credential env       |
+//! |--------------|-------------------------------|----------------------|----------------------|
+//! | `mistral`    | `api.mistral.ai`              | `/v1`                | `MISTRAL_API_KEY`    |
+//! | `deepseek`   | `api.deepseek.com`            | `` (`/chat/completions`) | `DEEPSEEK_API_KEY` |
+//! | `qwen`       | `dashscope-intl.aliyuncs.com` | `/compatible-mode/v1`| `DASHSCOPE_API_KEY`  |
+//! | `groq`       | `api.groq.com`                | `/openai/v1`         | `GROQ_API_KEY`       |
+//! | `xai`        | `api.x.ai`                    | `/v1`                | `XAI_API_KEY`        |
+//! | `together`   | `api.together.xyz`            | `/v1`                | `TOGETHER_API_KEY`   |
+//! | `fireworks`  | `api.fireworks.ai`            | `/inference/v1`      | `FIREWORKS_API_KEY`  |
+//! | `openrouter` | `openrouter.ai`               | `/api/v1`            | `OPENROUTER_API_KEY` |
+//! | `vllm`       | —                             | `/v1`                | —                    |
+//! | `ollama`     | —                             | `/v1`                | —                    |
+//!
+//! Reasoning text surfaces the same way whatever the provider: as `reasoning_content` on the
+//! message and on stream deltas. DeepSeek, Qwen and xAI already answer so. Mistral's Magistral
+//! models answer with `content` as an array of typed chunks whose `thinking` chunks are the
+//! reasoning: whole answers and (through [`super::mistral::StreamTranslator`]) streams are
+//! rewritten into `reasoning_content` + string `content`. OpenRouter, Groq, Together, vLLM and
+//! Ollama's `/v1` name the field `reasoning`: whole answers are renamed; their streams pass through
+//! untouched (zero-copy), so stream deltas there still say `reasoning`.
+//!
+//! Mistral rejects any field its API does not define (HTTP 422 `extra_forbidden`), including
+//! OpenAI's `stream_options`, `max_completion_tokens`, `seed`, `user` and an assistant's
+//! `reasoning_content`: its requests are rewritten to Mistral's fields (`max_completion_tokens` →
+//! `max_tokens`, `seed` → `random_seed`, `developer` → `system`, `dimensions` →
+//! `output_dimension`), and fields Mistral does not know are dropped. Mistral streams report
+//! usage on the last chunk unasked; the stream translator moves it into the usage-only chunk.
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::openai;
+use crate::api::ApiError;
+use crate::config::{Backend, Credential};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Preset {
+    Mistral,
+    Deepseek,
+    Qwen,
+    Groq,
+    Xai,
+    Together,
+    Fireworks,
+    Openrouter,
+    Vllm,
+    Ollama,
+}
+
+/// What a preset fills in when the backend leaves it out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PresetDefaults {
+    pub host: Option<&'static str>,
+    pub base_path: &'static str,
+    pub credential_env: Option<&'static str>,
+}
+
+impl Preset {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Preset::Mistral => "mistral",
+            Preset::Deepseek => "deepseek",
+            Preset::Qwen => "qwen",
+            Preset::Groq => "groq",
+            Preset::Xai => "xai",
+            Preset::Together => "together",
+            Preset::Fireworks => "fireworks",
+            Preset::Openrouter => "openrouter",
+            Preset::Vllm => "vllm",
+            Preset::Ollama => "ollama",
+        }
+    }
+
+    pub fn defaults(self) -> PresetDefaults {
+        let (host, base_path, credential_env) = match self {
+            Preset::Mistral => (Some("api.mistral.ai"), "/v1", Some("MISTRAL_API_KEY")),
+            Preset::Deepseek => (Some("api.deepseek.com"), "", Some("DEEPSEEK_API_KEY")),
+            Preset::Qwen => (Some("dashscope-intl.aliyuncs.com"), "/compatible-mode/v1", Some("DASHSCOPE_API_KEY")),
+            Preset::Groq => (Some("api.groq.com"), "/openai/v1", Some("GROQ_API_KEY")),
+            Preset::Xai => (Some("api.x.ai"), "/v1", Some("XAI_API_KEY")),
+            Preset::Together => (Some("api.together.xyz"), "/v1", Some("TOGETHER_API_KEY")),
+            Preset::Fireworks => (Some("api.fireworks.ai"), "/inference/v1", Some("FIREWORKS_API_KEY")),
+            Preset::Openrouter => (Some("openrouter.ai"), "/api/v1", Some("OPENROUTER_API_KEY")),
+            Preset::Vllm => (None, "/v1", None),
+            Preset::Ollama => (None, "/v1", None),
+        };
+        PresetDefaults { host, base_path, credential_env }
+    }
+
+    /// Whole chat answers are rewritten (reasoning field names, Mistral content chunks).
+    pub fn normalises_responses(self) -> bool {
+        matches!(self, Preset::Mistral | Preset::Groq | Preset::Openrouter | Preset::Together | Preset::Vllm | Preset::Ollama)
+    }
+
+    /// Streams go through a translator; every other preset's stream passes through as it is.
+    pub fn translates_streams(self) -> bool {
+        matches!(self, Preset::Mistral)
+    }
+}
+
+/// Fills the backend's unset `host`, `base_path` and `credential` from its preset (at
+/// configuration time, so the filter sees ordinary fields).
+pub fn apply_defaults(backend: &mut Backend) {
+    let Some(preset) = backend.preset else { return };
+    let d = preset.defaults();
+    if backend.host.is_none() {
+        backend.host = d.host.map(str::to_string);
+    }
+    if backend.base_path.is_none() {
+        backend.base_path = Some(d.base_path.to_string());
+    }
+    if backend.credential.is_none() {
+        backend.credential = d.credential_env.map(|env| Credential { env: env.to_string(), header: None, prefix: None });
+    }
+}
+
+// =============================================================================================
+// Requests
+// =============================================================================================
+
+/// The upstream chat body for an `openai`-schema backend with this preset, and whether it streams.
+pub fn chat_body(preset: Option<Preset>, body: &[u8], model: &str) -> Result<(Vec<u8>, bool), ApiError> {
+    match preset {
+        Some(Preset::Mistral) => mistral_chat_body(body, model),
+        _ => openai::request_body(body, model),
+    }
+}
+
+/// The upstream embeddings body for an `openai`-schema backend with this preset.
+pub fn embeddings_body(preset: Option<Preset>, body: &[u8], model: &str) -> Result<Vec<u8>, ApiError> {
+    match preset {
+        Some(Preset::Mistral) => {
+            let mut obj = parse_object(body)?;
+            obj.insert("model".into(), Value::String(model.to_string()));
+            if let Some(d) = obj.remove("dimensions") {
+                if !d.is_null() && !obj.contains_key("output_dimension") {
+                    obj.insert("output_dimension".into(), d);
+                }
+            }
+            obj.retain(|k, _| MISTRAL_EMBEDDING_FIELDS.contains(&k.as_str()));
+            encode(&obj)
+        }
+        _ => openai::request_body(body, model).map(|(b, _)| b),
+    }
+}
+
+/// Top-level fields of Mistral's `ChatCompletionRequest` (openapi.yaml; `additionalProperties:
+/// false`).
+const MISTRAL_CHAT_FIELDS: &[&str] = &[
+    "model", "temperature", "top_p", "max_tokens", "stream", "stop", "random_seed", "metadata", "messages",
+    "response_format", "tools", "tool_choice", "presence_penalty", "frequency_penalty", "n", "prediction",
+    "parallel_tool_calls", "prompt_mode", "reasoning_effort", "guardrails", "prompt_cache_key", "safe_prompt",
+];
+
+/// Fields of Mistral's `EmbeddingRequest`.
+const MISTRAL_EMBEDDING_FIELDS: &[&str] = &["model", "metadata", "input", "output_dimension", "output_dtype", "encoding_format"];
+
+/// Fields of Mistral's message objects, by role.
+fn mistral_message_fields(role: &str) -> &'static [&'static str] {
+    match role {
+        "assistant" => &["role", "content", "tool_calls", "prefix"],
+        "tool" => &["role", "content", "tool_call_id", "name"],
+        _ => &["role", "content"],
+    }
+}
+
+fn mistral_chat_body(body: &[u8], model: &str) -> Result<(Vec<u8>, bool), ApiError> {
+    let mut obj = parse_object(body)?;
+    obj.insert("model".into(), Value::String(model.to_string()));
+    // `max_completion_tokens` wins over `max_tokens`, as in OpenAI's API.
+    if let Some(v) = obj.remove("max_completion_tokens") {
+        if !v.is_null() {
+            obj.insert("max_tokens".into(), v);
+        }
+    }
+    if let Some(v) = obj.remove("seed") {
+        if !v.is_null() && !obj.contains_key("random_seed") {
+            obj.insert("random_seed".into(), v);
+        }
+    }
+    obj.retain(|k, _| MISTRAL_CHAT_FIELDS.contains(&k.as_str()));
+    if let Some(Value::Array(messages)) = obj.get_mut("messages") {
+        for m in messages.iter_mut() {
+            let Some(m) = m.as_object_mut() else { continue };
+            if m.get("role").and_then(Value::as_str) == Some("developer") {
+                m.insert("role".into(), Value::String("system".into()));
+            }
+            let role = m.get("role").and_then(Value::as_str).unwrap_or("user").to_string();
+            let allowed = mistral_message_fields(&role);
+            m.retain(|k, _| allowed.contains(&k.as_str()));
+        }
+    }
+    let stream = obj.get("stream").and_then(Value::as_bool) == Some(true);
+    Ok((encode(&obj)?, stream))
+}
+
+fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::invalid_request(format!("Invalid JSON body: {e}")))
+}
+
+fn encode(obj: &Map<String, Value>) -> Result<Vec<u8>, ApiError> {
+    serde_json::to_vec(obj).map_err(|e| ApiError::gateway(500, format!("could not encode request: {e}")))
+}
+
+// =============================================================================================
+// Answers
+// =============================================================================================
+
+/// Rewrites a whole chat answer so reasoning is `reasoning_content` and `content` a string.
+/// An answer that needs nothing (or is not JSON) is returned byte for byte.
+pub fn normalise_response(body: &[u8]) -> Vec<u8> {
+    let Ok(mut v) = serde_json::from_slice::<Value>(body) else { return body.to_vec() };
+    let mut changed = false;
+    if let Some(choices) = v.get_mut("choices").and_then(Value::as_array_mut) {
+        for c in choices.iter_mut() {
+            if let Some(m) = c.get_mut("message").and_then(Value::as_object_mut) {
+                changed |= normalise_message(m, true);
+            }
+        }
+    }
+    if !changed {
+        return body.to_vec();
+    }
+    serde_json::to_vec(&v).unwrap_or_else(|_| body.to_vec())
+}
+
+/// Normalises one `message` (whole answers) or `delta` (streams) in place; true if it changed.
+///
+/// * `content` as an array of chunks: `text` chunks become the string content, `thinking` chunks
+///   (whose `thinking` is a string or an array of text chunks) are appended to
+///   `reasoning_content`. In a whole message, content without text becomes `""` (or `null` next
+///   to tool calls); in a delta it is left out.
+/// * `reasoning` (a string) becomes `reasoning_content` when that is absent.
+/// * Tool-call `arguments` sent as an object become JSON text.
+pub fn normalise_message(m: &mut Map<String, Value>, whole: bool) -> bool {
+    let mut changed = false;
+    if let Some(Value::Array(chunks)) = m.get("content") {
+        let mut text = String::new();
+        let mut thinking = String::new();
+        let mut any_text = false;
+        for chunk in chunks {
+            match chunk.get("type").and_then(Value::as_str) {
+                Some("text") | None => {
+                    if let Some(t) = chunk.get("text").and_then(Value::as_str) {
+                        text.push_str(t);
+                        any_text = true;
+                    }
+                }
+                Some("thinking") => match chunk.get("thinking") {
+                    Some(Value::String(t)) => thinking.push_str(t),
+                    Some(Value::Array(parts)) => {
+                        for p in parts {
+                            if let Some(t) = p.get("text").and_then(Value::as_str) {
+                                thinking.push_str(t);
+                            }
+                        }
+                    }
+                    _ => {}
+                },
+                // references, images and other chunk kinds have no OpenAI counterpart
+                Some(_) => {}
+            }
+        }
+        let has_tool_calls = m.get("tool_calls").and_then(Value::as_array).is_some_and(|a| !a.is_empty());
+        if any_text || (whole && !has_tool_calls) {
+            m.insert("content".into(), Value::String(text));
+        } else if whole {
+            m.insert("content".into(), Value::Null);
+        } else {
+            m.remove("content");
+        }
+        if !thinking.is_empty() {
+            match m.get_mut("reasoning_content") {
+                Some(Value::String(existing)) => existing.push_str(&thinking),
+                _ => {
+                    m.insert("reasoning_content".into(), Value::String(thinking));
+                }
+            }
+        }
+        changed = true;
+    }
+    let has_reasoning_content = matches!(m.get("reasoning_content"), Some(Value::String(_)));
+    if !has_reasoning_content && matches!(m.get("reasoning"), Some(Value::String(_))) {
+        if let Some(r) = m.remove("reasoning") {
+            m.insert("reasoning_content".into(), r);
+            changed = true;
+        }
+    }
+    if let Some(Value::Array(calls)) = m.get_mut("tool_calls") {
+        for call in calls.iter_mut() {
+            if let Some(f) = call.get_mut("function").and_then(Value::as_object_mut) {
+                if let Some(args @ (Value::Object(_) | Value::Array(_))) = f.get("arguments") {
+                    let text = args.to_string();
+                    f.insert("arguments".into(), Value::String(text));
+                    changed = true;
+                }
+            }
+        }
+    }
+    changed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::testutil::interaction;
+    use serde_json::json;
+
+    const DEEPSEEK: &str = include_str!("../../tests/fixtures/deepseek/test_deepseek_model_thinking_part.yaml");
+    const DEEPSEEK_STREAM: &str = include_str!("../../tests/fixtures/deepseek/test_deepseek_model_thinking_stream.yaml");
+    const OLLAMA_V1: &str = include_str!("../../tests/fixtures/ollama/test_ollama_local_native_output_uses_json_schema.yaml");
+    const MISTRAL: &str = include_str!("../../tests/fixtures/mistral/test_mistral_model_thinking_part_iter.yaml");
+
+    fn backend(json: Value) -> Backend {
+        let mut b: Backend = serde_json::from_value(json).unwrap();
+        apply_defaults(&mut b);
+        b
+    }
+
+    #[test]
+    fn every_preset_has_the_documented_defaults() {
+        let table = [
+            ("mistral", Some("api.mistral.ai"), "/v1", Some("MISTRAL_API_KEY")),
+            ("deepseek", Some("api.deepseek.com"), "", Some("DEEPSEEK_API_KEY")),
+            ("qwen", Some("dashscope-intl.aliyuncs.com"), "/compatible-mode/v1", Some("DASHSCOPE_API_KEY")),
+            ("groq", Some("api.groq.com"), "/openai/v1", Some("GROQ_API_KEY")),
+            ("xai", Some("api.x.ai"), "/v1", Some("XAI_API_KEY")),
+            ("together", Some("api.together.xyz"), "/v1", Some("TOGETHER_API_KEY")),
+            ("fireworks", Some("api.fireworks.ai"), "/inference/v1", Some("FIREWORKS_API_KEY")),
+            ("openrouter", Some("openrouter.ai"), "/api/v1", Some("OPENROUTER_API_KEY")),
+            ("vllm", None, "/v1", None),
+            ("ollama", None, "/v1", None),
+        ];
+        for (name, host, base, env) in table {
+            let b = backend(json!({"schema":"openai","preset":name}));
+            assert_eq!(b.preset.unwrap().as_str(), name);
+            assert_eq!(b.host.as_deref(), host, "{name}");
+            assert_eq!(b.base_path(), base, "{name}");
+            assert_eq!(b.credential.as_ref().map(|c| c.env.as_str()), env, "{name}");
+            assert_eq!(b.credential_header(), "authorization");
+            assert_eq!(b.credential_prefix(), "Bearer ");
+        }
+    }
+
+    #[test]
+    fn explicit_fields_override_the_preset() {
+        let b = backend(json!({"schema":"openai","preset":"mistral","host":"eu.mistral.example","base_path":"/proxy/v1",
+            "credential":{"env":"MY_KEY","header":"x-key"}}));
+        assert_eq!(b.host.as_deref(), Some("eu.mistral.example"));
+        assert_eq!(b.base_path(), "/proxy/v1");
+        let c = b.credential.as_ref().unwrap();
+        assert_eq!((c.env.as_str(), b.credential_header(), b.credential_prefix()), ("MY_KEY", "x-key", ""));
+        let plain = backend(json!({"schema":"openai"}));
+        assert!(plain.host.is_none() && plain.credential.is_none());
+        assert_eq!(plain.base_path(), "/v1");
+    }
+
+    #[test]
+    fn deepseek_request_and_answer_pass_as_recorded() {
+        let rec = interaction(DEEPSEEK, 0);
+        assert_eq!(rec["request"]["uri"], "https://api.deepseek.com/chat/completions");
+        let b = backend(json!({"schema":"openai","preset":"deepseek"}));
+        assert_eq!(format!("https://{}{}/chat/completions", b.host.as_deref().unwrap(), b.base_path()), "https://api.deepseek.com/chat/completions");
+        let want = &rec["request"]["parsed_body"];
+        let (body, stream) = chat_body(b.preset, want.to_string().as_bytes(), "deepseek-reasoner").unwrap();
+        assert!(!stream);
+        assert_eq!(&serde_json::from_slice::<Value>(&body).unwrap(), want);
+        // The answer already says reasoning_content: normalising changes nothing, byte for byte.
+        let answer = rec["response"]["parsed_body"].to_string();
+        assert_eq!(normalise_response(answer.as_bytes()), answer.as_bytes());
+        assert!(!Preset::Deepseek.normalises_responses() && !Preset::Deepseek.translates_streams());
+
+        let rec = interaction(DEEPSEEK_STREAM, 0);
+        let want = &rec["request"]["parsed_body"];
+        assert_eq!(want["stream_options"]["include_usage"], true);
+        let (body, stream) = chat_body(Some(Preset::Deepseek), br#"{"model":"r","messages":[{"role":"user","content":"Hello"}],"stream":true}"#, "deepseek-reasoner").unwrap();
+        assert!(stream);
+        assert_eq!(&serde_json::from_slice::<Value>(&body).unwrap(), want, "usage asked for, as recorded");
+        let sse = rec["response"]["body"]["string"].as_str().unwrap();
+        assert!(sse.contains("\"reasoning_content\":\"H\""), "DeepSeek streams reasoning_content natively");
+    }
+
+    #[test]
+    fn ollama_v1_reasoning_is_renamed() {
+        let rec = interaction(OLLAMA_V1, 0);
+        let answer = rec["response"]["parsed_body"].to_string();
+        let reasoning = rec["response"]["parsed_body"]["choices"][0]["message"]["reasoning"].as_str().unwrap().to_string();
+        let out: Value = serde_json::from_slice(&normalise_response(answer.as_bytes())).unwrap();
+        let m = &out["choices"][0]["message"];
+        assert_eq!(m["reasoning_content"], reasoning.as_str());
+        assert!(m.get("reasoning").is_none());
+        assert_eq!(m["content"], "{ \"city\": \"Paris\", \"country\": \"France\" }");
+        assert_eq!(out["usage"]["completion_tokens"], 15);
+        assert_eq!(out["id"], "chatcmpl-150");
+        assert!(Preset::Ollama.normalises_responses());
+        // The recorded request (response_format json_schema) passes unchanged apart from usage on streams.
+        let want = &rec["request"]["parsed_body"];
+        let (body, _) = chat_body(Some(Preset::Ollama), want.to_string().as_bytes(), "qwen3:0.6b").unwrap();
+        assert_eq!(&serde_json::from_slice::<Value>(&body).unwrap(), want);
+    }
+
+    #[test]
+    fn openrouter_and_groq_reasoning_and_object_arguments() {
+        let answer = json!({"id":"gen-1","object":"chat.completion","model":"deepseek/deepseek-r1","choices":[{"index":0,"finish_reason":"tool_calls",
+            "message":{"role":"assistant","content":"","reasoning":"Think.","reasoning_details":[{"type":"reasoning.text","text":"Think."}],
+            "tool_calls":[{"id":"c1","type":"function","function":{"name":"f","arguments":{"a":1}}}]}}],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}});
+        let out: Value = serde_json::from_slice(&normalise_response(answer.to_string().as_bytes())).unwrap();
+        let m = &out["choices"][0]["message"];
+        assert_eq!(m["reasoning_content"], "Think.");
+        assert!(m.get("reasoning").is_none());
+        assert_eq!(m["reasoning_details"][0]["text"], "Think.", "other fields are kept");
+        assert_eq!(m["tool_calls"][0]["function"]["arguments"], "{\"a\":1}");
+        // reasoning_content present: `reasoning` is left alone.
+        let both = json!({"choices":[{"message":{"content":"x","reasoning_content":"a","reasoning":"b"}}]});
+        assert_eq!(normalise_response(both.to_string().as_bytes()), both.to_string().as_bytes());
+        // Not JSON: untouched.
+        assert_eq!(normalise_response(b"<html>"), b"<html>");
+        for p in [Preset::Groq, Preset::Openrouter, Preset::Together, Preset::Vllm] {
+            assert!(p.normalises_responses() && !p.translates_streams(), "{p:?}");
+        }
+    }
+
+    #[test]
+    fn mistral_whole_answer_with_thinking_chunks() {
+        let answer = json!({"id":"m1","object":"chat.completion","model":"magistral-medium-latest","created":1,
+            "choices":[{"index":0,"finish_reason":"stop","message":{"role":"assistant","tool_calls":null,"content":[
+                {"type":"thinking","thinking":[{"type":"text","text":"Okay, the user "},{"type":"text","text":"asks."}]},
+                {"type":"text","text":"To cross "},{"type":"text","text":"safely, look."}]}}],
+            "usage":{"prompt_tokens":10,"completion_tokens":232,"total_tokens":242}});
+        let out: Value = serde_json::from_slice(&normalise_response(answer.to_string().as_bytes())).unwrap();
+        let m = &out["choices"][0]["message"];
+        assert_eq!(m["content"], "To cross safely, look.");
+        assert_eq!(m["reasoning_content"], "Okay, the user asks.");
+        assert_eq!(out["usage"]["total_tokens"], 242);
+        // Only thinking next to tool calls: null content.
+        let calls = json!({"choices":[{"message":{"content":[{"type":"thinking","thinking":"t"}],
+            "tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":"{}"}}]}}]});
+        let out: Value = serde_json::from_slice(&normalise_response(calls.to_string().as_bytes())).unwrap();
+        assert!(out["choices"][0]["message"]["content"].is_null());
+        assert_eq!(out["choices"][0]["message"]["reasoning_content"], "t");
+        // Only thinking, no tool calls: empty string content.
+        let only = json!({"choices":[{"message":{"content":[{"type":"thinking","thinking":[]}]}}]});
+        let out: Value = serde_json::from_slice(&normalise_response(only.to_string().as_bytes())).unwrap();
+        assert_eq!(out["choices"][0]["message"]["content"], "");
+    }
+
+    #[test]
+    fn mistral_requests_keep_only_mistral_fields() {
+        let rec = interaction(MISTRAL, 0);
+        let want = &rec["request"]["parsed_body"];
+        let (body, stream) = chat_body(Some(Preset::Mistral), br#"{"model":"magistral","messages":[{"role":"user","content":"How do I cross the street?"}],"stream":true,"stream_options":{"include_usage":true}}"#, "magistral-medium-latest").unwrap();
+        assert!(stream);
+        assert_eq!(&serde_json::from_slice::<Value>(&body).unwrap(), want, "exactly the recorded body: no stream_options");
+
+        let (body, _) = chat_body(Some(Preset::Mistral), json!({"model":"x","messages":[
+                {"role":"developer","content":"Be brief."},
+                {"role":"user","content":"hi","name":"bob"},
+                {"role":"assistant","content":"ok","reasoning_content":"r","refusal":null,"tool_calls":[{"id":"a","type":"function","function":{"name":"f","arguments":"{}"}}]},
+                {"role":"tool","tool_call_id":"a","content":"1","name":"f"}],
+            "max_tokens":5,"max_completion_tokens":50,"seed":7,"user":"u","logprobs":true,"temperature":0.2,"top_p":0.9,
+            "tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object"}}}],"tool_choice":"required",
+            "response_format":{"type":"json_object"},"parallel_tool_calls":false,"store":true,"service_tier":"auto"}).to_string().as_bytes(), "mistral-large-latest").unwrap();
+        let got: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(got["model"], "mistral-large-latest");
+        assert_eq!(got["max_tokens"], 50);
+        assert_eq!(got["random_seed"], 7);
+        assert_eq!(got["temperature"], 0.2);
+        assert_eq!(got["tool_choice"], "required");
+        assert_eq!(got["parallel_tool_calls"], false);
+        for k in got.as_object().unwrap().keys() {
+            assert!(MISTRAL_CHAT_FIELDS.contains(&k.as_str()), "{k}");
+        }
+        assert_eq!(
+            got["messages"],
+            json!([
+                {"role":"system","content":"Be brief."},
+                {"role":"user","content":"hi"},
+                {"role":"assistant","content":"ok","tool_calls":[{"id":"a","type":"function","function":{"name":"f","arguments":"{}"}}]},
+                {"role":"tool","tool_call_id":"a","content":"1","name":"f"}
+            ])
+        );
+        let e = chat_body(Some(Preset::Mistral), b"{oops", "m").unwrap_err();
+        assert_eq!(e.status, 400);
+    }
+
+    #[test]
+    fn embeddings_bodies() {
+        let body = embeddings_body(Some(Preset::Mistral), br#"{"model":"e","input":["a"],"dimensions":256,"user":"u","encoding_format":"float"}"#, "mistral-embed").unwrap();
+        assert_eq!(serde_json::from_slice::<Value>(&body).unwrap(), json!({"model":"mistral-embed","input":["a"],"output_dimension":256,"encoding_format":"float"}));
+        let body = embeddings_body(Some(Preset::Together), br#"{"model":"e","input":"a","dimensions":8}"#, "m").unwrap();
+        assert_eq!(serde_json::from_slice::<Value>(&body).unwrap(), json!({"model":"m","input":"a","dimensions":8}));
+    }
+}
+
+#[cfg(test)]
+mod dispatch_tests {
+    use super::Preset;
+    use crate::providers::testutil::{backend, backend_error, upstream, CREATED};
+    use crate::providers::{self, Operation};
+    use serde_json::{json, Value};
+
+    #[test]
+    fn presets_through_the_dispatch() {
+        let mistral = backend(json!({"schema":"openai","preset":"mistral"}));
+        let d = providers::Dialect::from(&mistral);
+        assert_eq!(d.preset, Some(Preset::Mistral));
+        let up = upstream(Operation::Chat, &mistral, &json!({"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true,"seed":1}), "magistral-small-latest").unwrap();
+        assert_eq!(up.path, "/v1/chat/completions");
+        let body: Value = serde_json::from_slice(&up.body).unwrap();
+        assert!(body.get("stream_options").is_none() && body["random_seed"] == 1);
+        assert!(providers::stream_translator(d, &up.hints, CREATED).is_some(), "Mistral streams are rewritten");
+        let emb = upstream(Operation::Embeddings, &mistral, &json!({"model":"e","input":"hi","dimensions":3}), "mistral-embed").unwrap();
+        assert_eq!(emb.path, "/v1/embeddings");
+        assert!(!providers::translates_responses(d, &emb.hints), "embeddings pass through");
+
+        let deepseek = backend(json!({"schema":"openai","preset":"deepseek"}));
+        let up = upstream(Operation::Chat, &deepseek, &json!({"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true}), "deepseek-reasoner").unwrap();
+        assert_eq!(up.path, "/chat/completions");
+        let d = providers::Dialect::from(&deepseek);
+        assert!(providers::stream_translator(d, &up.hints, CREATED).is_none(), "zero-copy passthrough");
+        assert!(!providers::translates_responses(d, &up.hints));
+
+        let openrouter = backend(json!({"schema":"openai","preset":"openrouter"}));
+        let d = providers::Dialect::from(&openrouter);
+        let up = upstream(Operation::Chat, &openrouter, &json!({"model":"m","messages":[{"role":"user","content":"hi"}]}), "deepseek/deepseek-r1").unwrap();
+        assert_eq!(up.path, "/api/v1/chat/completions");
+        assert!(providers::translates_responses(d, &up.hints));
+        assert!(providers::stream_translator(d, &up.hints, CREATED).is_none());
+        let out: Value = serde_json::from_slice(&providers::response_body(d, &up.hints,
+            br#"{"choices":[{"index":0,"message":{"role":"assistant","content":"4","reasoning":"2+2"}}]}"#, CREATED).unwrap()).unwrap();
+        assert_eq!(out["choices"][0]["message"]["reasoning_content"], "2+2");
+
+        // A plain openai backend keeps zero-copy passthrough both ways.
+        let plain = backend(json!({"schema":"openai"}));
+        let d = providers::Dialect::from(&plain);
+        let up = upstream(Operation::Chat, &plain, &json!({"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true}), "gpt-4o").unwrap();
+        assert!(!providers::translates_responses(d, &up.hints) && providers::stream_translator(d, &up.hints, CREATED).is_none());
+    }
+
+    #[test]
+    fn configuration_checks() {
+        assert!(backend_error(json!({"schema":"cohere","preset":"mistral"})).unwrap().contains("preset"));
+        assert!(backend_error(json!({"schema":"openai","preset":"nope"})).is_some());
+        assert!(backend_error(json!({"schema":"openai","base_path":"v1"})).is_some());
+        assert_eq!(backend(json!({"schema":"openai","base_path":""})).base_path(), "", "an empty base path is allowed");
+        for (schema, base) in [("cohere", ""), ("ollama", ""), ("azure_openai", "")] {
+            let b = backend(json!({"schema": schema}));
+            assert_eq!(b.schema.as_str(), schema);
+            assert_eq!(b.base_path(), base);
+            assert_eq!(b.schema.default_base_path(), base);
+        }
+    }
+}
