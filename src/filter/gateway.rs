@@ -335,9 +335,12 @@ impl HttpContext for GatewayFilter {
                 return self.reject(&ApiError::method_not_allowed(method, path, "GET"), Rejection::Validation, &[("allow", "GET")]);
             }
             let now = self.start_ms / 1000;
-            // A key sees only the models it may use.
+            // A key sees only the models it may use: as for a request, a name is allowed when it
+            // or the model it resolves to (an alias's model) matches the key's list.
             let allowed = |name: &str| match (cfg.policy.as_ref(), self.principal.as_ref()) {
-                (Some(policy), Some(p)) => policy.authorize_model(p, name, name).is_ok(),
+                (Some(policy), Some(p)) => {
+                    policy.authorize_model(p, name, cfg.router.resolve(name).map_or(name, |r| r.model)).is_ok()
+                }
                 _ => true,
             };
             if path == "/v1/models" {
@@ -545,6 +548,9 @@ impl HttpContext for GatewayFilter {
                 }
                 if self.record.response_model.is_none() {
                     self.record.response_model = tap.model().map(str::to_string);
+                }
+                if !tap.completed() && !tap.saw_error() {
+                    self.record.error_type.get_or_insert_with(|| "client_closed".to_string());
                 }
             }
             if self.record.status == 0 {

@@ -1215,6 +1215,64 @@ mod tests {
     }
 
     #[test]
+    fn budget_windows_through_the_policy() {
+        // A key with $1 a day in a team with $1.50 a month, and a key with $1 for all time.
+        let json = format!(
+            r#"{{"keys":[{{"id":"d","team":"t","sha256":"{}","budget":{{"amount_usd":1,"window":"daily"}}}},
+                         {{"id":"f","sha256":"{}","budget":{{"amount_usd":1,"window":"total"}}}}],
+                "teams":[{{"id":"t","budget":{{"amount_usd":1.5,"window":"monthly"}}}}]}}"#,
+            hash_key(KEY_A),
+            hash_key(KEY_B)
+        );
+        let p = Policy::new(serde_json::from_str(&json).unwrap()).unwrap();
+        let store = MemStore::new();
+        p.prime(&store);
+        let spend = |key: &str, now: u64| -> Result<Settlement, Rejection> {
+            let pr = p.authenticate(&bearer(key), now).unwrap();
+            // Reserves 1000×0.15 + 100×0.6 = 210 µ$; the provider reports 400k prompt tokens of
+            // gpt-4o-mini: $0.06 + 100×0.6µ = 60_060 µ$, over the reservation (still charged).
+            let adm = p.admit(&pr, &est(1000, Some(100)), "gpt-4o-mini", None, now, &store)?;
+            Ok(p.settle(adm, Outcome::Usage(&usage(400_000, 100)), None, None, now, &store))
+        };
+        // NOW is 2024-06-10T06:13:20Z; the day ends at 2024-06-11T00:00:00Z, the month at
+        // 2024-07-01T00:00:00Z.
+        let midnight = 1_718_064_000_000;
+        let next_month = 1_719_792_000_000;
+        for i in 0..17 {
+            let s = spend(KEY_A, NOW + i * 60_000).unwrap();
+            assert_eq!(s.cost_micros, Some(60_060));
+        }
+        // 17 × 60_060 = 1_021_020 µ$: over the day's $1 by less than one request's excess.
+        let r = spend(KEY_A, midnight - 1).unwrap_err();
+        assert_eq!(r.error.kind, "insufficient_quota");
+        assert!(r.error.message.contains("daily budget of key `d`"), "{}", r.error.message);
+        assert_eq!(header(&r.headers, BUDGET_REMAINING_HEADER), Some("0.000000"));
+        // At midnight the key's day starts afresh; the team's month does not (and is now the
+        // tighter of the two).
+        let pr = p.authenticate(&bearer(KEY_A), midnight).unwrap();
+        assert_eq!(p.budget_remaining(&pr, midnight, &store), Some(1_500_000 - 1_021_020));
+        let s = spend(KEY_A, midnight).unwrap();
+        assert_eq!(state(&store, "switchyard:key:d").budget.spent_micros, 60_060);
+        assert_eq!(state(&store, "switchyard:team:t").budget.spent_micros, 1_021_020 + 60_060);
+        assert_eq!(s.budget_remaining_micros, Some(1_500_000 - 1_081_080));
+        for i in 1..8 {
+            spend(KEY_A, midnight + i * 60_000).unwrap();
+        }
+        // Now the team's $1.50 is what refuses, with the team named.
+        let r = spend(KEY_A, midnight + 3_600_000).unwrap_err();
+        assert!(r.error.message.contains("monthly budget of team `t`"), "{}", r.error.message);
+        assert!(spend(KEY_A, next_month - 1).is_err());
+        assert!(spend(KEY_A, next_month).is_ok(), "a new month, a new team budget (and a new day)");
+        // The total budget never starts afresh.
+        for i in 0..17 {
+            spend(KEY_B, NOW + i * 1000).unwrap();
+        }
+        assert!(spend(KEY_B, NOW + 400 * 86_400_000).is_err());
+        let st = state(&store, "switchyard:key:f");
+        assert_eq!((st.budget.spent_micros, st.budget.reserved.total()), (17 * 60_060, 0));
+    }
+
+    #[test]
     fn state_encoding_is_versioned_and_tolerant() {
         let mut s = ScopeState::default();
         s.rate.requests.cur = 7;

@@ -362,20 +362,37 @@ fn from_api_key(value: &str) -> Result<&str, KeyError> {
 pub fn extract_key(headers: &[(String, String)]) -> Result<&str, KeyError> {
     let mut found: Option<&str> = None;
     for (name, value) in headers {
-        let key = if name.eq_ignore_ascii_case("authorization") {
-            from_authorization(value)?
+        let keys: Vec<&str> = if name.eq_ignore_ascii_case("authorization") {
+            match joined_bearers(value) {
+                Some(parts) => parts.map(from_authorization).collect::<Result<_, _>>()?,
+                None => vec![from_authorization(value)?],
+            }
         } else if name.eq_ignore_ascii_case("x-api-key") {
-            from_api_key(value)?
+            vec![from_api_key(value)?]
         } else {
             continue;
         };
-        match found {
-            // The client's own two values: comparing them leaks nothing.
-            Some(k) if k != key => return Err(KeyError::Ambiguous),
-            _ => found = Some(key),
+        for key in keys {
+            match found {
+                // The client's own two values: comparing them leaks nothing.
+                Some(k) if k != key => return Err(KeyError::Ambiguous),
+                _ => found = Some(key),
+            }
         }
     }
     found.ok_or(KeyError::Missing)
+}
+
+/// Envoy joins repeated `authorization` headers into one value, separated by commas (RFC 9110
+/// §5.3). A Bearer token cannot contain a comma (RFC 6750's token68), so a value made only of
+/// comma-separated `Bearer …` parts is several headers: their keys must agree like any others.
+fn joined_bearers(value: &str) -> Option<std::str::Split<'_, char>> {
+    let is_bearer = |p: &str| {
+        let b = p.trim_start().as_bytes();
+        b.get(..6).is_some_and(|s| s.eq_ignore_ascii_case(b"bearer")) && matches!(b.get(6), Some(b' ' | b'\t'))
+    };
+    (value.len() <= 4 * MAX_KEY_HEADER_LEN && value.contains(',') && value.split(',').all(is_bearer))
+        .then(|| value.split(','))
 }
 
 /// A provider credential supplied by the client. Never printed: `Debug` shows `Secret(***)`,
@@ -515,6 +532,18 @@ mod tests {
             extract_key(&h(&[("authorization", "Bearer sk-1"), ("authorization", "Bearer sk-2")])),
             Err(KeyError::Ambiguous)
         );
+        // Repeated headers as Envoy hands them over: joined with commas.
+        assert_eq!(extract_key(&h(&[("authorization", "Bearer sk-1,Bearer sk-2")])), Err(KeyError::Ambiguous));
+        assert_eq!(extract_key(&h(&[("authorization", "Bearer sk-1, bearer sk-1")])), Ok("sk-1"));
+        assert_eq!(
+            extract_key(&h(&[("authorization", "Bearer sk-1,Bearer sk-1"), ("x-api-key", "sk-2")])),
+            Err(KeyError::Ambiguous)
+        );
+        assert_eq!(extract_key(&h(&[("authorization", "Bearer sk-1,Bearer ")])), Err(KeyError::Empty));
+        // A comma that does not separate Bearer credentials is part of one (invalid) value.
+        assert_eq!(extract_key(&h(&[("authorization", "Bearer sk-1,sk-2")])), Ok("sk-1,sk-2"));
+        assert_eq!(extract_key(&h(&[("authorization", "Bearer sk-1,Basic eA==")])), Err(KeyError::InvalidCharacters));
+        assert_eq!(extract_key(&h(&[("authorization", "Bearer é,Bearer x")])), Err(KeyError::InvalidCharacters));
         assert_eq!(extract_key(&h(&[("authorization", "Bearer sk 1")])), Err(KeyError::InvalidCharacters));
         assert_eq!(extract_key(&h(&[("x-api-key", "sk-\u{7f}")])), Err(KeyError::InvalidCharacters));
         assert_eq!(extract_key(&h(&[("x-api-key", "clé")])), Err(KeyError::InvalidCharacters));

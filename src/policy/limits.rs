@@ -604,6 +604,31 @@ mod tests {
     }
 
     #[test]
+    fn what_the_estimate_allows_and_remembers() {
+        // The properties the README states, for an rpm of 10.
+        let limits = LimitsConfig { rpm: Some(10), ..Default::default() };
+        let admit_all = |s: &mut RateState, t: u64| (0..20).take_while(|_| s.admit(&limits, t, 0, 0).is_ok()).count();
+        // 1. A burst at the end of a minute cannot be repeated right after the boundary (the flaw
+        //    of a fixed window): at the boundary the previous minute weighs in full.
+        let mut s = RateState::default();
+        assert_eq!(admit_all(&mut s, T0 + 59_999), 10);
+        assert_eq!(admit_all(&mut s, T0 + WINDOW_MS), 0);
+        // 2. It is an estimate: bursts at the end of two consecutive minutes, 59 s apart, pass
+        //    19 requests within one 60 s span.
+        assert_eq!(admit_all(&mut s, T0 + WINDOW_MS + 59_000), 9);
+        // 3. A burst at the start of a minute weighs until the end of the next one: the reset
+        //    (back to empty) is 60-120 s away, and so can be the retry.
+        let mut s = RateState::default();
+        assert_eq!(admit_all(&mut s, T0 + 1_000), 10);
+        let d = s.admit(&limits, T0 + 1_000, 0, 0).unwrap_err();
+        assert_eq!(d.snapshot.requests.unwrap().reset_ms, 2 * WINDOW_MS - 1_000);
+        // ceil(10 × (60000 − e) / 60000) <= 9 needs e >= 6000 into the next minute.
+        assert_eq!(d.retry_after_ms, Some(WINDOW_MS - 1_000 + 6_000));
+        let g = RateState::default().admit(&limits, T0 + 59_000, 0, 0).unwrap();
+        assert_eq!(g.snapshot.requests.unwrap().reset_ms, WINDOW_MS + 1_000);
+    }
+
+    #[test]
     fn reset_durations_look_like_openai() {
         assert_eq!(format_duration_ms(0), "0s");
         assert_eq!(format_duration_ms(20), "20ms");

@@ -354,10 +354,11 @@ impl<T: Copy> NameIndex<T> {
         self.exact.insert(name.to_string(), v);
         let base = base_name(name);
         // Prefer the entry named exactly like the base, then unprefixed names, then the latest
-        // (lexicographically greatest: dates sort) name.
+        // (lexicographically greatest: dates sort) name. An equal rank is the same name inserted
+        // again (a configured entry replacing a built-in one): the later one wins, as in `exact`.
         let rank = (name == base, !name.contains('/'), name.to_string());
         match self.base.get(base) {
-            Some((r, _)) if *r >= rank => {}
+            Some((r, _)) if *r > rank => {}
             _ => {
                 self.base.insert(base.to_string(), (rank, v));
             }
@@ -641,6 +642,22 @@ mod tests {
         assert_eq!(t.lookup("gpt-4o-2024-08-06").unwrap().input, 2_500_000_000);
         // An undated name resolves deterministically.
         assert_eq!(t.lookup("claude-3-5-sonnet").unwrap().output, 15_000_000_000);
+    }
+
+    #[test]
+    fn a_configured_entry_replaces_the_builtin_one_for_every_lookup() {
+        let cfg: PricingConfig = serde_json::from_str(
+            r#"{"models":{"gpt-4o-mini":{"input_cost_per_token":1e-6,"output_cost_per_token":2e-6}}}"#,
+        )
+        .unwrap();
+        let t = PriceTable::from_config(&cfg).unwrap();
+        for name in ["gpt-4o-mini", "openai/gpt-4o-mini", "gpt-4o-mini-2030-01-01", "azure/gpt-4o-mini-2030-01-01"] {
+            let p = t.lookup(name).unwrap();
+            assert_eq!((p.input, p.output, p.cache_read), (1_000_000_000, 2_000_000_000, None), "{name}");
+        }
+        // A dated entry of the built-in table keeps its own price.
+        assert_eq!(t.lookup("gpt-4o-mini-2024-07-18").unwrap().input, 150_000_000);
+        assert_eq!(t.worst_case("gpt-4o-mini").unwrap().input, 1_000_000_000);
     }
 
     #[test]

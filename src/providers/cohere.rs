@@ -1691,6 +1691,7 @@ mod dispatch_tests {
         let up = upstream(Operation::Chat, &b, &json!({"model":"c","messages":[{"role":"user","content":"hello"}]}), "command-r7b-12-2024").unwrap();
         assert_eq!(format!("https://{}{}", b.host.as_deref().unwrap(), up.path), interaction(SIMPLE, 0)["request"]["uri"]);
         assert!(!up.hints.stream);
+        assert!(up.headers.is_empty());
         let d = providers::Dialect::from(&b);
         assert!(providers::translates_responses(d, &up.hints));
         let answer = interaction(SIMPLE, 0)["response"]["parsed_body"].to_string();
@@ -1699,6 +1700,7 @@ mod dispatch_tests {
         assert_eq!(out["model"], "command-r7b-12-2024");
 
         let up = upstream(Operation::Chat, &b, &json!({"model":"c","messages":[{"role":"user","content":"hello"}],"stream":true}), "command-a").unwrap();
+        assert_eq!(up.headers, vec![("accept", "text/event-stream".to_string())]);
         let mut t = providers::stream_translator(d, &up.hints, CREATED).expect("Cohere streams are translated");
         let mut out = Vec::new();
         t.push(b"event: message-start\ndata: {\"type\":\"message-start\",\"id\":\"x\"}\n\nevent: message-end\ndata: {\"type\":\"message-end\",\"delta\":{\"finish_reason\":\"COMPLETE\"}}\n\n", &mut out);

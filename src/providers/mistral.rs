@@ -12,6 +12,10 @@
 //! Chunks that need neither are forwarded byte for byte. An error object in the stream, an
 //! unreadable event, or a stream that ends before any `finish_reason` and `[DONE]` ends the output
 //! with one OpenAI error event.
+//!
+//! DeepSeek streams the same way (usage next to the last `finish_reason`, unasked for by the
+//! client, since the gateway always asks): its preset uses this translator too
+//! ([`StreamTranslator::for_provider`]), so a client that did not ask sees no usage.
 
 use serde_json::{Map, Value};
 
@@ -28,6 +32,8 @@ pub struct StreamTranslator {
 }
 
 struct State {
+    /// Provider name in error messages.
+    provider: &'static str,
     phase: Phase,
     /// The usage-only chunk to write before `[DONE]`.
     held_usage: Option<Value>,
@@ -37,9 +43,15 @@ struct State {
 
 impl StreamTranslator {
     pub fn new() -> Self {
+        Self::for_provider("Mistral")
+    }
+
+    /// The same translation for another provider that streams this way (DeepSeek); `provider`
+    /// names it in error messages.
+    pub fn for_provider(provider: &'static str) -> Self {
         StreamTranslator {
             parser: SseParser::new(),
-            state: State { phase: Phase::Open, held_usage: None, usage: None, saw_finish: false },
+            state: State { provider, phase: Phase::Open, held_usage: None, usage: None, saw_finish: false },
         }
     }
 
@@ -105,11 +117,11 @@ impl State {
         let mut v: Map<String, Value> = match serde_json::from_str(data) {
             Ok(v) => v,
             Err(e) => {
-                self.fail(out, unreadable_event("Mistral", &e));
+                self.fail(out, unreadable_event(self.provider, &e));
                 return;
             }
         };
-        if let Some(err) = stream_error(&v) {
+        if let Some(err) = stream_error(&v, self.provider) {
             self.fail(out, err);
             return;
         }
@@ -169,7 +181,7 @@ impl State {
 
 /// An error reported inside the stream: OpenAI's `{"error":{…}}` or Mistral's
 /// `{"object":"error","message":…,"type":…,"code":…}`.
-fn stream_error(v: &Map<String, Value>) -> Option<ApiError> {
+fn stream_error(v: &Map<String, Value>, provider: &str) -> Option<ApiError> {
     let (message, kind, code) = if let Some(e) = v.get("error").filter(|e| !e.is_null()) {
         match e {
             Value::Object(o) => (o.get("message").cloned(), o.get("type").cloned(), o.get("code").cloned()),
@@ -183,7 +195,7 @@ fn stream_error(v: &Map<String, Value>) -> Option<ApiError> {
     let message = match message {
         Some(Value::String(m)) if !m.is_empty() => m,
         Some(other @ (Value::Object(_) | Value::Array(_))) => other.to_string(),
-        _ => "The Mistral backend reported an error during the stream.".to_string(),
+        _ => format!("The {provider} backend reported an error during the stream."),
     };
     let status = match kind.as_ref().and_then(Value::as_str) {
         Some("invalid_request_error") => 400,

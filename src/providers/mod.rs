@@ -160,7 +160,9 @@ fn chat_request(backend: &Backend, body: &[u8], ctx: &AttemptContext) -> Result<
         Schema::Cohere => {
             let req = parse_chat_request(body)?;
             let body = cohere::request_body(&req, ctx.model)?;
-            Ok(UpstreamRequest { path: format!("{base}/v2/chat"), body, headers: Vec::new(), hints: ResponseHints::chat(req.is_stream(), ctx.model) })
+            // As Cohere's docs do for streams (the client's own `accept` says JSON).
+            let headers = if req.is_stream() { vec![("accept", "text/event-stream".to_string())] } else { Vec::new() };
+            Ok(UpstreamRequest { path: format!("{base}/v2/chat"), body, headers, hints: ResponseHints::chat(req.is_stream(), ctx.model) })
         }
         Schema::Ollama => {
             let req = parse_chat_request(body)?;
@@ -281,8 +283,11 @@ pub fn response_body(dialect: impl Into<Dialect>, hints: &ResponseHints, body: &
 pub fn stream_translator(dialect: impl Into<Dialect>, hints: &ResponseHints, created: u64) -> Option<Box<dyn StreamTranslate>> {
     let d = dialect.into();
     match d.schema {
-        Schema::Openai if d.preset.is_some_and(presets::Preset::translates_streams) => Some(Box::new(mistral::StreamTranslator::new())),
-        Schema::Openai | Schema::AzureOpenai => None,
+        Schema::Openai => match d.preset.filter(|p| p.translates_streams()) {
+            Some(p) => Some(Box::new(presets::stream_translator(p))),
+            None => None,
+        },
+        Schema::AzureOpenai => None,
         Schema::Cohere => Some(Box::new(cohere::StreamTranslator::new(created, &hints.model))),
         Schema::Ollama => Some(Box::new(ollama::StreamTranslator::new(created, &hints.model))),
         Schema::Anthropic => Some(Box::new(anthropic::StreamTranslator::new(created))),

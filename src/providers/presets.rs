@@ -28,7 +28,10 @@
 //! `reasoning_content`: its requests are rewritten to Mistral's fields (`max_completion_tokens` →
 //! `max_tokens`, `seed` → `random_seed`, `developer` → `system`, `dimensions` →
 //! `output_dimension`), and fields Mistral does not know are dropped. Mistral streams report
-//! usage on the last chunk unasked; the stream translator moves it into the usage-only chunk.
+//! usage on the last chunk unasked, and DeepSeek streams put the usage the gateway asks for on
+//! the last chunk too (next to `finish_reason`): for both, the stream translator
+//! ([`stream_translator`]) moves it into the usage-only chunk, which the gateway drops for a client
+//! that did not ask for usage.
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -99,7 +102,15 @@ impl Preset {
 
     /// Streams go through a translator; every other preset's stream passes through as it is.
     pub fn translates_streams(self) -> bool {
-        matches!(self, Preset::Mistral)
+        matches!(self, Preset::Mistral | Preset::Deepseek)
+    }
+}
+
+/// The stream translator of a preset whose streams are translated ([`Preset::translates_streams`]).
+pub fn stream_translator(preset: Preset) -> super::mistral::StreamTranslator {
+    match preset {
+        Preset::Deepseek => super::mistral::StreamTranslator::for_provider("DeepSeek"),
+        _ => super::mistral::StreamTranslator::new(),
     }
 }
 
@@ -373,7 +384,7 @@ mod tests {
         // The answer already says reasoning_content: normalising changes nothing, byte for byte.
         let answer = rec["response"]["parsed_body"].to_string();
         assert_eq!(normalise_response(answer.as_bytes()), answer.as_bytes());
-        assert!(!Preset::Deepseek.normalises_responses() && !Preset::Deepseek.translates_streams());
+        assert!(!Preset::Deepseek.normalises_responses() && Preset::Deepseek.translates_streams());
 
         let rec = interaction(DEEPSEEK_STREAM, 0);
         let want = &rec["request"]["parsed_body"];
@@ -383,6 +394,32 @@ mod tests {
         assert_eq!(&serde_json::from_slice::<Value>(&body).unwrap(), want, "usage asked for, as recorded");
         let sse = rec["response"]["body"]["string"].as_str().unwrap();
         assert!(sse.contains("\"reasoning_content\":\"H\""), "DeepSeek streams reasoning_content natively");
+    }
+
+    /// DeepSeek puts the usage the gateway asked for on its finishing chunk: the preset's stream
+    /// translator moves it into a usage-only chunk (which the gateway drops for a client that did
+    /// not ask), everything else of the recording passes unchanged.
+    #[test]
+    fn deepseek_stream_usage_moves_into_the_usage_only_chunk() {
+        use crate::providers::testutil::{assert_split_invariant, events};
+        let rec = interaction(DEEPSEEK_STREAM, 0);
+        let sse = rec["response"]["body"]["string"].as_str().unwrap();
+        let (want, _) = events(sse.replace("\r\n", "\n").as_bytes());
+        let recorded_usage = want.last().unwrap()["usage"].clone();
+        assert!(recorded_usage.is_object() && !want.last().unwrap()["choices"].as_array().unwrap().is_empty());
+        let make = || -> Box<dyn crate::providers::StreamTranslate> { Box::new(stream_translator(Preset::Deepseek)) };
+        let out = assert_split_invariant(&make, sse.as_bytes());
+        let (evs, done) = events(&out);
+        assert!(done);
+        let (last, rest) = evs.split_last().unwrap();
+        assert_eq!(last["choices"], json!([]));
+        assert_eq!(last["usage"], recorded_usage);
+        assert_eq!((&last["id"], &last["model"]), (&want[0]["id"], &want[0]["model"]));
+        assert_eq!(rest.len(), want.len());
+        for (got, w) in rest.iter().zip(&want) {
+            assert!(got["usage"].is_null(), "{got}");
+            assert_eq!(got["choices"], w["choices"]);
+        }
     }
 
     #[test]
@@ -522,7 +559,7 @@ mod dispatch_tests {
         let up = upstream(Operation::Chat, &deepseek, &json!({"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true}), "deepseek-reasoner").unwrap();
         assert_eq!(up.path, "/chat/completions");
         let d = providers::Dialect::from(&deepseek);
-        assert!(providers::stream_translator(d, &up.hints, CREATED).is_none(), "zero-copy passthrough");
+        assert!(providers::stream_translator(d, &up.hints, CREATED).is_some(), "usage moved to the usage-only chunk");
         assert!(!providers::translates_responses(d, &up.hints));
 
         let openrouter = backend(json!({"schema":"openai","preset":"openrouter"}));

@@ -41,6 +41,17 @@ MOCKS = REPO / "tests" / "mocks" / "providers.py"
 ENVOY_ENV = {
     "OPENAI_API_KEY": "sk-test-openai-upstream",
     "ANTHROPIC_API_KEY": "sk-ant-test-upstream",
+    # The more providers (tests/mocks/more_providers.py). The AWS pair is the SigV4 test suite's
+    # example key, which that mock knows: it recomputes and checks every Bedrock signature.
+    "GEMINI_API_KEY": "test-gemini-upstream-key",
+    "VERTEX_ACCESS_TOKEN": "ya29.test-vertex-upstream-token",
+    "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE",
+    "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+    "AWS_SESSION_TOKEN": "",
+    "COHERE_API_KEY": "test-cohere-upstream-key",
+    "AZURE_OPENAI_API_KEY": "test-azure-upstream-key",
+    "MISTRAL_API_KEY": "test-mistral-upstream-key",
+    "DEEPSEEK_API_KEY": "test-deepseek-upstream-key",
 }
 
 # Ports in envoy/demo.yaml that the harness rewrites.
@@ -48,6 +59,7 @@ DEMO_LISTENER_PORT = 10000
 DEMO_ADMIN_PORT = 9901
 DEMO_OPENAI_PORT = 18001
 DEMO_ANTHROPIC_PORT = 18002
+DEMO_MORE_PORT = 18003
 
 
 # --------------------------------------------------------------------------------------------------
@@ -199,7 +211,8 @@ def _strip_key(node, key: str) -> int:
 
 
 def render_config(text: str, listener: int, admin: int, openai: int, anthropic: int,
-                  wasm: Path, access_log: Path | None = None) -> tuple[str, dict]:
+                  wasm: Path, access_log: Path | None = None,
+                  more: int | None = None) -> tuple[str, dict]:
     """Rewrite envoy/demo.yaml text for the test run.
 
     Replaces the four well-known ports and the relative wasm filename (each must occur at least
@@ -214,13 +227,17 @@ def render_config(text: str, listener: int, admin: int, openai: int, anthropic: 
                            ("anthropic", DEMO_ANTHROPIC_PORT, anthropic)):
         text, n = re.subn(rf"(\bport_value:\s*[\"']?){old}\b([\"']?)", rf"\g<1>{new}\g<2>", text)
         counts[name] = n
+    if more is not None:
+        # The more providers' mock (:18003): optional, a config without it still renders.
+        text, counts["more"] = re.subn(rf"(\bport_value:\s*[\"']?){DEMO_MORE_PORT}\b([\"']?)",
+                                       rf"\g<1>{more}\g<2>", text)
     text, n = re.subn(r"(?<![\w/.-])" + re.escape(WASM_REL), str(wasm).replace("\\", "/"), text)
     counts["wasm"] = n
     if access_log is not None:
         # The demo logs one JSON line per request to stdout; tests read it from a file.
         text, n = re.subn(r"(\bpath:\s*)/dev/stdout\b", rf"\g<1>{access_log}", text)
         counts["access_log"] = n
-    missing = [k for k, v in counts.items() if v < 1]
+    missing = [k for k, v in counts.items() if v < 1 and k != "more"]
     if missing:
         raise AssertionError(
             f"envoy config: expected replacements not found for {missing} (counts {counts}); "
@@ -232,6 +249,37 @@ def render_config(text: str, listener: int, admin: int, openai: int, anthropic: 
     return yaml.safe_dump(doc, sort_keys=False, default_flow_style=False), counts
 
 
+def _walk_nodes(node):
+    if isinstance(node, dict):
+        yield node
+        for v in node.values():
+            yield from _walk_nodes(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _walk_nodes(v)
+
+
+def patch_gateway_config(text: str, fields: dict) -> str:
+    """Envoy config text with ``fields`` (e.g. ``{"auth": {...}}``) set in the JSON configuration of
+    every wasm plugin whose role is "gateway". Fails if there is none."""
+    doc = yaml.safe_load(text)
+    n = 0
+    for node in _walk_nodes(doc):
+        cfg = node.get("configuration")
+        if isinstance(cfg, dict) and isinstance(cfg.get("value"), str):
+            try:
+                plugin = json.loads(cfg["value"])
+            except ValueError:
+                continue
+            if isinstance(plugin, dict) and plugin.get("role") == "gateway":
+                plugin.update(fields)
+                cfg["value"] = json.dumps(plugin, indent=2)
+                n += 1
+    if not n:
+        raise AssertionError("envoy config: no wasm plugin configuration with role gateway")
+    return yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)
+
+
 # --------------------------------------------------------------------------------------------------
 # mocks
 
@@ -240,23 +288,28 @@ class Mocks:
     """The mock providers process (tests/mocks/providers.py)."""
 
     def __init__(self, workdir: Path, openai_port: int | None = None,
-                 anthropic_port: int | None = None):
-        if openai_port is None or anthropic_port is None:
-            a, b = free_ports(2)
+                 anthropic_port: int | None = None, more_port: int | None = None):
+        if openai_port is None or anthropic_port is None or more_port is None:
+            a, b, c = free_ports(3)
             openai_port = openai_port or a
             anthropic_port = anthropic_port or b
+            more_port = more_port or c
         self.openai_port = openai_port
         self.anthropic_port = anthropic_port
+        # Gemini, Bedrock, Cohere, Ollama, Azure, Mistral, DeepSeek (tests/mocks/more_providers.py).
+        self.more_port = more_port
         self.openai_url = f"http://127.0.0.1:{openai_port}"
         self.anthropic_url = f"http://127.0.0.1:{anthropic_port}"
+        self.more_url = f"http://127.0.0.1:{more_port}"
         self.log_path = Path(workdir) / "mocks.log"
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "Mocks":
         self.proc = start_process(
             [sys.executable, "-u", str(MOCKS), "--openai-port", str(self.openai_port),
-             "--anthropic-port", str(self.anthropic_port)], self.log_path)
-        for url in (self.openai_url, self.anthropic_url):
+             "--anthropic-port", str(self.anthropic_port), "--more-port", str(self.more_port)],
+            self.log_path)
+        for url in (self.openai_url, self.anthropic_url, self.more_url):
             wait_until(lambda u=url: http("GET", u + "/_mock/health", timeout=1)[0] == 200,
                        20, f"mock provider {url}", self.proc, self.log_path)
         return self
@@ -266,7 +319,9 @@ class Mocks:
             return self.openai_url
         if which == "anthropic":
             return self.anthropic_url
-        raise ValueError(f"unknown mock {which!r} (openai|anthropic)")
+        if which == "more":
+            return self.more_url
+        raise ValueError(f"unknown mock {which!r} (openai|anthropic|more)")
 
     def requests(self, which: str) -> list[dict]:
         status, _, body = http("GET", self.url(which) + "/_mock/requests")
@@ -274,7 +329,7 @@ class Mocks:
         return json.loads(body)
 
     def clear(self, which: str | None = None) -> None:
-        for w in ([which] if which else ["openai", "anthropic"]):
+        for w in ([which] if which else ["openai", "anthropic", "more"]):
             status, _, _ = http("DELETE", self.url(w) + "/_mock/requests")
             assert status == 200
 
@@ -346,8 +401,13 @@ class Gateway:
     """A running Envoy + Switchyard + mock providers. See the module docstring."""
 
     def __init__(self, workdir: Path, mocks: Mocks, config_src: Path | None = None,
-                 envoy_bin: str | None = None):
+                 envoy_bin: str | None = None, gateway_config: dict | None = None):
         self.workdir = Path(workdir)
+        # Fields merged into the gateway plugin's JSON configuration (e.g. {"auth": {...}}).
+        self.gateway_config = gateway_config
+        # Extra Envoy command-line arguments (e.g. ["--restart-epoch", "1"]).
+        self.envoy_args: list[str] = []
+        self.concurrency = 2
         self.mocks = mocks
         self.config_src = Path(config_src or os.environ.get("SWITCHYARD_E2E_CONFIG") or DEMO_CONFIG)
         self.envoy_bin = envoy_bin or os.environ.get("SWITCHYARD_ENVOY") or str(
@@ -358,6 +418,7 @@ class Gateway:
         self.admin_url = f"http://127.0.0.1:{self.admin_port}"
         self.openai_mock_url = mocks.openai_url
         self.anthropic_mock_url = mocks.anthropic_url
+        self.more_mock_url = mocks.more_url
         self.config_path = self.workdir / "envoy.yaml"
         self.log_path = self.workdir / "envoy.log"
         self.access_log_path = self.workdir / "access.log"
@@ -371,15 +432,12 @@ class Gateway:
         if not self.config_src.is_file():
             raise RuntimeError(f"Envoy config {self.config_src} does not exist")
         self.wasm_path = Path(wasm)
-        text, self.replacements = render_config(
-            self.config_src.read_text(encoding="utf-8"), self.listener_port, self.admin_port,
-            self.mocks.openai_port, self.mocks.anthropic_port, self.wasm_path,
-            self.access_log_path)
-        self.config_path.write_text(text, encoding="utf-8")
+        self.config_path.write_text(self.render(), encoding="utf-8")
         env = dict(os.environ)
         env.update(ENVOY_ENV)
-        cmd = [self.envoy_bin, "-c", str(self.config_path), "--concurrency", "2",
-               "--log-level", "info", "--base-id", str(self.base_id)]
+        cmd = [self.envoy_bin, "-c", str(self.config_path), "--concurrency",
+               str(self.concurrency), "--log-level", "info", "--base-id", str(self.base_id),
+               *self.envoy_args]
         with open(self.log_path, "ab") as f:
             f.write(("$ " + " ".join(cmd) + "\n").encode())
         self.proc = start_process(cmd, self.log_path, env)
@@ -387,6 +445,16 @@ class Gateway:
         wait_until(lambda: port_accepts(self.listener_port), 30, "Envoy listener", self.proc,
                    self.log_path)
         return self
+
+    def render(self) -> str:
+        """The Envoy config to run: config_src rewritten by render_config, plus gateway_config."""
+        text, self.replacements = render_config(
+            self.config_src.read_text(encoding="utf-8"), self.listener_port, self.admin_port,
+            self.mocks.openai_port, self.mocks.anthropic_port, self.wasm_path,
+            self.access_log_path, more=getattr(self.mocks, "more_port", None))
+        if self.gateway_config:
+            text = patch_gateway_config(text, self.gateway_config)
+        return text
 
     def _ready(self) -> bool:
         status, _, body = http("GET", self.admin_url + "/ready", timeout=1)
@@ -400,8 +468,9 @@ class Gateway:
 
     # -- helpers for tests
     def mock_requests(self, which: str) -> list[dict]:
-        """Requests the 'openai' or 'anthropic' mock received (method, path, query, raw_query,
-        headers (lower-case), body (parsed JSON or None), body_text, scenario, seq, time)."""
+        """Requests the 'openai', 'anthropic' or 'more' mock received (method, path, query,
+        raw_query, headers (lower-case), body (parsed JSON or None), body_text, scenario, seq,
+        time; the 'more' mock adds provider, raw_path and, for Bedrock, sigv4)."""
         return self.mocks.requests(which)
 
     def clear_mocks(self) -> None:
@@ -463,12 +532,13 @@ class Gateway:
         return out
 
 
-def start_gateway(workdir: Path | None = None) -> Gateway:
-    """Build the wasm, start mocks and Envoy; returns the Gateway (call .stop() + .mocks.stop())."""
+def start_gateway(workdir: Path | None = None, auth: dict | None = None) -> Gateway:
+    """Build the wasm, start mocks and Envoy; returns the Gateway (call .stop() + .mocks.stop()).
+    ``auth``: the gateway's virtual keys / limits / budgets / prices (its ``auth`` object)."""
     workdir = Path(workdir or tempfile.mkdtemp(prefix="switchyard-e2e-"))
     wasm = build_wasm()
     mocks = Mocks(workdir).start()
-    gw = Gateway(workdir, mocks)
+    gw = Gateway(workdir, mocks, gateway_config={"auth": auth} if auth is not None else None)
     try:
         gw.start(wasm)
     except BaseException:

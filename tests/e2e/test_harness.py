@@ -36,12 +36,17 @@ def _port_values(node):
 def test_render_demo_config():
     wasm = Path("/abs/path/switchyard.wasm")
     text, counts = harness.render_config(harness.DEMO_CONFIG.read_text(), 41000, 41001, 41002,
-                                         41003, wasm)
-    assert all(counts[k] >= 1 for k in ("listener", "admin", "openai", "anthropic", "wasm"))
+                                         41003, wasm, more=41004)
+    assert all(counts[k] >= 1
+               for k in ("listener", "admin", "openai", "anthropic", "more", "wasm"))
     doc = yaml.safe_load(text)
     assert "outlier_detection" not in set(_walk_keys(doc))
     ports = set(_port_values(doc))
-    assert ports <= {41000, 41001, 41002, 41003}, ports
+    assert ports <= {41000, 41001, 41002, 41003, 41004}, ports
+    # Without the more mock's port the config still renders (other configs need not have it).
+    text, counts = harness.render_config(harness.DEMO_CONFIG.read_text(), 41000, 41001, 41002,
+                                         41003, wasm)
+    assert "more" not in counts
     assert str(wasm) in text and harness.WASM_REL not in text.replace(str(wasm), "")
 
 

@@ -150,7 +150,7 @@ def test_chunked_request_body_and_keepalive(mocks):
 
 
 def test_unknown_path_is_404(mocks):
-    r = post(mocks.openai_url + "/v1/embeddings", {"input": "x"})
+    r = post(mocks.openai_url + "/v1/completions", {"input": "x"})
     assert r.status_code == 404 and "error" in r.json()
     r = post(mocks.anthropic_url + "/v1/chat/completions", {"model": "x"})
     assert r.status_code == 404 and r.json()["type"] == "error"

@@ -10,6 +10,7 @@ Standard library only (plus pyyaml, already a test dependency, to read the casse
 
 Endpoints (both mocks)
   POST /v1/chat/completions    OpenAI mock only
+  POST /v1/embeddings          OpenAI mock only (deterministic vectors, see more_providers.mock_vector)
   POST /v1/messages            Anthropic mock only
   GET  /_mock/health           200 {"ok": true, "provider": ...}
   GET  /_mock/requests         JSON list of every request received (see ``Provider.record``)
@@ -48,9 +49,11 @@ PYDANTIC_CASSETTES = "pydantic/pydantic-ai/tests/models/cassettes"
 # that status with a provider-shaped generic error body).
 SCENARIOS = (
     "503", "500", "429", "400", "529", "reset", "error-mid-stream", "truncate", "stall",
-    "once-<scenario>",
+    "slow-stream", "once-<scenario>",
 )
 DEFAULT_STALL_SECONDS = 30.0
+# slow-stream: seconds between two SSE events (a stream a client can cut in the middle).
+SLOW_STREAM_EVENT_SECONDS = 0.2
 
 
 # --------------------------------------------------------------------------------------------------
@@ -349,8 +352,11 @@ class Reply:
     """What a handler should send back."""
 
     def __init__(self, status=200, body: bytes | str | dict | list | None = None, headers=None,
-                 stream: bytes | str | None = None, truncate_body=False, reset=False):
+                 stream: bytes | str | None = None, truncate_body=False, reset=False,
+                 event_delay: float = 0.0):
         self.status = status
+        # > 0: the stream is written one SSE event at a time, this many seconds apart.
+        self.event_delay = event_delay
         self.headers = dict(headers or {})
         if isinstance(body, (dict, list)):
             body = json.dumps(body, ensure_ascii=False)
@@ -448,6 +454,11 @@ class Provider:
             return self.mid_stream_error(body) if stream else self.answer(body, stream)
         if scenario == "truncate":
             return self.truncated(body, stream)
+        if scenario == "slow-stream":
+            reply = self.answer(body, stream)
+            if reply.stream is not None:
+                reply.event_delay = SLOW_STREAM_EVENT_SECONDS
+            return reply
         if scenario.isdigit() and len(scenario) == 3:
             return self.error(int(scenario))
         return self.error_unknown_scenario(scenario)
@@ -466,7 +477,7 @@ def _sse_headers() -> dict:
 class OpenAIProvider(Provider):
     name = "openai"
     scenario_header = "x-mock-openai"
-    paths = ("/v1/chat/completions",)
+    paths = ("/v1/chat/completions", "/v1/embeddings")
 
     ERRORS = {
         # Messages as the OpenAI API sends them; shape {"error":{message,type,param,code}}.
@@ -523,6 +534,14 @@ class OpenAIProvider(Provider):
                         u[k] = first[k]
                 chunks.append("data: " + json.dumps(u, ensure_ascii=False, separators=(",", ":")))
         return chunks
+
+    def handle(self, method, path, body, scenario):
+        # Embeddings: deterministic vectors (more_providers.mock_vector); failure scenarios as chat.
+        if path == "/v1/embeddings" and method == "POST" and isinstance(body, dict) \
+                and scenario in (None, "", "ok", "none", "stall"):
+            from more_providers import openai_embeddings
+            return Reply(headers={"content-type": "application/json"}, body=openai_embeddings(body))
+        return super().handle(method, path, body, scenario)
 
     def answer(self, body, stream):
         if stream:
@@ -764,6 +783,14 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("transfer-encoding", "chunked")
             self.end_headers()
             self.wfile.flush()
+            if r.event_delay > 0:
+                for event in split_sse_events(r.stream.decode("utf-8")):
+                    piece = (event + "\n\n").encode("utf-8")
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                    self.wfile.flush()
+                    time.sleep(r.event_delay)
+                self.wfile.write(b"0\r\n\r\n")
+                return
             chunker = Chunker(seed=self.server.provider.counter)
             for piece in chunker.split(r.stream):
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
@@ -868,8 +895,9 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def serve(openai_port=None, anthropic_port=None, host="127.0.0.1", verbose=False,
-          stall_seconds=DEFAULT_STALL_SECONDS):
-    """Start the requested mocks in background threads; returns the list of servers."""
+          stall_seconds=DEFAULT_STALL_SECONDS, more_port=None):
+    """Start the requested mocks in background threads; returns the list of servers.
+    ``more_port``: also the Gemini/Bedrock/Cohere/Ollama/Azure/… mock (more_providers.py)."""
     fx = Fixtures()
     servers = []
     if openai_port is not None:
@@ -877,6 +905,9 @@ def serve(openai_port=None, anthropic_port=None, host="127.0.0.1", verbose=False
     if anthropic_port is not None:
         servers.append(MockServer((host, anthropic_port), AnthropicProvider(fx, stall_seconds),
                                   verbose))
+    if more_port is not None:
+        import more_providers
+        servers.append(more_providers.make_server(more_port, host, verbose, stall_seconds, fx))
     for s in servers:
         threading.Thread(target=s.serve_forever, name=f"mock-{s.provider.name}",
                          daemon=True).start()
@@ -887,14 +918,16 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--openai-port", type=int)
     ap.add_argument("--anthropic-port", type=int)
+    ap.add_argument("--more-port", type=int,
+                    help="Gemini, Bedrock, Cohere, Ollama, Azure, Mistral, DeepSeek (more_providers.py)")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--stall-seconds", type=float, default=DEFAULT_STALL_SECONDS)
     ap.add_argument("--verbose", action="store_true", help="log every request to stderr")
     args = ap.parse_args(argv)
-    if args.openai_port is None and args.anthropic_port is None:
-        ap.error("give --openai-port and/or --anthropic-port")
+    if args.openai_port is None and args.anthropic_port is None and args.more_port is None:
+        ap.error("give --openai-port, --anthropic-port and/or --more-port")
     servers = serve(args.openai_port, args.anthropic_port, args.host, args.verbose,
-                    args.stall_seconds)
+                    args.stall_seconds, more_port=args.more_port)
     print("mock providers ready: " + " ".join(
         f"{s.provider.name}=http://{args.host}:{s.server_address[1]}" for s in servers), flush=True)
     try:
