@@ -49,7 +49,10 @@ pub const BUDGET_REMAINING_HEADER: &str = "x-switchyard-budget-remaining";
 /// table gives a bound.
 pub const FALLBACK_MAX_OUTPUT_TOKENS: u64 = 4096;
 pub const DEFAULT_LEASE_SECS: u64 = 900;
-const STATE_VERSION: u8 = 1;
+/// Version 2: rolling rate windows (`limits::RollingWindow`).
+const STATE_VERSION: u8 = 2;
+/// Version 1 had two-bucket rate windows: they start afresh; its leases and budget are kept.
+const STATE_VERSION_V1: u8 = 1;
 
 // ---------------------------------------------------------------------------------------------
 // Configuration
@@ -282,15 +285,18 @@ impl ScopeState {
         w.finish()
     }
 
-    /// Absent, empty (primed) or unreadable (another version) values start from zero.
+    /// Absent, empty (primed) or unreadable (another version) values start from zero; a
+    /// version-1 value keeps its concurrency leases and budget, and its rate windows start afresh.
     fn decode(bytes: Option<&[u8]>, key: &str) -> ScopeState {
         let Some(b) = bytes.filter(|b| !b.is_empty()) else { return ScopeState::default() };
         let mut r = Reader::new(b);
         let parsed = (|| {
-            if r.u8()? != STATE_VERSION {
-                return None;
-            }
-            let s = ScopeState { rate: RateState::decode(&mut r)?, budget: BudgetState::decode(&mut r)? };
+            let rate = match r.u8()? {
+                STATE_VERSION => RateState::decode(&mut r)?,
+                STATE_VERSION_V1 => RateState::decode_v1(&mut r)?,
+                _ => return None,
+            };
+            let s = ScopeState { rate, budget: BudgetState::decode(&mut r)? };
             r.is_at_end().then_some(s)
         })();
         parsed.unwrap_or_else(|| {
@@ -956,7 +962,7 @@ mod tests {
         assert_eq!(key_state.rate.concurrent.total(), 0);
         assert_eq!(key_state.budget.reserved.total(), 0);
         assert_eq!(key_state.budget.spent_micros, 165);
-        assert_eq!(key_state.rate.tokens.cur, 1300, "estimate corrected to real usage");
+        assert_eq!(key_state.rate.tokens.used_at(NOW + 2000), 1300, "estimate corrected to real usage");
         assert_eq!(state(&store, "switchyard:team:eng").budget.spent_micros, 165);
         assert_eq!(p.budget_remaining(&a, NOW + 3000, &store), Some(1_000_000 - 165));
     }
@@ -975,7 +981,7 @@ mod tests {
         assert!(r.error.message.contains("daily budget of key `a`"), "{}", r.error.message);
         // Nothing was left behind by the refused admission.
         let st = state(&store, "switchyard:key:a");
-        assert_eq!((st.rate.requests.cur, st.rate.concurrent.total(), st.budget.reserved.total()), (0, 0, 0));
+        assert_eq!((st.rate.requests.total(), st.rate.concurrent.total(), st.budget.reserved.total()), (0, 0, 0));
 
         // Cap: 1000 prompt + 500 output of gpt-4o-mini = 450 µ$.
         let ok = p.admit(&a, &est(1000, Some(500)), "gpt-4o-mini", Some("0.00045"), NOW, &store).unwrap();
@@ -1012,8 +1018,8 @@ mod tests {
         assert!(header(&r.headers, "retry-after").is_some());
         // Key a's own scope was reserved, then given back in full.
         let st = state(&store, "switchyard:key:a");
-        assert_eq!(st.rate.requests.cur, 0);
-        assert_eq!(st.rate.tokens.cur, 0);
+        assert_eq!(st.rate.requests.total(), 0);
+        assert_eq!(st.rate.tokens.total(), 0);
         assert_eq!(st.rate.concurrent.total(), 0);
         assert_eq!(st.budget.reserved.total(), 0);
         assert_eq!(st.budget.spent_micros, 0);
@@ -1155,7 +1161,7 @@ mod tests {
         }
         assert!(store.conflicts.get() > 0);
         let st = state(&store.inner, "switchyard:key:a");
-        assert_eq!(st.rate.requests.cur, 5, "each admission counted once despite retries");
+        assert_eq!(st.rate.requests.total(), 5, "each admission counted once despite retries");
         assert_eq!(st.budget.reserved.total(), 5 * 75);
         for adm in held {
             let _ = p.settle(adm, Outcome::Usage(&usage(100, 100)), None, None, NOW, &store);
@@ -1275,7 +1281,7 @@ mod tests {
     #[test]
     fn state_encoding_is_versioned_and_tolerant() {
         let mut s = ScopeState::default();
-        s.rate.requests.cur = 7;
+        s.rate.requests.charge(NOW, 7);
         s.budget.spent_micros = 99;
         let bytes = s.encode();
         assert_eq!(ScopeState::decode(Some(&bytes), "k"), s);
@@ -1285,6 +1291,19 @@ mod tests {
         trailing.push(0);
         assert_eq!(ScopeState::decode(Some(&trailing), "k"), ScopeState::default());
         assert_eq!(ScopeState::decode(Some(&bytes[..bytes.len() - 1]), "k"), ScopeState::default());
+        // A value of version 1 (two-bucket rate windows): the windows start afresh, the leases
+        // and the budget are kept.
+        let mut old = ScopeState::default();
+        old.rate.concurrent.add(1_718_000_900, 1);
+        old.budget.spent_micros = 99;
+        let mut w = Writer::new();
+        w.u8(1);
+        for v in [28_633_333u64, 7, 3, 28_633_333, 700, 300] {
+            w.u64(v);
+        }
+        old.rate.concurrent.encode(&mut w);
+        old.budget.encode(&mut w);
+        assert_eq!(ScopeState::decode(Some(&w.finish()), "k"), old);
     }
 
     #[test]

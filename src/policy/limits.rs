@@ -1,16 +1,36 @@
 //! Rate limits per key and per team: requests per minute, tokens per minute and concurrent
 //! requests, with the OpenAI `x-ratelimit-*` headers and `retry-after`.
 //!
-//! **Window.** Requests and tokens use a *sliding window estimate over two fixed one-minute
-//! buckets* (the one Cloudflare and Envoy's own local rate limiters describe): the counter keeps
-//! the current UTC minute's count and the previous minute's; at a time `e` ms into the current
-//! minute the estimated usage over the last 60 s is
-//! `cur + ceil(prev * (60000 - e) / 60000)`. Unlike a fixed window it does not let a client spend
-//! twice the limit across a minute boundary, and it needs three integers of state.
+//! **Window.** Requests and tokens are counted over a *rolling 60 s window*, exactly: a
+//! [`RollingWindow`] is a log of what was admitted, with one entry per one-second slot that saw
+//! admissions — the slot's total and the time of its *latest* admission — and an entry counts until
+//! 60 s after that time. A request is admitted only if what the window holds plus the request fits
+//! the limit. Hence, with the host clock moving forward:
+//!
+//! - **At most `limit` in any 60 s.** For every interval `[a, a + 60 s)`, what was admitted at times
+//!   inside it totals at most `limit`: at the last admission in the interval, every earlier one in
+//!   it is still counted (an entry's time is never earlier than any admission it holds) and the
+//!   check passed. There is no burst allowance on top: a burst at the end of one minute and another
+//!   at the end of the next cannot add up to more than `limit` within 60 s.
+//! - **It forgets within 60 s.** An admission stops counting at most 60 s + 1 s after it happened
+//!   (it shares its entry's time with later admissions of the same second: the only approximation,
+//!   always on the strict side), and every entry's time is at most *now*, so the window is back to
+//!   full — `x-ratelimit-reset-*` — within 60 s, and a refused request that fits the limit at all
+//!   fits within 60 s (`retry-after`, exact: at that millisecond it passes, one earlier it does
+//!   not). A request larger than the whole limit never fits (no `retry-after`).
+//! - **Bounded state.** Entries are at most 60 s old and one per second: at most 61 of them (64
+//!   allowed), each a varint time difference and a varint amount; an idle window is one byte.
 //!
 //! **Tokens.** A request is charged its prompt estimate when admitted ([`RateState::admit`]) and
-//! corrected to the real total when it ends ([`RateState::settle`]); the correction lands in the
-//! bucket the estimate went to, if that bucket is still one of the two kept.
+//! corrected to the real total when it ends ([`RateState::settle`]): an over-estimate is refunded to
+//! the entry the estimate went to (if that entry is still in the window; otherwise it has already
+//! stopped counting), an under-estimate charges the difference at settlement time. The window thus
+//! counts the real usage of the requests that ended and the estimates of those still running, and an
+//! admission never takes it over the limit. An under-estimate can: the window then holds more than
+//! the limit (the "bucket" is below zero), `remaining` reads 0, and later requests are refused until
+//! enough has left the window — at most 60 s after the settlement that charged it. (Because a refund
+//! makes room again, the *estimates* admitted within 60 s can add up to more than the limit when
+//! the answers used less; what the window counts never does, except by under-estimates.)
 //!
 //! **Concurrency.** Concurrent requests are *leases*, not a bare counter: each admitted request
 //! adds one to a bucket keyed by its lease expiry (`now + lease_secs`, rounded up to a coarse
@@ -57,134 +77,220 @@ impl LimitsConfig {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Sliding window
+// Rolling window
 // ---------------------------------------------------------------------------------------------
 
-/// Two one-minute buckets: `cur` counts minute `minute` (minutes since the Unix epoch), `prev` the
-/// minute before.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SlidingWindow {
-    pub minute: u64,
-    pub cur: u64,
-    pub prev: u64,
+/// Granularity of a [`RollingWindow`]'s entries: admissions within the same slot share an entry.
+pub const SLOT_MS: u64 = 1_000;
+
+/// Most entries a window holds. With a clock moving forward a window never holds more than
+/// `WINDOW_MS / SLOT_MS + 1` (61); past this bound the oldest entries are folded into the next
+/// one (later, so still on the strict side), and a decoded value holding more is refused.
+const MAX_ENTRIES: usize = 64;
+
+fn slot(t_ms: u64) -> u64 {
+    t_ms / SLOT_MS
+}
+
+/// Whether an entry stamped `stamp_ms` still counts at `t_ms`.
+fn counts_at(stamp_ms: u64, t_ms: u64) -> bool {
+    stamp_ms.saturating_add(WINDOW_MS) > t_ms
+}
+
+/// What was admitted over the last 60 s (see the module notes): entries `(stamp_ms, amount)`,
+/// oldest first, at most one per [`SLOT_MS`] slot, with strictly increasing stamps; `stamp_ms` is
+/// the time of the latest admission the entry holds, and the entry counts while
+/// `t < stamp_ms + 60 s`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RollingWindow {
+    entries: Vec<(u64, u64)>,
 }
 
 /// What a window was charged, to correct or undo it later.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Charge {
-    pub minute: u64,
+    /// The stamp the charge was recorded at (its entry is the one of that slot).
+    pub at_ms: u64,
     pub amount: u64,
 }
 
-impl SlidingWindow {
-    /// Moves the buckets forward to `now_ms`'s minute. A clock behind the stored minute (another
-    /// worker's clock ahead of this one) leaves the buckets as they are.
-    pub fn rotate(&mut self, now_ms: u64) {
-        let m = now_ms / WINDOW_MS;
-        if m == self.minute {
-            return;
-        }
-        if m == self.minute.saturating_add(1) {
-            self.prev = self.cur;
-            self.cur = 0;
-            self.minute = m;
-        } else if m > self.minute {
-            self.prev = 0;
-            self.cur = 0;
-            self.minute = m;
-        }
+impl RollingWindow {
+    /// Drops the entries that no longer count at `now_ms` (a prefix: stamps are increasing).
+    pub fn purge(&mut self, now_ms: u64) {
+        let gone = self.entries.iter().take_while(|&&(s, _)| !counts_at(s, now_ms)).count();
+        self.entries.drain(..gone);
     }
 
-    /// Estimated usage over the 60 s before `t_ms`, assuming nothing more is added.
-    pub fn estimate_at(&self, t_ms: u64) -> u64 {
-        let m = t_ms / WINDOW_MS;
-        let weighted = |count: u64, elapsed: u64| -> u64 {
-            let left = WINDOW_MS.saturating_sub(elapsed) as u128;
-            ((count as u128 * left).div_ceil(WINDOW_MS as u128)).min(u64::MAX as u128) as u64
-        };
-        if m <= self.minute {
-            // Behind or at the current minute: a clock behind counts both buckets in full.
-            let e = if m == self.minute { t_ms % WINDOW_MS } else { 0 };
-            self.cur.saturating_add(weighted(self.prev, e))
-        } else if m == self.minute.saturating_add(1) {
-            weighted(self.cur, t_ms % WINDOW_MS)
-        } else {
-            0
-        }
+    /// What counts at `t_ms`: everything admitted in the 60 s before it (and, if the clock went
+    /// back, after it).
+    pub fn used_at(&self, t_ms: u64) -> u64 {
+        self.entries.iter().filter(|&&(s, _)| counts_at(s, t_ms)).fold(0u64, |a, &(_, n)| a.saturating_add(n))
     }
 
-    /// Milliseconds from `now_ms` until `estimate + amount <= limit` (0 if it already holds);
-    /// `None` when it never will (`amount > limit`). The estimate never grows without new
-    /// charges, so a binary search over the next two minutes finds the first such time.
+    /// Everything the window holds, whether it still counts or not (tests and diagnostics).
+    pub fn total(&self) -> u64 {
+        self.entries.iter().fold(0u64, |a, &(_, n)| a.saturating_add(n))
+    }
+
+    pub fn entry_count(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Milliseconds from `now_ms` until `used + amount <= limit` (0 if it already holds): the
+    /// moment the entry whose expiry makes room stops counting. `None` when it never will
+    /// (`amount > limit`). With a clock moving forward it is at most 60 s.
     pub fn ms_until_fits(&self, now_ms: u64, amount: u64, limit: u64) -> Option<u64> {
         if amount > limit {
             return None;
         }
-        let fits = |t: u64| self.estimate_at(t).saturating_add(amount) <= limit;
-        if fits(now_ms) {
+        let mut used = self.used_at(now_ms);
+        if used.saturating_add(amount) <= limit {
             return Some(0);
         }
-        // Upper bound: two minutes after the current bucket's start, the estimate is 0.
-        let start = now_ms.max(self.minute.saturating_mul(WINDOW_MS));
-        let (mut lo, mut hi) = (now_ms, start.saturating_add(2 * WINDOW_MS));
-        while lo.saturating_add(1) < hi {
-            let mid = lo + (hi - lo) / 2;
-            if fits(mid) {
-                hi = mid;
-            } else {
-                lo = mid;
+        for &(s, n) in self.entries.iter().filter(|&&(s, _)| counts_at(s, now_ms)) {
+            used = used.saturating_sub(n);
+            if used.saturating_add(amount) <= limit {
+                return Some(s.saturating_add(WINDOW_MS).saturating_sub(now_ms));
             }
         }
-        Some(hi - now_ms)
+        // Only reachable if the sum saturated: once everything has expired, it fits.
+        Some(self.ms_until_empty(now_ms))
     }
 
-    /// Milliseconds until the estimate is back to zero (the window "resets to its initial state").
+    /// Milliseconds until nothing counts any more (the limit is back to full): 60 s after the
+    /// newest entry, so at most 60 s.
     pub fn ms_until_empty(&self, now_ms: u64) -> u64 {
-        self.ms_until_fits(now_ms, 0, 0).unwrap_or(0)
+        self.entries.last().map_or(0, |&(s, _)| s.saturating_add(WINDOW_MS).saturating_sub(now_ms))
     }
 
-    /// Charges `amount` if the estimate stays within `limit`.
-    pub fn try_charge(&mut self, now_ms: u64, amount: u64, limit: u64) -> Result<Charge, Option<u64>> {
-        self.rotate(now_ms);
-        if self.estimate_at(now_ms).saturating_add(amount) > limit {
-            return Err(self.ms_until_fits(now_ms, amount, limit));
-        }
-        Ok(self.charge(now_ms, amount))
-    }
-
-    /// Charges unconditionally (usage past the limit is still counted).
+    /// Charges unconditionally (usage past the limit is still counted). Admissions in the slot of
+    /// the newest entry (or, with a clock behind it, earlier) join that entry, whose stamp moves to
+    /// `now_ms` if later; others start a new entry.
     pub fn charge(&mut self, now_ms: u64, amount: u64) -> Charge {
-        self.rotate(now_ms);
-        self.cur = self.cur.saturating_add(amount);
-        Charge { minute: self.minute, amount }
+        self.purge(now_ms);
+        if amount == 0 {
+            return Charge { at_ms: now_ms, amount };
+        }
+        if let Some(last) = self.entries.last_mut() {
+            if slot(now_ms) <= slot(last.0) {
+                last.0 = last.0.max(now_ms);
+                last.1 = last.1.saturating_add(amount);
+                return Charge { at_ms: last.0, amount };
+            }
+        }
+        self.entries.push((now_ms, amount));
+        self.cap();
+        Charge { at_ms: now_ms, amount }
     }
 
-    /// Replaces an earlier charge by `actual` (0 undoes it). The difference goes to the bucket the
-    /// charge went to while that bucket is kept; after that the window has moved on and there is
-    /// nothing left to correct.
+    /// Replaces an earlier charge by `actual` (0 undoes it). Less than charged: the difference is
+    /// taken off the charge's entry while it still counts (once it has expired, the charge has
+    /// stopped counting anyway). More: the difference is charged now.
     pub fn correct(&mut self, now_ms: u64, charge: Charge, actual: u64) {
-        self.rotate(now_ms);
-        let bucket = if charge.minute == self.minute {
-            &mut self.cur
-        } else if charge.minute.saturating_add(1) == self.minute {
-            &mut self.prev
-        } else {
-            return;
-        };
-        if actual >= charge.amount {
-            *bucket = bucket.saturating_add(actual - charge.amount);
-        } else {
-            *bucket = bucket.saturating_sub(charge.amount - actual);
+        self.purge(now_ms);
+        if actual < charge.amount {
+            let refund = charge.amount - actual;
+            if let Some(e) = self.entries.iter_mut().find(|e| slot(e.0) == slot(charge.at_ms)) {
+                e.1 = e.1.saturating_sub(refund);
+            }
+            self.entries.retain(|&(_, n)| n > 0);
+        } else if actual > charge.amount {
+            self.charge(now_ms, actual - charge.amount);
         }
     }
 
-    fn encode(&self, w: &mut Writer) {
-        w.u64(self.minute).u64(self.cur).u64(self.prev);
+    /// Folds the oldest entries into the next one while there are more than [`MAX_ENTRIES`].
+    fn cap(&mut self) {
+        let excess = self.entries.len().saturating_sub(MAX_ENTRIES);
+        if excess == 0 {
+            return;
+        }
+        let folded = self.entries.iter().take(excess).fold(0u64, |a, &(_, n)| a.saturating_add(n));
+        self.entries.drain(..excess);
+        if let Some(first) = self.entries.first_mut() {
+            first.1 = first.1.saturating_add(folded);
+        }
     }
 
-    fn decode(r: &mut Reader) -> Option<Self> {
-        Some(SlidingWindow { minute: r.u64()?, cur: r.u64()?, prev: r.u64()? })
+    /// `count: u8`, then if not empty the oldest entry's stamp (`u64`) and amount, then for each
+    /// later entry the milliseconds since the previous one and its amount; the amounts and the
+    /// differences (at most 60 s) as LEB128 varints.
+    fn encode(&self, w: &mut Writer) {
+        if self.entries.len() > MAX_ENTRIES {
+            let mut capped = self.clone();
+            capped.cap();
+            return capped.encode(w);
+        }
+        w.u8(self.entries.len() as u8);
+        let mut prev: Option<u64> = None;
+        for &(s, n) in &self.entries {
+            match prev {
+                None => {
+                    w.u64(s);
+                }
+                Some(p) => put_varint(w, s.saturating_sub(p)),
+            }
+            put_varint(w, n);
+            prev = Some(s);
+        }
     }
+
+    /// Refuses (`None`) anything [`Self::encode`] cannot have written: too many entries, zero
+    /// amounts, stamps not in strictly increasing slots.
+    fn decode(r: &mut Reader) -> Option<Self> {
+        let n = r.u8()? as usize;
+        if n > MAX_ENTRIES {
+            return None;
+        }
+        let mut entries: Vec<(u64, u64)> = Vec::with_capacity(n);
+        for _ in 0..n {
+            let stamp = match entries.last() {
+                None => r.u64()?,
+                Some(&(prev, _)) => {
+                    let s = prev.checked_add(get_varint(r)?)?;
+                    if slot(s) <= slot(prev) {
+                        return None;
+                    }
+                    s
+                }
+            };
+            let amount = get_varint(r)?;
+            if amount == 0 {
+                return None;
+            }
+            entries.push((stamp, amount));
+        }
+        Some(RollingWindow { entries })
+    }
+}
+
+fn put_varint(w: &mut Writer, mut v: u64) {
+    loop {
+        let low = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            w.u8(low);
+            return;
+        }
+        w.u8(low | 0x80);
+    }
+}
+
+fn get_varint(r: &mut Reader) -> Option<u64> {
+    let mut v = 0u64;
+    for i in 0..10u32 {
+        let b = r.u8()?;
+        let part = u64::from(b & 0x7f);
+        // The tenth byte holds only the top bit of a u64.
+        if i == 9 && part > 1 {
+            return None;
+        }
+        v |= part << (7 * i);
+        if b & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -271,8 +377,8 @@ impl Leases {
 /// The rate-limit state of one key or team.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RateState {
-    pub requests: SlidingWindow,
-    pub tokens: SlidingWindow,
+    pub requests: RollingWindow,
+    pub tokens: RollingWindow,
     pub concurrent: Leases,
 }
 
@@ -281,7 +387,7 @@ pub struct RateState {
 pub struct Quota {
     pub limit: u64,
     pub remaining: u64,
-    /// Milliseconds until the window is back to its initial state.
+    /// Milliseconds until the limit is back to full (nothing counts any more): at most 60 s.
     pub reset_ms: u64,
 }
 
@@ -322,10 +428,10 @@ pub struct RateDenied {
 
 impl RateState {
     fn snapshot(&self, limits: &LimitsConfig, now_ms: u64) -> RateSnapshot {
-        let quota = |w: &SlidingWindow, limit: Option<u64>| {
+        let quota = |w: &RollingWindow, limit: Option<u64>| {
             limit.map(|limit| Quota {
                 limit,
-                remaining: limit.saturating_sub(w.estimate_at(now_ms)),
+                remaining: limit.saturating_sub(w.used_at(now_ms)),
                 reset_ms: w.ms_until_empty(now_ms),
             })
         };
@@ -336,8 +442,8 @@ impl RateState {
     /// request, the token estimate and a concurrency lease expiring at `lease_expiry`; otherwise
     /// changes nothing and says which limit refused.
     pub fn admit(&mut self, limits: &LimitsConfig, now_ms: u64, est_tokens: u64, lease_expiry: u64) -> Result<RateGrant, RateDenied> {
-        self.requests.rotate(now_ms);
-        self.tokens.rotate(now_ms);
+        self.requests.purge(now_ms);
+        self.tokens.purge(now_ms);
         self.concurrent.purge(now_ms);
         let denied = |s: &Self, dimension, limit, requested, retry_after_ms| RateDenied {
             dimension,
@@ -353,13 +459,13 @@ impl RateState {
             }
         }
         if let Some(rpm) = limits.rpm {
-            if self.requests.estimate_at(now_ms).saturating_add(1) > rpm {
+            if self.requests.used_at(now_ms).saturating_add(1) > rpm {
                 let wait = self.requests.ms_until_fits(now_ms, 1, rpm);
                 return Err(denied(self, Dimension::Requests, rpm, 1, wait));
             }
         }
         if let Some(tpm) = limits.tpm {
-            if self.tokens.estimate_at(now_ms).saturating_add(est_tokens) > tpm {
+            if self.tokens.used_at(now_ms).saturating_add(est_tokens) > tpm {
                 let wait = self.tokens.ms_until_fits(now_ms, est_tokens, tpm);
                 return Err(denied(self, Dimension::Tokens, tpm, est_tokens, wait));
             }
@@ -398,10 +504,19 @@ impl RateState {
 
     pub(crate) fn decode(r: &mut Reader) -> Option<Self> {
         Some(RateState {
-            requests: SlidingWindow::decode(r)?,
-            tokens: SlidingWindow::decode(r)?,
+            requests: RollingWindow::decode(r)?,
+            tokens: RollingWindow::decode(r)?,
             concurrent: Leases::decode(r)?,
         })
+    }
+
+    /// Reads the rate state of the previous encoding (two-bucket windows of three `u64` each,
+    /// then the leases): its windows start afresh, its concurrency leases are kept.
+    pub(crate) fn decode_v1(r: &mut Reader) -> Option<Self> {
+        for _ in 0..6 {
+            r.u64()?;
+        }
+        Some(RateState { concurrent: Leases::decode(r)?, ..RateState::default() })
     }
 }
 
@@ -472,65 +587,205 @@ mod tests {
 
     const T0: u64 = 1_700_000_040_000; // a minute boundary (1_700_000_040 = 28_333_334 min)
 
+    /// A small deterministic generator for the property tests.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    /// The largest total admitted at times inside any interval `[a, a + 60 s)` of a log sorted by
+    /// time (the maximum is reached by an interval starting at an admission).
+    fn max_in_any_60s(log: &[(u64, u64)]) -> u64 {
+        (0..log.len())
+            .map(|i| log[i..].iter().take_while(|&&(t, _)| t < log[i].0 + WINDOW_MS).map(|&(_, n)| n).sum::<u64>())
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn rpm(n: u64) -> LimitsConfig {
+        LimitsConfig { rpm: Some(n), ..Default::default() }
+    }
+
+    fn tpm(n: u64) -> LimitsConfig {
+        LimitsConfig { tpm: Some(n), ..Default::default() }
+    }
+
     #[test]
     fn t0_is_a_minute_boundary() {
         assert_eq!(T0 % WINDOW_MS, 0);
     }
 
     #[test]
-    fn sliding_window_weights_the_previous_minute() {
-        let mut w = SlidingWindow::default();
-        for _ in 0..60 {
-            w.charge(T0 + 10_000, 1);
-        }
-        assert_eq!(w.estimate_at(T0 + 59_999), 60);
-        // 15 s into the next minute: 75% of the previous minute still counts.
-        assert_eq!(w.estimate_at(T0 + WINDOW_MS + 15_000), 45);
-        // Exactly at the next boundary the previous bucket weighs 100%.
-        assert_eq!(w.estimate_at(T0 + WINDOW_MS), 60);
-        // Two minutes later nothing is left.
-        assert_eq!(w.estimate_at(T0 + 2 * WINDOW_MS), 0);
-        // Rounding is up: 1 request with 1 ms of weight left still counts as 1.
-        let mut one = SlidingWindow::default();
-        one.charge(T0, 1);
-        assert_eq!(one.estimate_at(T0 + 2 * WINDOW_MS - 1), 1);
+    fn window_counts_the_last_60_seconds_exactly() {
+        let mut w = RollingWindow::default();
+        w.charge(T0 + 10_000, 5);
+        assert_eq!(w.used_at(T0 + 10_000), 5);
+        w.charge(T0 + 30_000, 2);
+        assert_eq!(w.used_at(T0 + 69_999), 7);
+        assert_eq!(w.used_at(T0 + 70_000), 2, "60 s after it, an admission no longer counts");
+        assert_eq!(w.used_at(T0 + 89_999), 2);
+        assert_eq!(w.used_at(T0 + 90_000), 0);
+        // No minute buckets: nothing happens at a minute boundary.
+        assert_eq!(w.used_at(T0 + WINDOW_MS - 1), w.used_at(T0 + WINDOW_MS));
     }
 
     #[test]
-    fn minute_rollover_and_gaps() {
-        let mut w = SlidingWindow::default();
-        w.charge(T0 + 59_999, 5);
-        w.charge(T0 + 60_000, 2); // next minute
-        assert_eq!((w.cur, w.prev, w.minute), (2, 5, (T0 + 60_000) / WINDOW_MS));
-        w.rotate(T0 + 5 * WINDOW_MS); // long idle: both buckets cleared
-        assert_eq!((w.cur, w.prev), (0, 0));
-        // A clock behind the stored minute does not rewind; it counts in the current bucket.
-        w.charge(T0, 3);
-        assert_eq!(w.cur, 3);
-        assert_eq!(w.minute, (T0 + 5 * WINDOW_MS) / WINDOW_MS);
-        assert_eq!(w.estimate_at(T0), 3);
+    fn admissions_of_one_second_share_an_entry_stamped_by_the_latest() {
+        let mut w = RollingWindow::default();
+        w.charge(T0 + 10_100, 1);
+        w.charge(T0 + 10_900, 1);
+        assert_eq!(w.entry_count(), 1);
+        // Both count until 60 s after the later one: the earlier is remembered 0.8 s longer than
+        // needed (the only approximation, on the strict side).
+        assert_eq!(w.used_at(T0 + 70_100), 2);
+        assert_eq!(w.used_at(T0 + 70_899), 2);
+        assert_eq!(w.used_at(T0 + 70_900), 0);
+        w.charge(T0 + 11_000, 1); // the next second: a new entry
+        assert_eq!(w.entry_count(), 2);
+    }
+
+    #[test]
+    fn bursts_at_the_ends_of_two_minutes_pass_the_limit_once() {
+        let limits = rpm(10);
+        let admit_all = |s: &mut RateState, t: u64| (0..20).take_while(|_| s.admit(&limits, t, 0, 0).is_ok()).count();
+        let mut s = RateState::default();
+        assert_eq!(admit_all(&mut s, T0 + 59_999), 10);
+        assert_eq!(admit_all(&mut s, T0 + WINDOW_MS), 0);
+        // The old two-bucket estimate let 9 more through here (19 within 59 s).
+        assert_eq!(admit_all(&mut s, T0 + WINDOW_MS + 59_000), 0);
+        assert_eq!(admit_all(&mut s, T0 + WINDOW_MS + 59_998), 0);
+        // 60 s after the burst, the whole limit again.
+        assert_eq!(admit_all(&mut s, T0 + WINDOW_MS + 59_999), 10);
+    }
+
+    #[test]
+    fn never_more_than_the_limit_in_any_60s_and_retry_after_is_exact() {
+        // Random arrivals — bursts, quiet spells, minute boundaries, amounts from 1 to the limit —
+        // against rpm-like (amount 1) and tpm-like limits; every refusal's retry-after is checked
+        // against the state: within 60 s, admitted at that millisecond, refused one earlier.
+        for (seed, limit, max_amount) in [(1u64, 10u64, 1u64), (2, 3, 1), (3, 100, 1), (4, 1000, 300), (5, 50, 50), (6, 7, 3)] {
+            let limits = LimitsConfig { tpm: Some(limit), ..Default::default() };
+            let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ seed);
+            let mut s = RateState::default();
+            let mut log = Vec::new();
+            let mut t = T0 + rng.below(WINDOW_MS);
+            for _ in 0..20_000 {
+                t += match rng.below(10) {
+                    0..=5 => 0,
+                    6..=7 => rng.below(1_000),
+                    8 => rng.below(30_000),
+                    _ => rng.below(70_000),
+                };
+                let amount = 1 + rng.below(max_amount);
+                match s.admit(&limits, t, amount, 0) {
+                    Ok(g) => {
+                        log.push((t, amount));
+                        let q = g.snapshot.tokens.unwrap();
+                        assert!(q.reset_ms <= WINDOW_MS, "{q:?}");
+                        assert_eq!(q.remaining, limit - s.tokens.used_at(t));
+                    }
+                    Err(d) => {
+                        let q = d.snapshot.tokens.unwrap();
+                        assert!(q.reset_ms <= WINDOW_MS, "{q:?}");
+                        let wait = d.retry_after_ms.expect("fits the limit, so it fits some time");
+                        assert!((1..=WINDOW_MS).contains(&wait), "{wait}");
+                        assert!(wait <= q.reset_ms);
+                        assert!(s.clone().admit(&limits, t + wait - 1, amount, 0).is_err());
+                        assert!(s.clone().admit(&limits, t + wait, amount, 0).is_ok());
+                    }
+                }
+                assert!(s.tokens.entry_count() <= 61);
+            }
+            assert!(log.len() > 1000, "{}", log.len());
+            assert!(max_in_any_60s(&log) <= limit, "seed {seed}: {} > {limit}", max_in_any_60s(&log));
+        }
+    }
+
+    #[test]
+    fn the_exact_rate_passes_and_sub_second_traffic_loses_at_most_a_second() {
+        // One request every 6 s against 10 rpm, for 10 minutes: every one of them passes.
+        let limits = rpm(10);
+        let mut s = RateState::default();
+        for i in 0..100 {
+            assert!(s.admit(&limits, T0 + 123 + i * 6_000, 0, 0).is_ok(), "request {i}");
+        }
+        // 10 requests a second against 600 rpm: an entry is remembered until 60 s after the last
+        // request of its second, so at least 600 pass in any 61 s.
+        let limits = rpm(600);
+        let mut s = RateState::default();
+        let mut ok = 0u64;
+        for i in 0..6_100 {
+            ok += u64::from(s.admit(&limits, T0 + i * 100, 0, 0).is_ok());
+        }
+        assert!(ok >= 6_000, "{ok}");
     }
 
     #[test]
     fn rpm_limit_and_retry_after() {
-        let limits = LimitsConfig { rpm: Some(3), ..Default::default() };
+        let limits = rpm(3);
         let mut s = RateState::default();
-        for _ in 0..3 {
-            s.admit(&limits, T0 + 30_000, 0, 0).unwrap();
-        }
-        let d = s.admit(&limits, T0 + 30_000, 0, 0).unwrap_err();
+        s.admit(&limits, T0 + 1_000, 0, 0).unwrap();
+        s.admit(&limits, T0 + 20_500, 0, 0).unwrap();
+        let g = s.admit(&limits, T0 + 40_000, 0, 0).unwrap();
+        assert_eq!(g.snapshot.requests.unwrap(), Quota { limit: 3, remaining: 0, reset_ms: WINDOW_MS });
+        let d = s.admit(&limits, T0 + 45_000, 0, 0).unwrap_err();
         assert_eq!(d.dimension, Dimension::Requests);
-        // Need prev weight ceil(3*(60000-e)/60000) <= 2 in the next minute: e >= 20000.
-        assert_eq!(d.retry_after_ms, Some(30_000 + 20_000));
-        assert_eq!(d.snapshot.requests.unwrap().remaining, 0);
-        // Retrying at that moment passes, one millisecond earlier does not.
-        assert!(s.clone().admit(&limits, T0 + 30_000 + 49_999, 0, 0).is_err());
-        assert!(s.admit(&limits, T0 + 30_000 + 50_000, 0, 0).is_ok());
+        // The first request stops counting 60 s after it: 16 s from now.
+        assert_eq!(d.retry_after_ms, Some(16_000));
+        // Back to full 60 s after the last one.
+        assert_eq!(d.snapshot.requests.unwrap(), Quota { limit: 3, remaining: 0, reset_ms: 55_000 });
+        assert!(s.clone().admit(&limits, T0 + 60_999, 0, 0).is_err());
+        let g = s.admit(&limits, T0 + 61_000, 0, 0).unwrap();
+        assert_eq!(g.snapshot.requests.unwrap(), Quota { limit: 3, remaining: 0, reset_ms: WINDOW_MS });
     }
 
     #[test]
-    fn tpm_reserve_then_correct() {
-        let limits = LimitsConfig { tpm: Some(1000), ..Default::default() };
+    fn retry_after_waits_for_as_many_entries_as_the_request_needs() {
+        let mut w = RollingWindow::default();
+        w.charge(T0, 400);
+        w.charge(T0 + 10_000, 300);
+        w.charge(T0 + 20_000, 200);
+        let now = T0 + 30_000;
+        // 900 used: 600 more fits once 400 and 300 have left (at T0 + 70 s), not after 400 alone.
+        assert_eq!(w.ms_until_fits(now, 600, 1000), Some(40_000));
+        assert_eq!(w.ms_until_fits(now, 100, 1000), Some(0));
+        assert_eq!(w.ms_until_fits(now, 500, 1000), Some(30_000));
+        assert_eq!(w.ms_until_fits(now, 1000, 1000), Some(50_000));
+        assert_eq!(w.ms_until_fits(now, 1001, 1000), None, "larger than the limit: never");
+        assert_eq!(w.ms_until_empty(now), 50_000);
+    }
+
+    #[test]
+    fn refills_after_idle() {
+        let limits = LimitsConfig { rpm: Some(5), tpm: Some(1000), ..Default::default() };
+        let mut s = RateState::default();
+        for _ in 0..5 {
+            s.admit(&limits, T0 + 30_000, 200, 0).unwrap();
+        }
+        assert!(s.clone().admit(&limits, T0 + 89_999, 1, 0).is_err());
+        // 60 s after the burst everything is back, and the headers say so.
+        let g = s.clone().admit(&limits, T0 + 90_000, 1, 0).unwrap();
+        assert_eq!(g.snapshot.requests.unwrap().remaining, 4);
+        assert_eq!(g.snapshot.tokens.unwrap().remaining, 999);
+        // An hour of silence: the entries are gone, not merely ignored.
+        let later = T0 + 3_600_000;
+        let g = s.admit(&limits, later, 0, 0).unwrap();
+        assert_eq!(g.snapshot.requests.unwrap(), Quota { limit: 5, remaining: 4, reset_ms: WINDOW_MS });
+        assert_eq!(g.snapshot.tokens.unwrap(), Quota { limit: 1000, remaining: 1000, reset_ms: 0 });
+        assert_eq!((s.requests.entry_count(), s.tokens.entry_count()), (1, 0));
+    }
+
+    #[test]
+    fn tpm_reserve_then_refund() {
+        let limits = tpm(1000);
         let mut s = RateState::default();
         let g = s.admit(&limits, T0 + 1000, 400, 0).unwrap();
         assert_eq!(g.snapshot.tokens.unwrap().remaining, 600);
@@ -538,32 +793,227 @@ mod tests {
         let before = s.clone();
         let d = s.admit(&limits, T0 + 1000, 700, 0).unwrap_err();
         assert_eq!(d.dimension, Dimension::Tokens);
+        assert_eq!(d.retry_after_ms, Some(WINDOW_MS));
         assert_eq!(s, before);
-        // The real usage was 150 tokens: 250 come back.
+        // The real usage was 150 tokens: 250 come back, to the entry of the admission (which
+        // still leaves at T0 + 61 s).
         s.settle(&g, T0 + 2000, 150, false);
-        assert_eq!(s.tokens.cur, 150);
-        assert!(s.admit(&limits, T0 + 2000, 700, 0).is_ok());
+        assert_eq!(s.tokens.used_at(T0 + 2000), 150);
+        assert_eq!(s.tokens.entry_count(), 1);
+        assert_eq!(s.tokens.used_at(T0 + 61_000), 0);
+        assert!(s.clone().admit(&limits, T0 + 2000, 850, 0).is_ok());
         // A request larger than the whole limit can never pass.
         let d = s.admit(&limits, T0 + 2000, 5000, 0).unwrap_err();
         assert_eq!(d.retry_after_ms, None);
     }
 
     #[test]
-    fn correction_after_rollover_goes_to_the_previous_bucket_or_nowhere() {
-        let mut w = SlidingWindow::default();
+    fn tpm_under_estimate_is_charged_at_settlement_and_delays_later_requests() {
+        let limits = tpm(1000);
+        let mut s = RateState::default();
+        let g = s.admit(&limits, T0, 100, 0).unwrap();
+        // The answer used 1300 tokens: 1200 more are charged when that is known.
+        s.settle(&g, T0 + 5_000, 1300, false);
+        assert_eq!(s.tokens.used_at(T0 + 5_000), 1300);
+        // Over the limit ("below zero"): nothing is left and even 10 tokens wait until the
+        // correction has left the window, 60 s after the settlement.
+        let d = s.admit(&limits, T0 + 6_000, 10, 0).unwrap_err();
+        let q = d.snapshot.tokens.unwrap();
+        assert_eq!((q.remaining, q.reset_ms), (0, 59_000));
+        assert_eq!(d.retry_after_ms, Some(59_000));
+        assert!(s.clone().admit(&limits, T0 + 60_000, 10, 0).is_err(), "the estimate left; 1200 still count");
+        assert!(s.admit(&limits, T0 + 65_000, 1000, 0).is_ok());
+    }
+
+    #[test]
+    fn corrections_after_the_window_moved_on() {
+        let mut w = RollingWindow::default();
         let c = w.charge(T0 + 50_000, 100);
-        w.charge(T0 + WINDOW_MS + 1, 10);
-        w.correct(T0 + WINDOW_MS + 5, c, 40);
-        assert_eq!((w.prev, w.cur), (40, 10));
-        let c2 = w.charge(T0 + WINDOW_MS + 6, 50);
-        w.correct(T0 + 3 * WINDOW_MS, c2, 500); // both buckets gone: nothing to correct
-        assert_eq!((w.prev, w.cur), (0, 0));
-        // Undoing more than is there saturates at zero.
-        let mut w = SlidingWindow::default();
-        let c = w.charge(T0, 5);
-        w.cur = 2;
-        w.correct(T0, c, 0);
-        assert_eq!(w.cur, 0);
+        w.charge(T0 + 70_000, 10);
+        // The estimate's entry has expired: a refund has nothing left to take back (and must not
+        // take it from the later entry).
+        w.correct(T0 + 110_000, c, 40);
+        assert_eq!(w.used_at(T0 + 110_000), 10);
+        // An extra charge lands now, whatever happened to the estimate.
+        w.correct(T0 + 110_000, c, 130);
+        assert_eq!(w.used_at(T0 + 110_000), 40);
+        assert_eq!(w.used_at(T0 + 169_999), 30);
+        // Refunding more than an entry holds (another charge's refund already took from it)
+        // saturates at zero and drops the entry.
+        let mut w = RollingWindow::default();
+        let a = w.charge(T0, 5);
+        let b = w.charge(T0 + 500, 5);
+        assert_eq!(a.at_ms / SLOT_MS, b.at_ms / SLOT_MS);
+        w.correct(T0 + 600, a, 0);
+        w.correct(T0 + 600, b, 0);
+        assert_eq!((w.total(), w.entry_count()), (0, 0));
+    }
+
+    #[test]
+    fn a_rolled_back_request_is_given_back() {
+        let limits = rpm(2);
+        let mut s = RateState::default();
+        let g = s.admit(&limits, T0 + 10_000, 0, 0).unwrap();
+        s.admit(&limits, T0 + 20_000, 0, 0).unwrap();
+        assert!(s.clone().admit(&limits, T0 + 30_000, 0, 0).is_err());
+        s.settle(&g, T0 + 30_000, 0, true);
+        assert!(s.admit(&limits, T0 + 30_000, 0, 0).is_ok());
+        // A settlement that is not a rollback keeps the request counted.
+        let mut s = RateState::default();
+        let g = s.admit(&limits, T0, 0, 0).unwrap();
+        s.settle(&g, T0 + 1, 0, false);
+        assert_eq!(s.requests.used_at(T0 + 1), 1);
+    }
+
+    #[test]
+    fn a_clock_behind_the_newest_entry_is_counted_on_the_strict_side() {
+        let mut w = RollingWindow::default();
+        w.charge(T0 + 30_000, 1);
+        // Another worker's clock 10 s behind: its admission joins the newest entry.
+        let c = w.charge(T0 + 20_000, 1);
+        assert_eq!((w.entry_count(), c.at_ms), (1, T0 + 30_000));
+        assert_eq!(w.used_at(T0 + 20_000), 2);
+        assert_eq!(w.used_at(T0 + 89_999), 2);
+        assert_eq!(w.used_at(T0 + 90_000), 0);
+        // Its correction finds that entry.
+        w.correct(T0 + 21_000, c, 0);
+        assert_eq!(w.total(), 1);
+    }
+
+    #[test]
+    fn state_stays_small() {
+        // A busy key: a request every 97 ms for 16 minutes.
+        let limits = LimitsConfig { rpm: Some(1_000_000), tpm: Some(u64::MAX / 2), ..Default::default() };
+        let mut s = RateState::default();
+        for i in 0..10_000u64 {
+            let g = s.admit(&limits, T0 + i * 97, 3_000, 0).unwrap();
+            s.settle(&g, T0 + i * 97 + 50, 2_500 + i % 1000, false);
+            assert!(s.requests.entry_count() <= 61 && s.tokens.entry_count() <= 61);
+        }
+        let mut w = Writer::new();
+        s.encode(&mut w);
+        let len = w.finish().len();
+        // 61 entries each: the count, one stamp, then 2-byte time differences (about a second)
+        // with 1-byte request counts and 3-byte token amounts; 2 bytes for no leases.
+        assert!(len <= 2 * (1 + 8) + 61 * (2 + 1) + 61 * (2 + 3) + 2, "{len}");
+        // Idle windows are one byte each.
+        let mut w = Writer::new();
+        RateState::default().encode(&mut w);
+        assert_eq!(w.finish().len(), 1 + 1 + 2);
+        // `charge` purges before it adds, so a window never holds more than 61 entries; should one
+        // hold more than MAX_ENTRIES anyway, the oldest are folded into the next (later) one:
+        // the total stays counted, and encoding writes the folded form.
+        let mut w = RollingWindow { entries: (0..75u64).map(|i| (T0 + i * 1000, 1)).collect() };
+        let mut folded = w.clone();
+        folded.cap();
+        assert_eq!((folded.entry_count(), folded.total()), (MAX_ENTRIES, 75));
+        assert_eq!(folded.entries.first(), Some(&(T0 + 11_000, 12)));
+        let mut out = Writer::new();
+        w.encode(&mut out);
+        assert_eq!(RollingWindow::decode(&mut Reader::new(&out.finish())), Some(folded));
+        w.cap();
+        assert_eq!(w.entry_count(), MAX_ENTRIES);
+    }
+
+    #[test]
+    fn state_round_trips_and_rejects_garbage() {
+        let mut s = RateState::default();
+        s.requests.charge(T0, 3);
+        s.requests.charge(T0 + 1_500, 1);
+        s.requests.charge(T0 + 59_999, u64::MAX / 3);
+        s.tokens.charge(T0 + 10, 300);
+        s.concurrent.add(123, 2);
+        let mut w = Writer::new();
+        s.encode(&mut w);
+        let bytes = w.finish();
+        let mut r = Reader::new(&bytes);
+        assert_eq!(RateState::decode(&mut r), Some(s.clone()));
+        assert!(r.is_at_end());
+        assert_eq!(RateState::decode(&mut Reader::new(&bytes[..bytes.len() - 1])), None);
+        // Window values encode cannot write.
+        let window = |w: &RollingWindow| {
+            let mut out = Writer::new();
+            w.encode(&mut out);
+            out.finish()
+        };
+        let decode = |b: &[u8]| RollingWindow::decode(&mut Reader::new(b));
+        assert_eq!(decode(&window(&s.requests)), Some(s.requests.clone()));
+        for bad in [
+            RollingWindow { entries: vec![(T0, 1), (T0 + 500, 1)] },   // two entries in one slot
+            RollingWindow { entries: vec![(T0 + 5_000, 1), (T0, 1)] }, // out of order
+            RollingWindow { entries: vec![(T0, 0)] },                  // empty entry
+        ] {
+            assert_eq!(decode(&window(&bad)), None, "{bad:?}");
+        }
+        let mut too_many = vec![65u8];
+        too_many.extend_from_slice(&T0.to_le_bytes());
+        too_many.extend(std::iter::repeat_n(1u8, 130));
+        assert_eq!(decode(&too_many), None);
+        // A stamp past u64::MAX is refused.
+        let mut overflow = vec![2u8];
+        overflow.extend_from_slice(&(u64::MAX - 5).to_le_bytes());
+        overflow.extend([1, 0xe8, 0x07, 1]); // +1000 ms
+        assert_eq!(decode(&overflow), None);
+        // Varints: every width round-trips, an overlong one is refused.
+        for v in [0, 1, 127, 128, 16_383, 16_384, u64::MAX / 2, u64::MAX] {
+            let mut w = Writer::new();
+            put_varint(&mut w, v);
+            let b = w.finish();
+            let mut r = Reader::new(&b);
+            assert_eq!(get_varint(&mut r), Some(v));
+            assert!(r.is_at_end());
+        }
+        assert_eq!(get_varint(&mut Reader::new(&[0xff; 10])), None);
+        assert_eq!(get_varint(&mut Reader::new(&[0x80; 3])), None);
+    }
+
+    #[test]
+    fn the_previous_encoding_keeps_its_leases_and_forgets_its_windows() {
+        let mut w = Writer::new();
+        for v in [28_333_334u64, 5, 7, 28_333_334, 500, 700] {
+            w.u64(v);
+        }
+        let mut leases = Leases::default();
+        leases.add(1_700_000_900, 2);
+        leases.encode(&mut w);
+        let bytes = w.finish();
+        let mut r = Reader::new(&bytes);
+        assert_eq!(RateState::decode_v1(&mut r), Some(RateState { concurrent: leases, ..RateState::default() }));
+        assert!(r.is_at_end());
+        assert_eq!(RateState::decode_v1(&mut Reader::new(&bytes[..40])), None);
+    }
+
+    #[test]
+    fn what_the_window_allows_and_remembers() {
+        // The properties the README states, for an rpm of 10.
+        let limits = rpm(10);
+        let admit_all = |s: &mut RateState, t: u64| (0..20).take_while(|_| s.admit(&limits, t, 0, 0).is_ok()).count();
+        // 1. A burst at the end of a minute is not repeated after the boundary, nor at the end of
+        //    the next minute: 10 in any 60 s.
+        let mut s = RateState::default();
+        assert_eq!(admit_all(&mut s, T0 + 59_999), 10);
+        assert_eq!(admit_all(&mut s, T0 + WINDOW_MS), 0);
+        assert_eq!(admit_all(&mut s, T0 + WINDOW_MS + 59_000), 0);
+        // 2. A burst is forgotten exactly 60 s later: reset and retry-after are at most 60 s.
+        let mut s = RateState::default();
+        assert_eq!(admit_all(&mut s, T0 + 1_000), 10);
+        let d = s.admit(&limits, T0 + 1_000, 0, 0).unwrap_err();
+        assert_eq!(d.snapshot.requests.unwrap().reset_ms, WINDOW_MS);
+        assert_eq!(d.retry_after_ms, Some(WINDOW_MS));
+        let d = s.admit(&limits, T0 + 31_000, 0, 0).unwrap_err();
+        assert_eq!((d.snapshot.requests.unwrap().reset_ms, d.retry_after_ms), (30_000, Some(30_000)));
+        assert_eq!(admit_all(&mut s, T0 + 61_000), 10);
+        // 3. Spread requests free one slot at a time: remaining is what is left now, reset is
+        //    when the last one leaves, retry-after when the first one does.
+        let mut s = RateState::default();
+        for i in 0..10 {
+            s.admit(&limits, T0 + i * 5_000, 0, 0).unwrap();
+        }
+        let d = s.admit(&limits, T0 + 50_000, 0, 0).unwrap_err();
+        assert_eq!(d.snapshot.requests.unwrap(), Quota { limit: 10, remaining: 0, reset_ms: 55_000 });
+        assert_eq!(d.retry_after_ms, Some(10_000));
+        let g = s.admit(&limits, T0 + 65_000, 0, 0).unwrap();
+        assert_eq!(g.snapshot.requests.unwrap(), Quota { limit: 10, remaining: 1, reset_ms: WINDOW_MS });
     }
 
     #[test]
@@ -604,31 +1054,6 @@ mod tests {
     }
 
     #[test]
-    fn what_the_estimate_allows_and_remembers() {
-        // The properties the README states, for an rpm of 10.
-        let limits = LimitsConfig { rpm: Some(10), ..Default::default() };
-        let admit_all = |s: &mut RateState, t: u64| (0..20).take_while(|_| s.admit(&limits, t, 0, 0).is_ok()).count();
-        // 1. A burst at the end of a minute cannot be repeated right after the boundary (the flaw
-        //    of a fixed window): at the boundary the previous minute weighs in full.
-        let mut s = RateState::default();
-        assert_eq!(admit_all(&mut s, T0 + 59_999), 10);
-        assert_eq!(admit_all(&mut s, T0 + WINDOW_MS), 0);
-        // 2. It is an estimate: bursts at the end of two consecutive minutes, 59 s apart, pass
-        //    19 requests within one 60 s span.
-        assert_eq!(admit_all(&mut s, T0 + WINDOW_MS + 59_000), 9);
-        // 3. A burst at the start of a minute weighs until the end of the next one: the reset
-        //    (back to empty) is 60-120 s away, and so can be the retry.
-        let mut s = RateState::default();
-        assert_eq!(admit_all(&mut s, T0 + 1_000), 10);
-        let d = s.admit(&limits, T0 + 1_000, 0, 0).unwrap_err();
-        assert_eq!(d.snapshot.requests.unwrap().reset_ms, 2 * WINDOW_MS - 1_000);
-        // ceil(10 × (60000 − e) / 60000) <= 9 needs e >= 6000 into the next minute.
-        assert_eq!(d.retry_after_ms, Some(WINDOW_MS - 1_000 + 6_000));
-        let g = RateState::default().admit(&limits, T0 + 59_000, 0, 0).unwrap();
-        assert_eq!(g.snapshot.requests.unwrap().reset_ms, WINDOW_MS + 1_000);
-    }
-
-    #[test]
     fn reset_durations_look_like_openai() {
         assert_eq!(format_duration_ms(0), "0s");
         assert_eq!(format_duration_ms(20), "20ms");
@@ -658,20 +1083,5 @@ mod tests {
         assert!(rate_limit_headers(&[RateSnapshot::default()]).is_empty());
         assert_eq!(retry_after_headers(1), vec![("retry-after", "1".to_string()), ("retry-after-ms", "1".to_string())]);
         assert_eq!(retry_after_headers(20_001)[0].1, "21");
-    }
-
-    #[test]
-    fn state_round_trips_and_rejects_garbage() {
-        let mut s = RateState::default();
-        s.requests.charge(T0, 3);
-        s.tokens.charge(T0, 300);
-        s.concurrent.add(123, 2);
-        let mut w = Writer::new();
-        s.encode(&mut w);
-        let bytes = w.finish();
-        let mut r = Reader::new(&bytes);
-        assert_eq!(RateState::decode(&mut r), Some(s));
-        assert!(r.is_at_end());
-        assert_eq!(RateState::decode(&mut Reader::new(&bytes[..bytes.len() - 1])), None);
     }
 }
