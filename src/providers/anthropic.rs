@@ -1,7 +1,9 @@
 //! Anthropic Messages API (`POST /v1/messages`, `anthropic-version: 2023-06-01`) ⇄ OpenAI Chat
 //! Completions.
 //!
-//! * [`request_body`] builds the Messages request from a parsed [`ChatRequest`].
+//! * [`chat_request`] builds the upstream request (path, body, `anthropic-version` /
+//!   `anthropic-beta` headers); [`request_body`] builds the Messages body from a parsed
+//!   [`ChatRequest`] and the client's `"anthropic": {…}` namespace ([`Extras`]).
 //! * [`response_body`] turns a whole Anthropic `Message` into a `chat.completion`.
 //! * [`StreamTranslator`] turns the Anthropic SSE stream (`message_start`, `content_block_*`,
 //!   `message_delta`, `message_stop`, `ping`, `error`) into `chat.completion.chunk` events, ending
@@ -16,14 +18,16 @@ use std::marker::PhantomData;
 
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
+use super::{AttemptContext, ResponseHints, UpstreamRequest};
 use crate::api::chat::{
-    ChatCompletion, ChatCompletionChunk, ChatRequest, Choice, ChunkChoice, Content, ContentPart,
-    Delta, FunctionCall, FunctionDelta, PromptTokensDetails, ResponseFormat, ResponseMessage, Role,
-    Stop, ToolCall, ToolCallDelta, ToolChoice, Usage,
+    parse_chat_request, ChatCompletion, ChatCompletionChunk, ChatRequest, Choice, ChunkChoice,
+    Content, ContentPart, Delta, FunctionCall, FunctionDelta, PromptTokensDetails, ResponseFormat,
+    ResponseMessage, Role, Stop, ToolCall, ToolCallDelta, ToolChoice, Usage,
 };
 use crate::api::error::{kind_for_status, ApiError};
+use crate::config::{Backend, DEFAULT_ANTHROPIC_VERSION, DEFAULT_MAX_TOKENS};
 use crate::stream::sse::{write_json_event, write_raw_event, SseParser, SseStatus, DONE};
 
 // =============================================================================================
@@ -46,16 +50,19 @@ struct MessagesRequest<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     stream: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    metadata: Option<Metadata<'a>>,
+    metadata: Option<Map<String, Value>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tools: Option<Vec<AnthTool<'a>>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tool_choice: Option<AnthToolChoice<'a>>,
-}
-
-#[derive(Serialize)]
-struct Metadata<'a> {
-    user_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thinking: Option<Cow<'a, Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_k: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    service_tier: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output_config: Option<&'a Value>,
 }
 
 #[derive(Serialize)]
@@ -123,6 +130,271 @@ struct AnthToolChoice<'a> {
     disable_parallel_tool_use: Option<bool>,
 }
 
+// ---------------------------------------------------------------------------------------------
+// Upstream request and the `"anthropic": {…}` namespace
+// ---------------------------------------------------------------------------------------------
+
+/// The request-body field that carries Anthropic-only Messages features.
+pub const NAMESPACE: &str = "anthropic";
+
+/// Keys accepted inside `"anthropic": {…}`; any other key is a 400 naming `anthropic.<key>`.
+pub const NAMESPACE_FIELDS: &[&str] =
+    &["thinking", "top_k", "metadata", "service_tier", "output_config", "anthropic_beta", "cache_control"];
+
+/// Smallest `thinking.budget_tokens` Anthropic accepts.
+pub const MIN_THINKING_BUDGET: u32 = 1024;
+
+/// The chat attempt for an Anthropic backend: `POST {base}/messages` with the translated body, the
+/// `anthropic-version` header and, when the client asks for betas, `anthropic-beta` (joined with
+/// any `anthropic-beta` the backend configuration already sends, which it would otherwise replace).
+pub fn chat_request(backend: &Backend, body: &[u8], ctx: &AttemptContext) -> Result<UpstreamRequest, ApiError> {
+    let req = parse_chat_request(body)?;
+    let extras = Extras::from_body(body)?;
+    let out = request_body(&req, &extras, ctx.model, backend.default_max_tokens.unwrap_or(DEFAULT_MAX_TOKENS))?;
+    let version = backend.anthropic_version.clone().unwrap_or_else(|| DEFAULT_ANTHROPIC_VERSION.to_string());
+    let mut headers = vec![("anthropic-version", version)];
+    if !extras.betas.is_empty() {
+        let mut betas: Vec<&str> = backend
+            .headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case("anthropic-beta"))
+            .flat_map(|(_, v)| v.split(','))
+            .map(str::trim)
+            .filter(|b| !b.is_empty())
+            .collect();
+        for b in &extras.betas {
+            if !betas.contains(&b.as_str()) {
+                betas.push(b);
+            }
+        }
+        headers.push(("anthropic-beta", betas.join(",")));
+    }
+    Ok(UpstreamRequest {
+        path: format!("{}/messages", backend.base_path()),
+        body: out,
+        headers,
+        hints: ResponseHints::chat(req.is_stream(), ctx.model),
+    })
+}
+
+/// What the client's `"anthropic": {…}` object asks for (checked; `null` or absent = nothing).
+///
+/// * `thinking` — Anthropic's thinking configuration, sent as given. `{"type":"enabled"}` needs an
+///   integer `budget_tokens` ≥ 1024 and below the request's `max_tokens` (see [`request_body`]).
+/// * `top_k` (non-negative integer), `service_tier` (string), `metadata` (object: its keys are added
+///   to the `metadata.user_id` taken from `user`, and win), `output_config` (object) — sent as given.
+/// * `anthropic_beta` — a beta name or an array of them, sent as the `anthropic-beta` header. Names
+///   are letters, digits, `-`, `_` and `.` only (they become a header value).
+/// * `cache_control` — e.g. `{"type":"ephemeral"}` (optionally with `ttl`): a prompt-caching
+///   breakpoint is put, with this object, on the last tool definition, on the system prompt and on
+///   the last content block of the last message (three of Anthropic's four breakpoints), so the
+///   whole prefix is cached and the next turn reads it.
+#[derive(Debug, Default)]
+pub struct Extras {
+    thinking: Option<ThinkingConfig>,
+    top_k: Option<u64>,
+    metadata: Option<Map<String, Value>>,
+    service_tier: Option<String>,
+    output_config: Option<Value>,
+    betas: Vec<String>,
+    cache_control: Option<Value>,
+}
+
+#[derive(Debug)]
+struct ThinkingConfig {
+    /// The object as the client sent it.
+    value: Value,
+    /// `budget_tokens` of `{"type":"enabled"}`.
+    budget: Option<u32>,
+    /// Any type but `disabled`: the model thinks, so sampling is constrained.
+    active: bool,
+}
+
+fn ns_error(key: &str, message: impl Into<String>) -> ApiError {
+    let param = if key.is_empty() { NAMESPACE.to_string() } else { format!("{NAMESPACE}.{key}") };
+    ApiError::invalid_param(param, message)
+}
+
+impl Extras {
+    /// Reads and checks the `"anthropic"` field of the client's (already parsed) body.
+    pub fn from_body(raw: &[u8]) -> Result<Extras, ApiError> {
+        // Most bodies have no namespace: skip the second parse unless the key can be there.
+        let needle = NAMESPACE.as_bytes();
+        if !raw.windows(needle.len()).any(|w| w == needle) {
+            return Ok(Extras::default());
+        }
+        #[derive(Deserialize)]
+        struct Outer {
+            #[serde(default)]
+            anthropic: Option<Value>,
+        }
+        let outer: Outer =
+            serde_json::from_slice(raw).map_err(|e| ApiError::invalid_request(format!("Invalid JSON body: {e}")))?;
+        match outer.anthropic {
+            None | Some(Value::Null) => Ok(Extras::default()),
+            Some(Value::Object(map)) => Extras::from_map(map),
+            Some(_) => Err(ns_error("", "Invalid value for 'anthropic': expected an object of Anthropic request fields.")),
+        }
+    }
+
+    fn from_map(map: Map<String, Value>) -> Result<Extras, ApiError> {
+        let mut x = Extras::default();
+        for (k, v) in map {
+            // `null` is the same as absent (for known keys only: an unknown key is still an error).
+            if v.is_null() && NAMESPACE_FIELDS.contains(&k.as_str()) {
+                continue;
+            }
+            match k.as_str() {
+                "thinking" => x.thinking = Some(ThinkingConfig::parse(v)?),
+                "top_k" => {
+                    x.top_k = Some(v.as_u64().ok_or_else(|| {
+                        ns_error("top_k", "Invalid value for 'anthropic.top_k': expected a non-negative integer.")
+                    })?)
+                }
+                "metadata" => match v {
+                    Value::Object(m) => x.metadata = Some(m),
+                    _ => return Err(ns_error("metadata", "Invalid value for 'anthropic.metadata': expected an object.")),
+                },
+                "service_tier" => match v {
+                    Value::String(t) => x.service_tier = Some(t),
+                    _ => return Err(ns_error("service_tier", "Invalid value for 'anthropic.service_tier': expected a string.")),
+                },
+                "output_config" => match v {
+                    v @ Value::Object(_) => x.output_config = Some(v),
+                    _ => return Err(ns_error("output_config", "Invalid value for 'anthropic.output_config': expected an object.")),
+                },
+                "anthropic_beta" => x.betas = parse_betas(v)?,
+                "cache_control" => match v {
+                    Value::Object(ref m) if m.get("type").is_some_and(Value::is_string) => x.cache_control = Some(v),
+                    _ => {
+                        return Err(ns_error(
+                            "cache_control",
+                            "Invalid value for 'anthropic.cache_control': expected an object with a string 'type', \
+                             such as {\"type\": \"ephemeral\"}.",
+                        ))
+                    }
+                },
+                other => {
+                    return Err(ns_error(
+                        other,
+                        format!("Unknown Anthropic field 'anthropic.{other}'. Supported: {}.", NAMESPACE_FIELDS.join(", ")),
+                    ))
+                }
+            }
+        }
+        Ok(x)
+    }
+}
+
+impl ThinkingConfig {
+    fn parse(v: Value) -> Result<ThinkingConfig, ApiError> {
+        let Value::Object(m) = &v else {
+            return Err(ns_error(
+                "thinking",
+                "Invalid value for 'anthropic.thinking': expected an object such as {\"type\": \"enabled\", \"budget_tokens\": 2048}.",
+            ));
+        };
+        let Some(kind) = m.get("type").and_then(Value::as_str) else {
+            return Err(ns_error("thinking.type", "Missing or invalid 'anthropic.thinking.type': expected a string such as \"enabled\"."));
+        };
+        let mut budget = None;
+        if kind == "enabled" {
+            let b = m.get("budget_tokens").and_then(Value::as_u64).and_then(|b| u32::try_from(b).ok());
+            match b {
+                Some(b) if b >= MIN_THINKING_BUDGET => budget = Some(b),
+                _ => {
+                    return Err(ns_error(
+                        "thinking.budget_tokens",
+                        format!(
+                            "Invalid value for 'anthropic.thinking.budget_tokens': expected an integer of at least \
+                             {MIN_THINKING_BUDGET} when thinking is enabled."
+                        ),
+                    ))
+                }
+            }
+        }
+        let active = kind != "disabled";
+        Ok(ThinkingConfig { value: v, budget, active })
+    }
+}
+
+fn parse_betas(v: Value) -> Result<Vec<String>, ApiError> {
+    let bad = || {
+        ns_error(
+            "anthropic_beta",
+            "Invalid value for 'anthropic.anthropic_beta': expected a beta name or an array of them \
+             (letters, digits, '-', '_' and '.').",
+        )
+    };
+    let names = match v {
+        Value::String(s) => vec![s],
+        Value::Array(items) => items
+            .into_iter()
+            .map(|i| match i {
+                Value::String(s) => Ok(s),
+                _ => Err(bad()),
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        _ => return Err(bad()),
+    };
+    let mut out: Vec<String> = Vec::with_capacity(names.len());
+    for n in names {
+        let n = n.trim().to_string();
+        if n.is_empty() || n.len() > 128 || !n.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) {
+            return Err(bad());
+        }
+        if !out.contains(&n) {
+            out.push(n);
+        }
+    }
+    Ok(out)
+}
+
+/// `max_tokens` when the client set no limit and the model thinks on `budget` tokens: the default
+/// when the budget fits below it, else the budget plus the default (the answer keeps the default
+/// allowance on top of the thinking).
+fn max_tokens_for_budget(default_max_tokens: u32, budget: u32) -> u32 {
+    if budget < default_max_tokens {
+        default_max_tokens
+    } else {
+        budget.saturating_add(default_max_tokens)
+    }
+}
+
+/// OpenAI `reasoning_effort` → thinking budget (the budgets Google's OpenAI-compatible endpoint uses
+/// for the same levels). `none`, `minimal` and unknown levels: no thinking.
+fn effort_budget(effort: &str) -> Option<u32> {
+    match effort {
+        "low" => Some(1024),
+        "medium" => Some(8192),
+        "high" => Some(24576),
+        _ => None,
+    }
+}
+
+/// Puts `cache_control` on the last tool, the system prompt (made a text block) and the last
+/// content block of the last message.
+fn apply_cache_control(body: &mut Value, cc: &Value) {
+    let Value::Object(obj) = body else { return };
+    if let Some(Value::Object(tool)) = obj.get_mut("tools").and_then(Value::as_array_mut).and_then(|t| t.last_mut()) {
+        tool.insert("cache_control".into(), cc.clone());
+    }
+    if let Some(Value::String(text)) = obj.get("system") {
+        let block = serde_json::json!([{ "type": "text", "text": text, "cache_control": cc }]);
+        obj.insert("system".into(), block);
+    }
+    if let Some(Value::Object(block)) = obj
+        .get_mut("messages")
+        .and_then(Value::as_array_mut)
+        .and_then(|m| m.last_mut())
+        .and_then(|m| m.get_mut("content"))
+        .and_then(Value::as_array_mut)
+        .and_then(|c| c.last_mut())
+    {
+        block.insert("cache_control".into(), cc.clone());
+    }
+}
+
 /// Appended to the system prompt for `response_format: {"type":"json_object"}`.
 const JSON_OBJECT_INSTRUCTION: &str = "Respond with a single valid JSON object and nothing else: \
 no prose, no explanation and no Markdown code fences before or after it.";
@@ -139,10 +411,30 @@ no prose, no explanation and no Markdown code fences before or after it.";
 ///   emulated by appending an instruction (with the schema, when one is given) to the system
 ///   prompt. The model is asked, not forced: clients that need a guarantee must validate.
 /// * `temperature` and `top_p` are passed unchanged (Anthropic's temperature range is 0–1; a larger
-///   value comes back as Anthropic's own 400).
-/// * Not translated: `seed`, `metadata`, `stream_options` (the stream always reports usage),
-///   `reasoning_content` of earlier assistant turns (Anthropic needs signed thinking blocks).
-pub fn request_body(req: &ChatRequest, model: &str, default_max_tokens: u32) -> Result<Vec<u8>, ApiError> {
+///   value comes back as Anthropic's own 400) — except when the model thinks, below.
+/// * `max_completion_tokens` / `max_tokens` → `max_tokens`; without either, `default_max_tokens`.
+/// * Thinking: `anthropic.thinking` (see [`Extras`]) is sent as given. Otherwise `reasoning_effort`
+///   becomes `{"type":"enabled","budget_tokens":…}` with 1024 (`low`), 8192 (`medium`) or 24576
+///   (`high`) tokens; `none`, `minimal` and other levels send no thinking. The effort is a hint, so
+///   its budget is capped below the client's `max_tokens` (no thinking when that leaves less than
+///   1024), and it is not applied when `tool_choice` forces a tool (Anthropic refuses forced tool
+///   use while thinking). An explicit `anthropic.thinking` budget is checked instead: at least 1024
+///   and below the client's `max_tokens`, else a 400 naming `anthropic.thinking.budget_tokens`. When
+///   the client set no limit, `max_tokens` is raised to fit the budget (the budget plus
+///   `default_max_tokens`, when the default is not already larger than the budget).
+/// * While thinking, Anthropic accepts no `temperature` but its default 1 and `top_p` only between
+///   0.95 and 1: the client's `temperature` is dropped, and so is a `top_p` outside that range
+///   (OpenAI clients often send sampling values by habit; the answer is the model's at default
+///   sampling). `anthropic.top_k` is sent as given (Anthropic refuses it while thinking).
+/// * Thinking comes back as `reasoning_content` on the message and on stream deltas (thinking
+///   signatures and `redacted_thinking` are not forwarded).
+/// * `"anthropic": {…}`: Anthropic-only fields, see [`Extras`]. Other backends ignore the field
+///   (OpenAI-compatible ones have it removed from the body they get).
+/// * Not translated: `seed`, `metadata`, `stream_options` (the stream always reports usage), and the
+///   `reasoning_content` of earlier assistant turns: Anthropic only takes thinking back as the
+///   signed `thinking` blocks it produced, and the gateway forwards no signature to clients, so the
+///   text is dropped (the model answers without its earlier reasoning).
+pub fn request_body(req: &ChatRequest, extras: &Extras, model: &str, default_max_tokens: u32) -> Result<Vec<u8>, ApiError> {
     if let Some(n) = req.n {
         if n > 1 {
             return Err(ApiError::invalid_param(
@@ -323,21 +615,83 @@ pub fn request_body(req: &ChatRequest, model: &str, default_max_tokens: u32) -> 
         tool_choice = choice;
     }
 
+    // Thinking and the token limit it must fit in.
+    let client_limit = req.output_token_limit();
+    let mut max_tokens = client_limit.unwrap_or(default_max_tokens);
+    let mut thinking: Option<Cow<'_, Value>> = None;
+    let mut thinks = false;
+    if let Some(t) = &extras.thinking {
+        if let Some(budget) = t.budget {
+            match client_limit {
+                Some(limit) if budget >= limit => {
+                    return Err(ns_error(
+                        "thinking.budget_tokens",
+                        format!(
+                            "Invalid value for 'anthropic.thinking.budget_tokens': {budget} must be less than the \
+                             request's max_tokens ({limit})."
+                        ),
+                    ))
+                }
+                Some(_) => {}
+                None => max_tokens = max_tokens_for_budget(default_max_tokens, budget),
+            }
+        }
+        thinking = Some(Cow::Borrowed(&t.value));
+        thinks = t.active;
+    } else if let Some(budget) = req.reasoning_effort.as_deref().and_then(effort_budget) {
+        let forced_tool = tool_choice.as_ref().is_some_and(|c| matches!(c.kind, "any" | "tool"));
+        let budget = match client_limit {
+            Some(limit) => Some(budget.min(limit.saturating_sub(1))).filter(|b| *b >= MIN_THINKING_BUDGET),
+            None => Some(budget),
+        };
+        if let Some(budget) = budget.filter(|_| !forced_tool) {
+            if client_limit.is_none() {
+                max_tokens = max_tokens_for_budget(default_max_tokens, budget);
+            }
+            thinking = Some(Cow::Owned(serde_json::json!({ "type": "enabled", "budget_tokens": budget })));
+            thinks = true;
+        }
+    }
+    let (temperature, top_p) = if thinks {
+        (None, req.top_p.filter(|p| (0.95..=1.0).contains(p)))
+    } else {
+        (req.temperature, req.top_p)
+    };
+
+    let mut metadata: Option<Map<String, Value>> =
+        req.user.as_deref().map(|u| Map::from_iter([("user_id".to_string(), Value::String(u.to_string()))]));
+    if let Some(extra) = &extras.metadata {
+        let m = metadata.get_or_insert_with(Map::new);
+        for (k, v) in extra {
+            m.insert(k.clone(), v.clone());
+        }
+    }
+
     let body = MessagesRequest {
         model,
-        max_tokens: req.output_token_limit().unwrap_or(default_max_tokens),
+        max_tokens,
         system,
         messages,
         stop_sequences,
-        temperature: req.temperature,
-        top_p: req.top_p,
+        temperature,
+        top_p,
         stream: if req.is_stream() { Some(true) } else { None },
-        metadata: req.user.as_deref().map(|user_id| Metadata { user_id }),
+        metadata,
         tools,
         tool_choice,
+        thinking,
+        top_k: extras.top_k,
+        service_tier: extras.service_tier.as_deref(),
+        output_config: extras.output_config.as_ref(),
     };
-    serde_json::to_vec(&body)
-        .map_err(|e| ApiError::gateway(500, format!("could not serialise the Anthropic request: {e}")))
+    let encoded = match &extras.cache_control {
+        None => serde_json::to_vec(&body),
+        Some(cc) => serde_json::to_value(&body).and_then(|mut v| {
+            apply_cache_control(&mut v, cc);
+            serde_json::to_vec(&v)
+        }),
+    };
+    encoded.map_err(|e| ApiError::gateway(500, format!("could not serialise the Anthropic request: {e}")))
 }
 
 /// Appends a turn, merging it into the previous message when that has the same role. In a merged
@@ -1089,13 +1443,21 @@ mod tests {
         parse_chat_request(v.to_string().as_bytes()).expect("valid chat request")
     }
 
+    fn extras(v: &Value) -> Result<Extras, ApiError> {
+        Extras::from_body(v.to_string().as_bytes())
+    }
+
     fn translate(v: Value) -> Value {
-        let body = request_body(&chat(v), "claude-test", 1024).expect("translates");
+        let x = extras(&v).expect("valid namespace");
+        let body = request_body(&chat(v), &x, "claude-test", 1024).expect("translates");
         serde_json::from_slice(&body).expect("request is JSON")
     }
 
     fn translate_err(v: Value) -> ApiError {
-        request_body(&chat(v), "claude-test", 1024).expect_err("must be rejected")
+        match extras(&v) {
+            Err(e) => e,
+            Ok(x) => request_body(&chat(v), &x, "claude-test", 1024).expect_err("must be rejected"),
+        }
     }
 
     fn run_chunks<'a>(chunks: impl IntoIterator<Item = &'a [u8]>) -> (Vec<u8>, Option<Usage>) {
@@ -1271,7 +1633,7 @@ mod tests {
             "messages": [{"role":"system","content": system}, {"role":"user","content": user}],
             "max_tokens": 4096
         }));
-        let body = request_body(&req, "claude-3-opus-latest", 1024).unwrap();
+        let body = request_body(&req, &Extras::default(), "claude-3-opus-latest", 1024).unwrap();
         let got: Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(got["model"], want["model"]);
         assert_eq!(got["max_tokens"], want["max_tokens"]);
@@ -1294,7 +1656,7 @@ mod tests {
                 "messages": [{"role":"user","content":"How do I cross the street?"}],
                 "max_completion_tokens": 4096, "max_tokens": 5, "stream": true
             }));
-            let body = request_body(&req, "claude-sonnet-4-0", 1024).unwrap();
+            let body = request_body(&req, &Extras::default(), "claude-sonnet-4-0", 1024).unwrap();
             serde_json::from_slice::<Value>(&body).unwrap()
         };
         assert_eq!(got["model"], want["model"]);
@@ -1326,6 +1688,251 @@ mod tests {
         assert!(none.get("stop_sequences").is_none());
         assert!(none.get("temperature").is_none());
         assert!(none.get("metadata").is_none());
+    }
+
+    // ------------------------------------------------------------------------------ the `anthropic` namespace
+
+    fn hi(extra: Value) -> Value {
+        let mut v = json!({"model":"m","messages":[{"role":"user","content":"hi"}]});
+        if let (Value::Object(o), Value::Object(x)) = (&mut v, extra) {
+            o.extend(x);
+        }
+        v
+    }
+
+    #[test]
+    fn recorded_thinking_request_is_reproduced_from_the_namespace() {
+        let rec = interaction(THINKING_STREAM);
+        let want = &rec["request"]["parsed_body"];
+        assert_eq!(want["thinking"], json!({"type":"enabled","budget_tokens":1024}));
+        let user = want["messages"][0]["content"][0]["text"].as_str().unwrap();
+        let client = json!({
+            "model": "x", "messages": [{"role":"user","content": user}], "stream": true,
+            "max_completion_tokens": want["max_tokens"], "temperature": 0.2,
+            "anthropic": {"thinking": want["thinking"]}
+        });
+        let x = extras(&client).unwrap();
+        let got: Value = serde_json::from_slice(&request_body(&chat(client), &x, "claude-sonnet-4-0", 1024).unwrap()).unwrap();
+        assert_eq!(&got, want, "the recorded body exactly (temperature dropped while thinking)");
+    }
+
+    #[test]
+    fn thinking_budget_is_checked_and_max_tokens_raised_to_fit() {
+        let think = |budget: Value| json!({"anthropic":{"thinking":{"type":"enabled","budget_tokens":budget}}});
+        // No client limit: the default (1024 here) is raised to budget + default.
+        let got = translate(hi(think(json!(2048))));
+        assert_eq!(got["thinking"], json!({"type":"enabled","budget_tokens":2048}));
+        assert_eq!(got["max_tokens"], 2048 + 1024);
+        // A default that already fits is kept.
+        let body = hi(think(json!(2048)));
+        let x = extras(&body).unwrap();
+        let got: Value = serde_json::from_slice(&request_body(&chat(body), &x, "c", 4096).unwrap()).unwrap();
+        assert_eq!(got["max_tokens"], 4096);
+        // A client limit must leave room for the budget.
+        let mut ok = hi(think(json!(2048)));
+        ok["max_tokens"] = json!(2049);
+        assert_eq!(translate(ok)["max_tokens"], 2049);
+        for limit in [2048, 100] {
+            let mut bad = hi(think(json!(2048)));
+            bad["max_completion_tokens"] = json!(limit);
+            let e = translate_err(bad);
+            assert_eq!((e.status, e.param.as_deref()), (400, Some("anthropic.thinking.budget_tokens")));
+            assert!(e.message.contains("max_tokens"), "{}", e.message);
+        }
+        for budget in [json!(1023), json!(0), json!(-5), json!(2048.5), json!("2048"), json!(null), json!(1u64 << 40)] {
+            let e = translate_err(hi(think(budget.clone())));
+            assert_eq!(e.param.as_deref(), Some("anthropic.thinking.budget_tokens"), "{budget}");
+            assert!(e.message.contains("1024"));
+        }
+        let e = translate_err(hi(json!({"anthropic":{"thinking":{"budget_tokens":2048}}})));
+        assert_eq!(e.param.as_deref(), Some("anthropic.thinking.type"));
+        let e = translate_err(hi(json!({"anthropic":{"thinking":true}})));
+        assert_eq!(e.param.as_deref(), Some("anthropic.thinking"));
+        // Disabled (or another type) is sent as given, without a budget check.
+        let got = translate(hi(json!({"anthropic":{"thinking":{"type":"disabled"}},"temperature":0.3})));
+        assert_eq!(got["thinking"], json!({"type":"disabled"}));
+        assert_eq!(got["max_tokens"], 1024);
+        assert_eq!(got["temperature"], 0.3, "no thinking: sampling unchanged");
+    }
+
+    #[test]
+    fn sampling_is_constrained_while_thinking() {
+        let base = json!({"anthropic":{"thinking":{"type":"enabled","budget_tokens":1024}},"max_tokens":2000});
+        let mut v = hi(base.clone());
+        v["temperature"] = json!(0.2);
+        v["top_p"] = json!(0.5);
+        let got = translate(v);
+        assert!(got.get("temperature").is_none());
+        assert!(got.get("top_p").is_none(), "top_p below 0.95 is dropped");
+        let mut v = hi(base);
+        v["top_p"] = json!(0.97);
+        assert_eq!(translate(v)["top_p"], 0.97, "0.95..=1 is allowed");
+        let mut v = hi(json!({"reasoning_effort":"low","temperature":1.5}));
+        v["max_tokens"] = json!(4000);
+        assert!(translate(v).get("temperature").is_none(), "same with reasoning_effort");
+    }
+
+    #[test]
+    fn reasoning_effort_becomes_a_thinking_budget() {
+        for (effort, budget) in [("low", 1024u32), ("medium", 8192), ("high", 24576)] {
+            let got = translate(hi(json!({"reasoning_effort": effort})));
+            assert_eq!(got["thinking"], json!({"type":"enabled","budget_tokens":budget}), "{effort}");
+            let max = got["max_tokens"].as_u64().unwrap();
+            assert!(max > u64::from(budget), "{effort}: max_tokens {max} fits the budget");
+            assert_eq!(max, u64::from(budget) + 1024, "{effort}: budget + default (1024)");
+        }
+        for effort in ["none", "minimal", "xhigh", "bogus"] {
+            let got = translate(hi(json!({"reasoning_effort": effort})));
+            assert!(got.get("thinking").is_none(), "{effort}");
+            assert_eq!(got["max_tokens"], 1024);
+        }
+        // Capped below the client's limit; no thinking when under 1024 would remain.
+        let got = translate(hi(json!({"reasoning_effort":"high","max_completion_tokens":5000})));
+        assert_eq!(got["thinking"]["budget_tokens"], 4999);
+        assert_eq!(got["max_tokens"], 5000);
+        let got = translate(hi(json!({"reasoning_effort":"low","max_tokens":1024})));
+        assert!(got.get("thinking").is_none());
+        assert_eq!(got["max_tokens"], 1024);
+        // With the gateway's default (4096), low keeps it.
+        let body = hi(json!({"reasoning_effort":"low"}));
+        let got: Value = serde_json::from_slice(&request_body(&chat(body), &Extras::default(), "c", 4096).unwrap()).unwrap();
+        assert_eq!((got["thinking"]["budget_tokens"].as_u64(), got["max_tokens"].as_u64()), (Some(1024), Some(4096)));
+        // The namespace wins.
+        let got = translate(hi(json!({"reasoning_effort":"high","anthropic":{"thinking":{"type":"disabled"}}})));
+        assert_eq!(got["thinking"], json!({"type":"disabled"}));
+        let got = translate(hi(json!({"reasoning_effort":"high","anthropic":{"thinking":{"type":"enabled","budget_tokens":3000}}})));
+        assert_eq!(got["thinking"]["budget_tokens"], 3000);
+        // Not while a tool is forced (Anthropic refuses forced tool use while thinking).
+        let tools = json!([{"type":"function","function":{"name":"f","parameters":{"type":"object"}}}]);
+        for (choice, thinks) in [(json!("required"), false), (json!({"type":"function","function":{"name":"f"}}), false), (json!("auto"), true)] {
+            let got = translate(hi(json!({"reasoning_effort":"medium","tools":tools,"tool_choice":choice})));
+            assert_eq!(got.get("thinking").is_some(), thinks, "{choice}");
+        }
+    }
+
+    #[test]
+    fn namespace_fields_are_sent_as_given() {
+        let got = translate(hi(json!({"user":"u-1","anthropic":{
+            "top_k": 40, "service_tier": "standard_only", "metadata": {"user_id":"override","x":1},
+            "output_config": {"effort":"high"}
+        }})));
+        assert_eq!(got["top_k"], 40);
+        assert_eq!(got["service_tier"], "standard_only");
+        assert_eq!(got["metadata"], json!({"user_id":"override","x":1}));
+        assert_eq!(got["output_config"], json!({"effort":"high"}));
+        assert!(got.get("anthropic").is_none());
+        assert!(got.get("anthropic_beta").is_none() && got.get("cache_control").is_none());
+        let got = translate(hi(json!({"user":"u-1","anthropic":{"metadata":{"tag":"a"}}})));
+        assert_eq!(got["metadata"], json!({"user_id":"u-1","tag":"a"}));
+        // null means absent, for the namespace and for its known keys.
+        let plain = translate(hi(json!({})));
+        assert_eq!(translate(hi(json!({"anthropic":null}))), plain);
+        assert_eq!(translate(hi(json!({"anthropic":{}}))), plain);
+        assert_eq!(translate(hi(json!({"anthropic":{"thinking":null,"top_k":null}}))), plain);
+        // A message that merely mentions "anthropic" is not a namespace.
+        let said = translate(json!({"model":"m","messages":[{"role":"user","content":"\"anthropic\": {\"bogus\": 1}"}]}));
+        assert!(said.get("thinking").is_none());
+    }
+
+    #[test]
+    fn namespace_errors_name_the_field() {
+        for (ns, param) in [
+            (json!({"bogus": 1}), "anthropic.bogus"),
+            (json!({"messages": []}), "anthropic.messages"),
+            (json!({"bogus": null}), "anthropic.bogus"),
+            (json!({"top_k": -1}), "anthropic.top_k"),
+            (json!({"top_k": "40"}), "anthropic.top_k"),
+            (json!({"metadata": "x"}), "anthropic.metadata"),
+            (json!({"service_tier": 1}), "anthropic.service_tier"),
+            (json!({"output_config": []}), "anthropic.output_config"),
+            (json!({"anthropic_beta": 7}), "anthropic.anthropic_beta"),
+            (json!({"anthropic_beta": ["ok-1", "bad\r\nx-injected: 1"]}), "anthropic.anthropic_beta"),
+            (json!({"anthropic_beta": ""}), "anthropic.anthropic_beta"),
+            (json!({"cache_control": "ephemeral"}), "anthropic.cache_control"),
+            (json!({"cache_control": {}}), "anthropic.cache_control"),
+            (json!("thinking"), "anthropic"),
+            (json!([1]), "anthropic"),
+        ] {
+            let e = translate_err(hi(json!({ "anthropic": ns })));
+            assert_eq!((e.status, e.kind), (400, "invalid_request_error"), "{ns}");
+            assert_eq!(e.param.as_deref(), Some(param), "{ns}");
+        }
+        let e = translate_err(hi(json!({"anthropic":{"bogus":1}})));
+        assert!(e.message.contains("anthropic.bogus") && e.message.contains("thinking"), "{}", e.message);
+    }
+
+    #[test]
+    fn cache_control_marks_tools_system_and_the_last_block() {
+        let cc = json!({"type":"ephemeral","ttl":"1h"});
+        let got = translate(json!({"model":"m","messages":[
+            {"role":"system","content":"Be brief."},
+            {"role":"user","content":"a"},
+            {"role":"assistant","content":"b"},
+            {"role":"user","content":[{"type":"text","text":"c"},{"type":"text","text":"d"}]}
+        ],"tools":[
+            {"type":"function","function":{"name":"f1"}},
+            {"type":"function","function":{"name":"f2"}}
+        ],"anthropic":{"cache_control":cc}}));
+        assert_eq!(got["system"], json!([{"type":"text","text":"Be brief.","cache_control":cc}]));
+        assert!(got["tools"][0].get("cache_control").is_none());
+        assert_eq!(got["tools"][1]["cache_control"], cc);
+        let msgs = got["messages"].as_array().unwrap();
+        assert_eq!(msgs[2]["content"], json!([{"type":"text","text":"c"},{"type":"text","text":"d","cache_control":cc}]));
+        assert!(msgs[0]["content"][0].get("cache_control").is_none());
+        assert!(got.get("cache_control").is_none());
+        // Without a system prompt or tools, only the last block.
+        let got = translate(hi(json!({"anthropic":{"cache_control":{"type":"ephemeral"}}})));
+        assert!(got.get("system").is_none() && got.get("tools").is_none());
+        assert_eq!(got["messages"][0]["content"][0]["cache_control"], json!({"type":"ephemeral"}));
+    }
+
+    #[test]
+    fn earlier_reasoning_content_is_not_replayed() {
+        // Anthropic takes thinking back only as its own signed blocks, which clients never get.
+        let got = translate(json!({"model":"m","messages":[
+            {"role":"user","content":"a"},
+            {"role":"assistant","content":"b","reasoning_content":"I thought about it.","reasoning_signature":"sig"},
+            {"role":"user","content":"c"}
+        ],"anthropic":{"thinking":{"type":"enabled","budget_tokens":1024}},"max_tokens":2048}));
+        assert_eq!(got["messages"][1], json!({"role":"assistant","content":[{"type":"text","text":"b"}]}));
+        assert!(!got.to_string().contains("I thought about it."));
+    }
+
+    #[test]
+    fn upstream_request_carries_the_beta_header() {
+        use crate::providers::testutil::{backend, upstream};
+        use crate::providers::Operation;
+        let mut b = backend(json!({"schema":"anthropic","credential":{"env":"ANTHROPIC_API_KEY"}}));
+        let body = json!({"model":"alias","messages":[{"role":"user","content":"hi"}],"stream":true,
+            "anthropic":{"anthropic_beta":["interleaved-thinking-2025-05-14","context-1m-2025-08-07"],
+                         "thinking":{"type":"enabled","budget_tokens":2048}}});
+        let up = upstream(Operation::Chat, &b, &body, "claude-sonnet-4-0").unwrap();
+        assert_eq!(up.path, "/v1/messages");
+        assert!(up.hints.stream);
+        assert_eq!(
+            up.headers,
+            vec![
+                ("anthropic-version", "2023-06-01".to_string()),
+                ("anthropic-beta", "interleaved-thinking-2025-05-14,context-1m-2025-08-07".to_string())
+            ]
+        );
+        let sent: Value = serde_json::from_slice(&up.body).unwrap();
+        assert_eq!(sent["thinking"]["budget_tokens"], 2048);
+        assert_eq!(sent["max_tokens"], 4096, "the default max_tokens fits a 2048 budget");
+        assert!(sent.get("anthropic").is_none());
+        // Joined with betas the backend configuration sends (the header would replace them).
+        b.headers.push(("anthropic-beta".to_string(), "context-1m-2025-08-07, files-api-2025-04-14".to_string()));
+        let up = upstream(Operation::Chat, &b, &body, "claude-sonnet-4-0").unwrap();
+        assert_eq!(
+            up.headers.last().map(|(k, v)| (*k, v.as_str())),
+            Some(("anthropic-beta", "context-1m-2025-08-07,files-api-2025-04-14,interleaved-thinking-2025-05-14"))
+        );
+        // No betas asked: no header.
+        let up = upstream(Operation::Chat, &b, &json!({"model":"a","messages":[{"role":"user","content":"hi"}]}), "c").unwrap();
+        assert_eq!(up.headers, vec![("anthropic-version", "2023-06-01".to_string())]);
+        let e = upstream(Operation::Chat, &b, &json!({"model":"a","messages":[{"role":"user","content":"hi"}],"anthropic":{"bogus":1}}), "c")
+            .unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("anthropic.bogus"));
     }
 
     #[test]

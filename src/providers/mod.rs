@@ -19,7 +19,7 @@ pub(crate) mod util;
 use crate::api::chat::{parse_chat_request, Usage};
 use crate::api::embeddings::EncodingFormat;
 use crate::api::ApiError;
-use crate::config::{AwsCredentials, Backend, Schema, DEFAULT_ANTHROPIC_VERSION, DEFAULT_MAX_TOKENS};
+use crate::config::{AwsCredentials, Backend, Schema};
 
 /// The API operation a request performs; the gateway tells the backend filter in `x-switchyard-op`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,17 +169,7 @@ fn chat_request(backend: &Backend, body: &[u8], ctx: &AttemptContext) -> Result<
             let body = ollama::request_body(&req, ctx.model)?;
             Ok(UpstreamRequest { path: format!("{base}/api/chat"), body, headers: Vec::new(), hints: ResponseHints::chat(req.is_stream(), ctx.model) })
         }
-        Schema::Anthropic => {
-            let req = parse_chat_request(body)?;
-            let body = anthropic::request_body(&req, ctx.model, backend.default_max_tokens.unwrap_or(DEFAULT_MAX_TOKENS))?;
-            let version = backend.anthropic_version.clone().unwrap_or_else(|| DEFAULT_ANTHROPIC_VERSION.to_string());
-            Ok(UpstreamRequest {
-                path: format!("{base}/messages"),
-                body,
-                headers: vec![("anthropic-version", version)],
-                hints: ResponseHints::chat(req.is_stream(), ctx.model),
-            })
-        }
+        Schema::Anthropic => anthropic::chat_request(backend, body, ctx),
         Schema::Bedrock => bedrock::chat_upstream(backend, body, ctx),
         Schema::Gemini => gemini::chat_request(backend, body, ctx),
     }

@@ -7,14 +7,24 @@ use serde_json::{Map, Value};
 use crate::api::error::kind_for_status;
 use crate::api::ApiError;
 
-/// Builds the upstream body: the model renamed to what the backend serves, and usage requested on
-/// streams so the gateway can account for tokens (the gateway drops that usage chunk again for a
-/// client that did not ask for it).
+/// Request fields that carry another provider's own features (`"anthropic": {…}`,
+/// `"bedrock": {…}`, `"gemini": {…}`). They are meant to be ignored by backends that lack those
+/// features, but OpenAI rejects fields it does not define ("Unrecognized request argument"), so
+/// they are removed from what OpenAI-compatible backends get.
+pub const PROVIDER_NAMESPACES: &[&str] = &[super::anthropic::NAMESPACE, super::bedrock::NAMESPACE, "gemini"];
+
+/// Builds the upstream body: the model renamed to what the backend serves, other providers'
+/// namespaces ([`PROVIDER_NAMESPACES`]) removed, and usage requested on streams so the gateway can
+/// account for tokens (the gateway drops that usage chunk again for a client that did not ask for
+/// it).
 /// Returns the body and whether the request streams.
 pub fn request_body(body: &[u8], model: &str) -> Result<(Vec<u8>, bool), ApiError> {
     let mut obj: Map<String, Value> =
         serde_json::from_slice(body).map_err(|e| ApiError::invalid_request(format!("Invalid JSON body: {e}")))?;
     obj.insert("model".into(), Value::String(model.to_string()));
+    for ns in PROVIDER_NAMESPACES {
+        obj.remove(*ns);
+    }
     let stream = obj.get("stream").and_then(Value::as_bool) == Some(true);
     if stream {
         match obj.get_mut("stream_options") {
@@ -103,6 +113,30 @@ mod tests {
         assert_eq!(v["logit_bias"]["1"], 2);
         assert_eq!(v["seed"], 7);
         assert!(v.get("stream_options").is_none());
+    }
+
+    #[test]
+    fn other_providers_namespaces_are_removed() {
+        let body = br#"{"model":"m","messages":[{"role":"user","content":"say \"anthropic\""}],
+            "anthropic":{"thinking":{"type":"enabled","budget_tokens":2048}},"gemini":{"safetySettings":[]},
+            "bedrock":{"guardrailConfig":{}},"logit_bias":{"1":2},"metadata":{"anthropic":"kept"}}"#;
+        let v: Value = serde_json::from_slice(&request_body(body, "gpt-4o-mini").unwrap().0).unwrap();
+        for ns in ["anthropic", "gemini", "bedrock"] {
+            assert!(v.get(ns).is_none(), "{ns} is not sent to an OpenAI-compatible backend");
+        }
+        assert_eq!(v["logit_bias"]["1"], 2, "other unknown fields still pass");
+        assert_eq!(v["metadata"]["anthropic"], "kept", "only top-level fields are namespaces");
+        assert_eq!(v["messages"][0]["content"], "say \"anthropic\"");
+        // Azure and the presets that pass OpenAI's bodies through use the same function.
+        let b = crate::providers::testutil::backend(serde_json::json!({"schema":"openai","preset":"openrouter"}));
+        let up = crate::providers::testutil::upstream(
+            crate::providers::Operation::Chat,
+            &b,
+            &serde_json::json!({"model":"m","messages":[{"role":"user","content":"hi"}],"anthropic":{"top_k":5}}),
+            "x",
+        )
+        .unwrap();
+        assert!(serde_json::from_slice::<Value>(&up.body).unwrap().get("anthropic").is_none());
     }
 
     #[test]

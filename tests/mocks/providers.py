@@ -226,6 +226,9 @@ class Fixtures:
             f"{PYDANTIC_CASSETTES}/test_anthropic/test_anthropic_model_thinking_part_stream.yaml")
         self.anthropic_stream_thinking = split_sse_events(
             _response_body(_interactions(self.anthropic_stream_thinking_rel)[0]))
+        # Non-stream answer to a request with thinking: that stream folded into a Message.
+        self.anthropic_thinking = accumulate_anthropic_stream(self.anthropic_stream_thinking)
+        assert [b["type"] for b in self.anthropic_thinking["content"]] == ["thinking", "text"]
 
         self.anthropic_stream_text_rel = "anthropic-sdk/basic_response.txt"
         self.anthropic_stream_text = split_sse_events(
@@ -657,6 +660,8 @@ class AnthropicProvider(Provider):
         headers["content-type"] = "application/json"
         if has_tools(body):
             return Reply(headers=headers, body=self._tool_use_message(body))
+        if self._thinking(body):
+            return Reply(headers=headers, body=self.fx.anthropic_thinking)
         return Reply(headers=headers, body=self.fx.anthropic_text)
 
     def error(self, status):
