@@ -76,6 +76,8 @@ impl BackendFilter {
             set_request_header(":authority", Some(host));
         }
         set_request_header("content-type", Some("application/json"));
+        let body_changed = up.body.as_slice() != body;
+        // Always set: an earlier attempt (retries share one header map) may have changed it.
         set_request_header("content-length", Some(&up.body.len().to_string()));
         // The answer must come back uncompressed: it is parsed and translated here and in the gateway.
         set_request_header("accept-encoding", Some("identity"));
@@ -91,8 +93,10 @@ impl BackendFilter {
         for (k, v) in &up.headers {
             self.set_provider_header(k, v);
         }
-        if let Err(e) = hostcalls::set_buffer(BufferType::HttpRequestBody, 0, body.len(), &up.body) {
-            return Err(ApiError::gateway(500, format!("cannot replace the request body: {e:?}")));
+        if body_changed {
+            if let Err(e) = hostcalls::set_buffer(BufferType::HttpRequestBody, 0, body.len(), &up.body) {
+                return Err(ApiError::gateway(500, format!("cannot replace the request body: {e:?}")));
+            }
         }
         self.hints = Some(up.hints);
         Ok(())

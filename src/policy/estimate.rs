@@ -9,7 +9,50 @@
 //! Estimates only decide admission and reservations; the real usage replaces them when the
 //! response ends.
 
+use std::borrow::Cow;
+
+use serde::Deserialize;
+
 use crate::api::chat::{ChatRequest, Content, ContentPart, ResponseFormat};
+
+/// The parts of a stream chunk that carry generated text (borrowed unless JSON-escaped).
+#[derive(Deserialize)]
+struct MeterChunk<'a> {
+    #[serde(borrow, default)]
+    choices: Option<Vec<MeterChoice<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct MeterChoice<'a> {
+    #[serde(borrow, default)]
+    delta: Option<MeterDelta<'a>>,
+}
+
+#[derive(Deserialize)]
+struct MeterDelta<'a> {
+    #[serde(borrow, default)]
+    content: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    reasoning_content: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    refusal: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    tool_calls: Option<Vec<MeterToolCall<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct MeterToolCall<'a> {
+    #[serde(borrow, default)]
+    function: Option<MeterFunction<'a>>,
+}
+
+#[derive(Deserialize)]
+struct MeterFunction<'a> {
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    arguments: Option<Cow<'a, str>>,
+}
 
 /// Tokens added per message for its role and framing.
 pub const PER_MESSAGE_OVERHEAD: u64 = 4;
@@ -127,23 +170,19 @@ impl OutputMeter {
     }
 
     /// The `data:` payload of one OpenAI `chat.completion.chunk`; anything else is ignored.
+    /// Parsed into borrowed fields only (no `Value` tree): it runs on every chunk of a metered stream.
     pub fn push_chunk_json(&mut self, data: &str) {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(data) else { return };
-        let Some(choices) = v.get("choices").and_then(|c| c.as_array()) else { return };
-        for c in choices {
-            let Some(d) = c.get("delta") else { continue };
+        let Ok(chunk) = serde_json::from_str::<MeterChunk>(data) else { return };
+        for c in chunk.choices.iter().flatten() {
+            let Some(d) = &c.delta else { continue };
             self.deltas += 1;
-            for k in ["content", "reasoning_content", "refusal"] {
-                if let Some(s) = d.get(k).and_then(|x| x.as_str()) {
-                    self.push_text(s);
-                }
+            for text in [&d.content, &d.reasoning_content, &d.refusal].into_iter().flatten() {
+                self.push_text(text);
             }
-            for tc in d.get("tool_calls").and_then(|t| t.as_array()).into_iter().flatten() {
-                if let Some(f) = tc.get("function") {
-                    for k in ["name", "arguments"] {
-                        if let Some(s) = f.get(k).and_then(|x| x.as_str()) {
-                            self.push_text(s);
-                        }
+            for tc in d.tool_calls.iter().flatten() {
+                if let Some(f) = &tc.function {
+                    for text in [&f.name, &f.arguments].into_iter().flatten() {
+                        self.push_text(text);
                     }
                 }
             }

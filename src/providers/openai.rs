@@ -19,6 +19,16 @@ pub const PROVIDER_NAMESPACES: &[&str] = &[super::anthropic::NAMESPACE, super::b
 /// it).
 /// Returns the body and whether the request streams.
 pub fn request_body(body: &[u8], model: &str) -> Result<(Vec<u8>, bool), ApiError> {
+    // Most requests need no edit (same model name; a stream that already asks for usage): pass
+    // the bytes through without building and re-serialising a JSON tree.
+    if let Ok(peek) = serde_json::from_slice::<Peek>(body) {
+        let stream = peek.stream == Some(true);
+        let usage_asked = peek.stream_options.and_then(|o| o.include_usage) == Some(true);
+        let foreign = peek.anthropic.is_some() || peek.bedrock.is_some() || peek.gemini.is_some();
+        if peek.model == model && !foreign && (!stream || usage_asked) {
+            return Ok((body.to_vec(), stream));
+        }
+    }
     let mut obj: Map<String, Value> =
         serde_json::from_slice(body).map_err(|e| ApiError::invalid_request(format!("Invalid JSON body: {e}")))?;
     obj.insert("model".into(), Value::String(model.to_string()));
@@ -40,6 +50,29 @@ pub fn request_body(body: &[u8], model: &str) -> Result<(Vec<u8>, bool), ApiErro
     }
     let out = serde_json::to_vec(&obj).map_err(|e| ApiError::gateway(500, format!("could not encode request: {e}")))?;
     Ok((out, stream))
+}
+
+/// The fields that decide whether a body needs editing; the rest is skipped without allocating.
+#[derive(Deserialize)]
+struct Peek<'a> {
+    #[serde(borrow)]
+    model: std::borrow::Cow<'a, str>,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(default)]
+    stream_options: Option<PeekStreamOptions>,
+    #[serde(default)]
+    anthropic: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    bedrock: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    gemini: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct PeekStreamOptions {
+    #[serde(default)]
+    include_usage: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -103,6 +136,20 @@ pub fn map_error(status: u16, body: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bodies_that_need_no_edit_pass_byte_for_byte() {
+        let body = br#"{"model":"m", "messages":[{"role":"user","content":"x"}],"seed":1}"#;
+        assert_eq!(request_body(body, "m").unwrap(), (body.to_vec(), false));
+        let s = br#"{"model":"m","stream":true,"stream_options":{"include_usage":true},"messages":[]}"#;
+        assert_eq!(request_body(s, "m").unwrap(), (s.to_vec(), true));
+        // A rename, a stream without usage and a foreign namespace all need the edit.
+        assert_ne!(request_body(body, "n").unwrap().0, body.to_vec());
+        let s = br#"{"model":"m","stream":true,"messages":[]}"#;
+        assert_ne!(request_body(s, "m").unwrap().0, s.to_vec());
+        let g = br#"{"model":"m","gemini":{},"messages":[]}"#;
+        assert_ne!(request_body(g, "m").unwrap().0, g.to_vec());
+    }
 
     #[test]
     fn renames_model_and_keeps_unknown_fields() {
