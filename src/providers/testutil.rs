@@ -2,6 +2,8 @@
 //! input at every byte, and a checker that validates every output event against the OpenAI chunk
 //! shape while accumulating what a client would see.
 
+// Compiled only for tests: `providers/mod.rs` declares it under #[cfg(test)].
+#[cfg(test)]
 use serde_json::{json, Value};
 
 use super::StreamTranslate;
