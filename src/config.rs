@@ -52,12 +52,25 @@ pub struct GatewayConfig {
     pub auth: Option<crate::policy::PolicyConfig>,
 }
 
-/// Metric options. Per-key and per-team labels multiply the number of series: off by default.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// Telemetry options. Per-key and per-team labels multiply the number of series: off by default.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
     #[serde(default)]
     pub key_labels: bool,
+    /// Emit the Envoy stats at all (each request costs about a dozen hostcalls).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Publish the access-log fields as filter state (about twenty hostcalls per request; turn off
+    /// when no access log or trace reads `wasm.switchyard.*`).
+    #[serde(default = "default_true")]
+    pub access_log_fields: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig { key_labels: false, enabled: true, access_log_fields: true }
+    }
 }
 
 fn default_true() -> bool {
@@ -395,6 +408,8 @@ pub struct Gateway {
     pub max_request_body_bytes: usize,
     pub expose_served_by: bool,
     pub label_options: crate::telemetry::LabelOptions,
+    pub emit_metrics: bool,
+    pub publish_log_fields: bool,
     /// Virtual keys, limits and budgets; `None` when the gateway is open.
     pub policy: Option<crate::policy::Policy>,
     pub router: ModelRouter,
@@ -432,6 +447,8 @@ impl Gateway {
             max_request_body_bytes: cfg.max_request_body_bytes,
             expose_served_by: cfg.expose_served_by,
             label_options: crate::telemetry::LabelOptions { key_labels: cfg.metrics.key_labels },
+            emit_metrics: cfg.metrics.enabled,
+            publish_log_fields: cfg.metrics.access_log_fields,
             router: ModelRouter::new(cfg.models)?,
             policy,
         })

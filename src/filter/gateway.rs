@@ -233,7 +233,9 @@ impl GatewayFilter {
         self.published = true;
         self.settle();
         self.finish_record();
-        publish_log_fields(&telemetry::log_fields(&self.record));
+        if self.cfg.publish_log_fields {
+            publish_log_fields(&telemetry::log_fields(&self.record));
+        }
     }
 
     /// Fills the record from the shared state and the answer, once the response ends.
@@ -560,6 +562,8 @@ impl HttpContext for GatewayFilter {
             }
             self.publish_record();
         }
-        emit_metrics(&telemetry::metric_updates(&self.record, self.cfg.label_options));
+        if self.cfg.emit_metrics {
+            emit_metrics(&telemetry::metric_updates(&self.record, self.cfg.label_options));
+        }
     }
 }
