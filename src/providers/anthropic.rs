@@ -13,13 +13,11 @@
 //! Everything here runs on untrusted bytes inside the VM: no `unwrap`, no indexing on input.
 
 use std::borrow::Cow;
-use std::fmt;
-use std::marker::PhantomData;
 
-use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::util::{overflow, s, truncated, write_error_event, write_usage_and_done, Phase, Str};
 use super::{AttemptContext, ResponseHints, UpstreamRequest};
 use crate::api::chat::{
     parse_chat_request, ChatCompletion, ChatCompletionChunk, ChatRequest, Choice, ChunkChoice,
@@ -28,7 +26,7 @@ use crate::api::chat::{
 };
 use crate::api::error::{kind_for_status, ApiError};
 use crate::config::{Backend, DEFAULT_ANTHROPIC_VERSION, DEFAULT_MAX_TOKENS};
-use crate::stream::sse::{write_json_event, write_raw_event, SseParser, SseStatus, DONE};
+use crate::stream::sse::{write_json_event, SseParser, SseStatus};
 
 // =============================================================================================
 // Request
@@ -1043,35 +1041,6 @@ fn status_for_error_type(kind: &str) -> u16 {
 // Streaming
 // =============================================================================================
 
-/// A string that borrows from the event's JSON text when it has no escapes.
-struct Str<'a>(Cow<'a, str>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<'a>(PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
-            type Value = Str<'a>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Str<'a>, E> {
-                Ok(Str(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Str<'a>, E> {
-                Ok(Str(Cow::Owned(v.to_owned())))
-            }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<Str<'a>, E> {
-                Ok(Str(Cow::Owned(v)))
-            }
-        }
-        d.deserialize_str(V(PhantomData))
-    }
-}
-
-fn s<'x>(v: &'x Option<Str<'_>>) -> Option<&'x str> {
-    v.as_ref().map(|x| x.0.as_ref())
-}
-
 /// One stream event, all kinds flattened (unknown fields are skipped without allocating).
 #[derive(Deserialize)]
 struct Event<'a> {
@@ -1133,15 +1102,6 @@ struct EventDelta<'a> {
     stop_reason: Option<Str<'a>>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    Open,
-    /// `message_stop` seen: `[DONE]` written.
-    Done,
-    /// An error event was written; nothing more may follow.
-    Failed,
-}
-
 /// Incremental stream translator: Anthropic SSE in, OpenAI `chat.completion.chunk` SSE out.
 ///
 /// Output: a first chunk with `delta: {role: "assistant", content: ""}`, one chunk per text /
@@ -1198,11 +1158,7 @@ impl StreamTranslator {
         let StreamTranslator { parser, state } = self;
         let status = parser.push(chunk, |name, data| state.on_event(name, data, out));
         if status == SseStatus::Overflow {
-            state.fail(
-                out,
-                ApiError::new(502, "api_error", "An upstream stream event exceeded the gateway's size limit.")
-                    .with_code("stream_overflow"),
-            );
+            state.fail(out, overflow());
         }
     }
 
@@ -1216,10 +1172,7 @@ impl StreamTranslator {
         // An event that lacked its closing blank line (a body ending right after `message_stop`).
         parser.finish(|name, data| state.on_event(name, data, out));
         if state.phase == Phase::Open {
-            state.fail(
-                out,
-                ApiError::new(502, "api_error", "upstream stream ended before completion").with_code("stream_truncated"),
-            );
+            state.fail(out, truncated());
         }
     }
 
@@ -1372,16 +1325,7 @@ impl StreamState {
     fn on_message_stop(&mut self, out: &mut Vec<u8>) {
         self.chunk(out, Delta::default(), Some(self.finish_reason.unwrap_or("stop")));
         let usage = self.usage.get_or_insert_with(|| self.tokens.to_openai());
-        let last = ChatCompletionChunk {
-            id: &self.id,
-            object: "chat.completion.chunk",
-            created: self.created,
-            model: &self.model,
-            choices: Vec::new(),
-            usage: Some(usage),
-        };
-        write_json_event(out, &last);
-        out.extend_from_slice(DONE);
+        write_usage_and_done(out, &self.id, &self.model, self.created, usage);
         self.phase = Phase::Done;
     }
 
@@ -1398,7 +1342,7 @@ impl StreamState {
     }
 
     fn fail(&mut self, out: &mut Vec<u8>, err: ApiError) {
-        write_raw_event(out, &err.to_json());
+        write_error_event(out, &err);
         self.phase = Phase::Failed;
     }
 }
@@ -1410,6 +1354,7 @@ impl StreamState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stream::sse::DONE;
     use crate::api::chat::parse_chat_request;
     use serde_json::json;
 

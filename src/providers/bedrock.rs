@@ -18,13 +18,11 @@
 //! Everything here runs on untrusted bytes inside the VM: no `unwrap`, no indexing on input.
 
 use std::borrow::Cow;
-use std::fmt;
-use std::marker::PhantomData;
 
-use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::util::{s, write_error_event, write_usage_and_done, Phase, Str};
 use super::{sigv4, AttemptContext, Operation, ResponseHints, UpstreamRequest};
 use crate::api::chat::{
     parse_chat_request, ChatCompletion, ChatCompletionChunk, ChatRequest, Choice, ChunkChoice, Content, ContentPart,
@@ -35,7 +33,7 @@ use crate::api::embeddings::{embeddings_response_json, parse_embeddings_request,
 use crate::api::error::{kind_for_status, ApiError};
 use crate::config::{AwsCredentials, Backend};
 use crate::stream::eventstream::{EventStreamDecoder, Message as Frame};
-use crate::stream::sse::{write_json_event, write_raw_event, DONE};
+use crate::stream::sse::write_json_event;
 
 /// SigV4 signing name of Bedrock Runtime.
 pub const SIGNING_SERVICE: &str = "bedrock";
@@ -1005,35 +1003,6 @@ pub fn map_error(status: u16, error_type: Option<&str>, body: &[u8]) -> (u16, Ve
 // Streaming
 // =============================================================================================
 
-/// A string that borrows from the event's JSON text when it has no escapes.
-struct Str<'a>(Cow<'a, str>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<'a>(PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
-            type Value = Str<'a>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Str<'a>, E> {
-                Ok(Str(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Str<'a>, E> {
-                Ok(Str(Cow::Owned(v.to_owned())))
-            }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<Str<'a>, E> {
-                Ok(Str(Cow::Owned(v)))
-            }
-        }
-        d.deserialize_str(V(PhantomData))
-    }
-}
-
-fn s<'x>(v: &'x Option<Str<'_>>) -> Option<&'x str> {
-    v.as_ref().map(|x| x.0.as_ref())
-}
-
 /// Any ConverseStream event payload, all kinds flattened (the `p` padding and unknown fields are
 /// skipped without allocating).
 #[derive(Deserialize)]
@@ -1094,15 +1063,6 @@ struct ReasoningDelta<'a> {
 struct ExceptionPayload {
     #[serde(default, alias = "Message")]
     message: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    Open,
-    /// `messageStop` and `metadata` seen: usage chunk and `[DONE]` written.
-    Done,
-    /// An error event was written; nothing more may follow.
-    Failed,
 }
 
 /// Incremental stream translator: Bedrock ConverseStream event-stream in, OpenAI
@@ -1304,16 +1264,7 @@ impl StreamState {
     /// Both `messageStop` and `metadata` seen: the usage-only chunk and `[DONE]`.
     fn maybe_done(&mut self, out: &mut Vec<u8>) {
         let (Some(_), Some(usage)) = (self.finish_reason, self.usage.as_ref()) else { return };
-        let last = ChatCompletionChunk {
-            id: &self.id,
-            object: "chat.completion.chunk",
-            created: self.created,
-            model: &self.model,
-            choices: Vec::new(),
-            usage: Some(usage),
-        };
-        write_json_event(out, &last);
-        out.extend_from_slice(DONE);
+        write_usage_and_done(out, &self.id, &self.model, self.created, usage);
         self.phase = Phase::Done;
     }
 
@@ -1338,7 +1289,7 @@ impl StreamState {
     }
 
     fn fail(&mut self, out: &mut Vec<u8>, err: ApiError) {
-        write_raw_event(out, &err.to_json());
+        write_error_event(out, &err);
         self.phase = Phase::Failed;
     }
 }

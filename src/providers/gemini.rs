@@ -28,6 +28,7 @@ use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
+use super::util::{overflow, truncated, unreadable_event, write_error_event, write_usage_and_done, Phase};
 use super::{unsupported, AttemptContext, ResponseHints, StreamTranslate, UpstreamRequest};
 use crate::api::chat::{
     parse_chat_request, parse_json_body, ChatCompletion, ChatCompletionChunk, ChatRequest, Choice, ChunkChoice,
@@ -37,7 +38,7 @@ use crate::api::chat::{
 use crate::api::embeddings::{embeddings_response_json, parse_embeddings_request};
 use crate::api::error::{kind_for_status, ApiError};
 use crate::config::Backend;
-use crate::stream::sse::{write_json_event, write_raw_event, SseParser, SseStatus, DONE};
+use crate::stream::sse::{write_json_event, SseParser, SseStatus};
 
 /// Separates a tool-call id from the Gemini `thoughtSignature` carried inside it.
 pub const THOUGHT_SEPARATOR: &str = "__thought__";
@@ -1296,15 +1297,6 @@ fn stream_error(err: GError) -> ApiError {
 // Streaming
 // =============================================================================================
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    Open,
-    /// `[DONE]` written.
-    Done,
-    /// An error event was written; nothing more may follow.
-    Failed,
-}
-
 #[derive(Debug, Clone, Copy)]
 struct ChoiceState {
     index: u32,
@@ -1367,11 +1359,7 @@ impl StreamTranslator {
         let StreamTranslator { parser, state } = self;
         let status = parser.push(chunk, |_, data| state.on_event(data, out));
         if status == SseStatus::Overflow {
-            state.fail(
-                out,
-                ApiError::new(502, "api_error", "An upstream stream event exceeded the gateway's size limit.")
-                    .with_code("stream_overflow"),
-            );
+            state.fail(out, overflow());
         }
     }
 
@@ -1411,11 +1399,7 @@ impl StreamState {
         let ev: GenResponse<'_> = match serde_json::from_str(data) {
             Ok(ev) => ev,
             Err(e) => {
-                self.fail(
-                    out,
-                    ApiError::new(502, "api_error", format!("The Gemini backend sent an unreadable stream event: {e}."))
-                        .with_code("invalid_upstream_event"),
-                );
+                self.fail(out, unreadable_event("Gemini", &e));
                 return;
             }
         };
@@ -1525,23 +1509,11 @@ impl StreamState {
             return;
         }
         if self.choices.is_empty() || self.choices.iter().any(|c| !c.finished) {
-            self.fail(
-                out,
-                ApiError::new(502, "api_error", "upstream stream ended before completion").with_code("stream_truncated"),
-            );
+            self.fail(out, truncated());
             return;
         }
         let usage = self.usage.get_or_insert_with(|| UsageMetadata::default().to_openai());
-        let last = ChatCompletionChunk {
-            id: &self.id,
-            object: "chat.completion.chunk",
-            created: self.created,
-            model: &self.model,
-            choices: Vec::new(),
-            usage: Some(usage),
-        };
-        write_json_event(out, &last);
-        out.extend_from_slice(DONE);
+        write_usage_and_done(out, &self.id, &self.model, self.created, usage);
         self.phase = Phase::Done;
     }
 
@@ -1558,7 +1530,7 @@ impl StreamState {
     }
 
     fn fail(&mut self, out: &mut Vec<u8>, err: ApiError) {
-        write_raw_event(out, &err.to_json());
+        write_error_event(out, &err);
         self.phase = Phase::Failed;
     }
 }
@@ -1570,6 +1542,7 @@ impl StreamState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stream::sse::DONE;
     use crate::config::{Backend, BackendsConfig, PluginConfig, Schema};
     use crate::providers::{self, Operation};
     use serde_json::json;

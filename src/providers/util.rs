@@ -1,5 +1,6 @@
-//! Small pieces shared by the Cohere, Ollama and OpenAI-compatible translators: borrowed JSON
-//! strings, lenient numbers and objects, data URLs, and the OpenAI chunk writers.
+//! Small pieces shared by the provider translators (Anthropic, Bedrock, Cohere, Gemini, Ollama and
+//! the OpenAI-compatible ones): borrowed JSON strings, lenient numbers and objects, data URLs, the
+//! OpenAI chunk writers and the stream-ending events.
 //!
 //! Everything here runs on untrusted bytes: no `unwrap`, no indexing on input.
 
@@ -205,17 +206,22 @@ impl ChunkWriter {
     /// The finishing chunk (empty delta), the usage-only chunk (`choices: []`) and `data: [DONE]`.
     pub fn finish(&self, out: &mut Vec<u8>, finish_reason: &str, usage: &Usage) {
         self.chunk(out, Delta::default(), Some(finish_reason));
-        let last = ChatCompletionChunk {
-            id: &self.id,
-            object: "chat.completion.chunk",
-            created: self.created,
-            model: &self.model,
-            choices: Vec::new(),
-            usage: Some(usage),
-        };
-        write_json_event(out, &last);
-        out.extend_from_slice(DONE);
+        write_usage_and_done(out, &self.id, &self.model, self.created, usage);
     }
+}
+
+/// The usage-only chunk (`choices: []`) and `data: [DONE]` that end a translated stream.
+pub(crate) fn write_usage_and_done(out: &mut Vec<u8>, id: &str, model: &str, created: u64, usage: &Usage) {
+    let last = ChatCompletionChunk {
+        id,
+        object: "chat.completion.chunk",
+        created,
+        model,
+        choices: Vec::new(),
+        usage: Some(usage),
+    };
+    write_json_event(out, &last);
+    out.extend_from_slice(DONE);
 }
 
 /// Writes an OpenAI error event (`data: {"error":{…}}`), which the OpenAI SDKs raise.
