@@ -1356,6 +1356,7 @@ mod tests {
     use super::*;
     use crate::stream::sse::DONE;
     use crate::api::chat::parse_chat_request;
+    use crate::providers::testutil::{events, interaction, payloads};
     use serde_json::json;
 
     const BASIC: &str = include_str!("../../tests/fixtures/anthropic/basic_response.txt");
@@ -1372,16 +1373,8 @@ mod tests {
 
     // ------------------------------------------------------------------------------ helpers
 
-    fn cassette(yaml: &str) -> Value {
-        serde_yaml::from_str(yaml).expect("cassette parses")
-    }
-
-    fn interaction(yaml: &str) -> Value {
-        cassette(yaml)["interactions"][0].clone()
-    }
-
     fn thinking_stream_body() -> String {
-        interaction(THINKING_STREAM)["response"]["body"]["string"].as_str().expect("stream body").to_string()
+        interaction(THINKING_STREAM, 0)["response"]["body"]["string"].as_str().expect("stream body").to_string()
     }
 
     fn chat(v: Value) -> ChatRequest {
@@ -1417,35 +1410,6 @@ mod tests {
 
     fn run_whole(s: &str) -> Vec<u8> {
         run_chunks([s.as_bytes()]).0
-    }
-
-    /// The `data:` payloads of an OpenAI SSE output, checking the framing on the way.
-    fn payloads(out: &[u8]) -> Vec<String> {
-        let text = std::str::from_utf8(out).expect("output is UTF-8");
-        assert!(text.is_empty() || text.ends_with("\n\n"), "output ends on an event boundary");
-        text.split("\n\n")
-            .filter(|e| !e.is_empty())
-            .map(|e| {
-                assert!(!e.contains('\n'), "one data line per event: {e:?}");
-                e.strip_prefix("data: ").expect("data line").to_string()
-            })
-            .collect()
-    }
-
-    /// Parsed JSON events (everything before `[DONE]`) and whether `[DONE]` ended the stream.
-    fn events(out: &[u8]) -> (Vec<Value>, bool) {
-        let p = payloads(out);
-        let mut done = false;
-        let mut evs = Vec::new();
-        for (i, d) in p.iter().enumerate() {
-            if d == "[DONE]" {
-                assert_eq!(i, p.len() - 1, "[DONE] is last");
-                done = true;
-            } else {
-                evs.push(serde_json::from_str::<Value>(d).expect("event is JSON"));
-            }
-        }
-        (evs, done)
     }
 
     #[derive(Debug, Default)]
@@ -1567,7 +1531,7 @@ mod tests {
 
     #[test]
     fn recorded_instructions_request_is_reproduced() {
-        let rec = interaction(INSTRUCTIONS);
+        let rec = interaction(INSTRUCTIONS, 0);
         let want = &rec["request"]["parsed_body"];
         let system = want["system"].as_str().unwrap();
         assert!(system.starts_with("You are a helpful assistant."));
@@ -1593,7 +1557,7 @@ mod tests {
 
     #[test]
     fn recorded_stream_request_is_reproduced() {
-        let rec = interaction(THINKING_STREAM);
+        let rec = interaction(THINKING_STREAM, 0);
         let want = &rec["request"]["parsed_body"];
         let got = {
             let req = chat(json!({
@@ -1647,7 +1611,7 @@ mod tests {
 
     #[test]
     fn recorded_thinking_request_is_reproduced_from_the_namespace() {
-        let rec = interaction(THINKING_STREAM);
+        let rec = interaction(THINKING_STREAM, 0);
         let want = &rec["request"]["parsed_body"];
         assert_eq!(want["thinking"], json!({"type":"enabled","budget_tokens":1024}));
         let user = want["messages"][0]["content"][0]["text"].as_str().unwrap();
@@ -2123,7 +2087,7 @@ mod tests {
 
     #[test]
     fn recorded_response_is_translated() {
-        let rec = interaction(INSTRUCTIONS);
+        let rec = interaction(INSTRUCTIONS, 0);
         let body = rec["response"]["parsed_body"].to_string();
         let out: Value = serde_json::from_slice(&response_body(body.as_bytes(), CREATED).unwrap()).unwrap();
         assert_eq!(out["id"], "msg_01Fg1JVgvCYUHWsxrj9GkpEv");
@@ -2223,7 +2187,7 @@ mod tests {
 
     #[test]
     fn recorded_error_is_mapped() {
-        let rec = interaction(ERROR_400);
+        let rec = interaction(ERROR_400, 0);
         assert_eq!(rec["response"]["status"]["code"], 400);
         let body = rec["response"]["parsed_body"].to_string();
         let (status, out) = map_error(400, body.as_bytes());

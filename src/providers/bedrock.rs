@@ -1303,6 +1303,7 @@ mod tests {
     use super::*;
     use crate::stream::eventstream::{encode_event, encode_message, HeaderValue};
     use base64::Engine;
+    use crate::providers::testutil::{events, interaction, payloads};
     use serde_json::json;
 
     const MODEL_YAML: &str = include_str!("../../tests/fixtures/bedrock/test_bedrock_model.yaml");
@@ -1318,11 +1319,6 @@ mod tests {
     const HOST: &str = "bedrock-runtime.us-east-1.amazonaws.com";
 
     // ------------------------------------------------------------------------------ helpers
-
-    fn interaction(yaml: &str, n: usize) -> Value {
-        let v: Value = serde_yaml::from_str(yaml).expect("cassette parses");
-        v["interactions"][n].clone()
-    }
 
     /// The recorded request body (vcrpy keeps it as a JSON string).
     fn recorded_request(yaml: &str, n: usize) -> Value {
@@ -1502,33 +1498,6 @@ mod tests {
         assert_eq!(run_chunks(input.chunks(1)).0, whole, "1-byte chunks");
         assert_eq!(run_chunks(input.chunks(5)).0, whole, "5-byte chunks");
         whole
-    }
-
-    fn payloads(out: &[u8]) -> Vec<String> {
-        let text = std::str::from_utf8(out).expect("output is UTF-8");
-        assert!(text.is_empty() || text.ends_with("\n\n"), "output ends on an event boundary");
-        text.split("\n\n")
-            .filter(|e| !e.is_empty())
-            .map(|e| {
-                assert!(!e.contains('\n'), "one data line per event: {e:?}");
-                e.strip_prefix("data: ").expect("data line").to_string()
-            })
-            .collect()
-    }
-
-    fn events(out: &[u8]) -> (Vec<Value>, bool) {
-        let p = payloads(out);
-        let mut done = false;
-        let mut evs = Vec::new();
-        for (i, d) in p.iter().enumerate() {
-            if d == "[DONE]" {
-                assert_eq!(i, p.len() - 1, "[DONE] is last");
-                done = true;
-            } else {
-                evs.push(serde_json::from_str::<Value>(d).expect("event is JSON"));
-            }
-        }
-        (evs, done)
     }
 
     #[derive(Debug, Default)]

@@ -1545,6 +1545,7 @@ mod tests {
     use crate::stream::sse::DONE;
     use crate::config::{Backend, BackendsConfig, PluginConfig, Schema};
     use crate::providers::{self, Operation};
+    use crate::providers::testutil::interaction;
     use serde_json::json;
 
     const MODEL: &str = include_str!("../../tests/fixtures/gemini/test_google_model.yaml");
@@ -1555,14 +1556,6 @@ mod tests {
     const CREATED: u64 = 1_700_000_000;
 
     // ------------------------------------------------------------------------------ helpers
-
-    fn cassette(yaml: &str) -> Value {
-        serde_yaml::from_str(yaml).expect("cassette parses")
-    }
-
-    fn interaction(yaml: &str, n: usize) -> Value {
-        cassette(yaml)["interactions"][n].clone()
-    }
 
     fn stream_body() -> String {
         interaction(MODEL_STREAM, 0)["response"]["body"]["string"].as_str().expect("stream body").to_string()
