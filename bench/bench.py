@@ -350,6 +350,20 @@ def peer_versions() -> dict[str, str]:
     return out
 
 
+def peer_log_errors(proc: Proc) -> str:
+    """The distinct error lines a peer logged (why a row failed, in its own words)."""
+    try:
+        lines = proc.log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    seen: list[str] = []
+    for ln in lines:
+        ln = ln.strip()
+        if ln and not ln.startswith("at ") and "error" in ln.lower() and ln not in seen:
+            seen.append(ln)
+    return "; ".join(f"`{x[:200]}`" for x in seen[:3])
+
+
 def litellm_config() -> Path:
     base = f"http://127.0.0.1:{MOCK_PORT}"
     models = []
@@ -822,6 +836,10 @@ def main() -> int:
                         rows.append(measure(g, w, port, dut, mock, data, admin))
             finally:
                 dut.stop()
+            if t.kind in ("litellm", "portkey"):
+                errors = peer_log_errors(dut)
+                if errors:
+                    peer_status[f"{t.kind}_log"] = errors
         memory = memory_per_worker(data, by_key) if RUN_MEMORY else None
     finally:
         mock.stop()

@@ -218,8 +218,10 @@ def write_markdown(result: dict, path: Path) -> None:
         a, b = rows.get((BASE, wl)), rows.get(("envoy-end", wl))
         if a and b:
             fa, fb = a["fixed_concurrency"], b["fixed_concurrency"]
-            parts.append(f"{wl}: throughput {fb['rps'] / fa['rps'] - 1:+.1%}, p50 at fixed rate "
-                         f"{b['fixed_rate']['p50'] / a['fixed_rate']['p50'] - 1:+.1%}")
+            parts.append(f"{wl}: throughput {fb['rps'] / fa['rps'] - 1:+.1%}, CPU per request "
+                         f"{fb['cpu_us_per_request'] / fa['cpu_us_per_request'] - 1:+.1%}, p50 at fixed rate "
+                         f"{b['fixed_rate']['p50'] / a['fixed_rate']['p50'] - 1:+.1%} (other processes used "
+                         f"{fa['other_cpu_util']:.0%} of a core at the start, {fb['other_cpu_util']:.0%} at the end)")
     L.append("Plain Envoy measured again at the end of the run, against the start: " + ("; ".join(parts) if parts else "not measured") + ".\n")
 
     L.append("## Peers\n")
@@ -238,7 +240,9 @@ def write_markdown(result: dict, path: Path) -> None:
         bad = [r for r in ran if not r.get("ok")]
         res = f"{len(ok)} rows measured" + (f", {len(bad)} not: " + "; ".join(
             f"{r['target']}/{r['workload']}: {r.get('failure') or r.get('skipped')}" for r in bad) if bad else "")
-        L.append(f"- **{label}** — {state or 'not run'}. {how}. {res if ran else 'Not run (BENCH_PEERS=0 or not installed).'}")
+        logged = status.get(f"{peer}_log")
+        L.append(f"- **{label}** — {state or 'not run'}. {how}. {res if ran else 'Not run (BENCH_PEERS=0 or not installed).'}"
+                 + (f" Its log: {logged}." if logged and bad else ""))
     L.append("")
 
     L.append("## How it was measured\n")
@@ -284,6 +288,9 @@ def write_chart(result: dict, path: Path) -> None:
     keys = [r["target"] for r in result["rows"] if r.get("ok")]
     keys = list(dict.fromkeys(keys))
     labels = {r["target"]: r["label"] for r in result["rows"]}
+    for r in result["rows"]:
+        if r.get("ok") and r["fixed_concurrency"]["other_cpu_util"] > NOISY:
+            labels[r["target"]] = r["label"] + "\n(other load on the machine)"
     fig, (ax1, ax3, ax2) = plt.subplots(1, 3, figsize=(19, 0.55 * len(keys) + 2.4), gridspec_kw={"width_ratios": [1.2, 1, 1]})
     y = list(range(len(keys)))
     h = 0.38
