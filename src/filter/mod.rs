@@ -68,7 +68,7 @@ impl RootContext for Root {
                         Ok(secret) if !secret.is_empty() => Some(format!("{}{}", cfg.credential_prefix(), secret)),
                         _ => {
                             log::warn!(
-                                "switchyard: backend {name}: environment variable {} is not set (list it in vm_config.environment_variables.host_env_keys); requests go without a credential",
+                                "switchyard: backend {name}: no credential: environment variable {} is empty in the VM (set it in Envoy's environment and list it in vm_config.environment_variables.host_env_keys); requests to this backend go without one",
                                 c.env
                             );
                             None
