@@ -387,7 +387,7 @@ impl Backend {
             if !ok(&v.project) || !ok(&v.location) {
                 return Err("vertex.project and vertex.location must be non-empty and use only letters, digits, '-' and '_'".into());
             }
-            if self.host.as_deref().map_or(true, str::is_empty) {
+            if self.host.as_deref().is_none_or(str::is_empty) {
                 return Err(format!("a vertex backend needs `host` (the regional endpoint, e.g. {})", v.endpoint_host()));
             }
         }

@@ -27,6 +27,9 @@ use crate::telemetry::{self, Rejection, RequestRecord};
 /// Most of a whole answer the gateway keeps to read its usage (larger ones are not accounted).
 const MAX_SUMMARY_BYTES: usize = 4 * 1024 * 1024;
 
+/// Why a request is answered locally: the error, its reason for the metrics, extra headers.
+type Refusal = (ApiError, Rejection, Vec<(&'static str, String)>);
+
 /// What the response side does with the body.
 enum ResponseMode {
     /// Nothing to watch (local replies, `/v1/models`).
@@ -99,7 +102,7 @@ impl GatewayFilter {
         }
     }
 
-    fn on_body(&mut self, op: Operation, body: &[u8]) -> Result<(), (ApiError, Rejection, Vec<(&'static str, String)>)> {
+    fn on_body(&mut self, op: Operation, body: &[u8]) -> Result<(), Refusal> {
         let invalid = |e: ApiError| (e, Rejection::Validation, Vec::new());
         let (model, estimate) = match op {
             Operation::Chat => {

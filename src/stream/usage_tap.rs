@@ -140,7 +140,7 @@ impl UsageTap {
             if let Ok(head) = serde_json::from_str::<ChunkHead>(data) {
                 if let Some(u) = head.usage {
                     self.usage = Some(u);
-                    let usage_only = head.choices.map_or(true, |c| c.is_empty());
+                    let usage_only = head.choices.is_none_or(|c| c.is_empty());
                     if usage_only && !self.forward_usage_chunk {
                         return;
                     }
