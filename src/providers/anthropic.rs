@@ -17,16 +17,16 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::util::{overflow, s, truncated, write_error_event, write_usage_and_done, Phase, Str};
+use super::util::{overflow, s, truncated, write_error_event, write_chunk, write_usage_and_done, Phase, Str};
 use super::{AttemptContext, ResponseHints, UpstreamRequest};
 use crate::api::chat::{
-    parse_chat_request, ChatCompletion, ChatCompletionChunk, ChatRequest, Choice, ChunkChoice,
+    parse_chat_request, ChatCompletion, ChatRequest, Choice,
     Content, ContentPart, Delta, FunctionCall, FunctionDelta, PromptTokensDetails, ResponseFormat,
     ResponseMessage, Role, Stop, ToolCall, ToolCallDelta, ToolChoice, Usage,
 };
 use crate::api::error::{kind_for_status, ApiError};
 use crate::config::{Backend, DEFAULT_ANTHROPIC_VERSION, DEFAULT_MAX_TOKENS};
-use crate::stream::sse::{write_json_event, SseParser, SseStatus};
+use crate::stream::sse::{SseParser, SseStatus};
 
 // =============================================================================================
 // Request
@@ -1330,15 +1330,7 @@ impl StreamState {
     }
 
     fn chunk(&self, out: &mut Vec<u8>, delta: Delta<'_>, finish_reason: Option<&str>) {
-        let chunk = ChatCompletionChunk {
-            id: &self.id,
-            object: "chat.completion.chunk",
-            created: self.created,
-            model: &self.model,
-            choices: vec![ChunkChoice { index: 0, delta, finish_reason, logprobs: None }],
-            usage: None,
-        };
-        write_json_event(out, &chunk);
+        write_chunk(out, &self.id, &self.model, self.created, 0, delta, finish_reason);
     }
 
     fn fail(&mut self, out: &mut Vec<u8>, err: ApiError) {

@@ -22,10 +22,10 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::util::{s, write_error_event, write_usage_and_done, Phase, Str};
+use super::util::{s, write_error_event, write_chunk, write_usage_and_done, Phase, Str};
 use super::{sigv4, AttemptContext, Operation, ResponseHints, UpstreamRequest};
 use crate::api::chat::{
-    parse_chat_request, ChatCompletion, ChatCompletionChunk, ChatRequest, Choice, ChunkChoice, Content, ContentPart,
+    parse_chat_request, ChatCompletion, ChatRequest, Choice, Content, ContentPart,
     Delta, FunctionCall, FunctionDelta, PromptTokensDetails, ResponseFormat, ResponseMessage, Role, Stop, ToolCall,
     ToolCallDelta, ToolChoice, Usage,
 };
@@ -33,7 +33,6 @@ use crate::api::embeddings::{embeddings_response_json, parse_embeddings_request,
 use crate::api::error::{kind_for_status, ApiError};
 use crate::config::{AwsCredentials, Backend};
 use crate::stream::eventstream::{EventStreamDecoder, Message as Frame};
-use crate::stream::sse::write_json_event;
 
 /// SigV4 signing name of Bedrock Runtime.
 pub const SIGNING_SERVICE: &str = "bedrock";
@@ -1277,15 +1276,7 @@ impl StreamState {
     }
 
     fn chunk(&self, out: &mut Vec<u8>, delta: Delta<'_>, finish_reason: Option<&str>) {
-        let chunk = ChatCompletionChunk {
-            id: &self.id,
-            object: "chat.completion.chunk",
-            created: self.created,
-            model: &self.model,
-            choices: vec![ChunkChoice { index: 0, delta, finish_reason, logprobs: None }],
-            usage: None,
-        };
-        write_json_event(out, &chunk);
+        write_chunk(out, &self.id, &self.model, self.created, 0, delta, finish_reason);
     }
 
     fn fail(&mut self, out: &mut Vec<u8>, err: ApiError) {

@@ -28,17 +28,17 @@ use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::util::{overflow, truncated, unreadable_event, write_error_event, write_usage_and_done, Phase};
+use super::util::{overflow, truncated, unreadable_event, write_error_event, write_chunk, write_usage_and_done, Phase};
 use super::{unsupported, AttemptContext, ResponseHints, StreamTranslate, UpstreamRequest};
 use crate::api::chat::{
-    parse_chat_request, parse_json_body, ChatCompletion, ChatCompletionChunk, ChatRequest, Choice, ChunkChoice,
+    parse_chat_request, parse_json_body, ChatCompletion, ChatRequest, Choice,
     CompletionTokensDetails, Content, ContentPart, Delta, FunctionCall, FunctionDelta, Message, PromptTokensDetails,
     ResponseFormat, ResponseMessage, Role, ToolCall, ToolCallDelta, ToolChoice, Usage,
 };
 use crate::api::embeddings::{embeddings_response_json, parse_embeddings_request};
 use crate::api::error::{kind_for_status, ApiError};
 use crate::config::Backend;
-use crate::stream::sse::{write_json_event, SseParser, SseStatus};
+use crate::stream::sse::{SseParser, SseStatus};
 
 /// Separates a tool-call id from the Gemini `thoughtSignature` carried inside it.
 pub const THOUGHT_SEPARATOR: &str = "__thought__";
@@ -1518,15 +1518,7 @@ impl StreamState {
     }
 
     fn chunk(&self, out: &mut Vec<u8>, index: u32, delta: Delta<'_>, finish_reason: Option<&str>) {
-        let chunk = ChatCompletionChunk {
-            id: &self.id,
-            object: "chat.completion.chunk",
-            created: self.created,
-            model: &self.model,
-            choices: vec![ChunkChoice { index, delta, finish_reason, logprobs: None }],
-            usage: None,
-        };
-        write_json_event(out, &chunk);
+        write_chunk(out, &self.id, &self.model, self.created, index, delta, finish_reason);
     }
 
     fn fail(&mut self, out: &mut Vec<u8>, err: ApiError) {

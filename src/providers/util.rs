@@ -183,6 +183,19 @@ pub(crate) enum Phase {
     Failed,
 }
 
+/// Writes one `chat.completion.chunk` event with a single choice.
+pub(crate) fn write_chunk(out: &mut Vec<u8>, id: &str, model: &str, created: u64, index: u32, delta: Delta<'_>, finish_reason: Option<&str>) {
+    let chunk = ChatCompletionChunk {
+        id,
+        object: "chat.completion.chunk",
+        created,
+        model,
+        choices: vec![ChunkChoice { index, delta, finish_reason, logprobs: None }],
+        usage: None,
+    };
+    write_json_event(out, &chunk);
+}
+
 /// Writes OpenAI `chat.completion.chunk` events for one choice (index 0).
 pub(crate) struct ChunkWriter {
     pub id: String,
@@ -192,15 +205,7 @@ pub(crate) struct ChunkWriter {
 
 impl ChunkWriter {
     pub fn chunk(&self, out: &mut Vec<u8>, delta: Delta<'_>, finish_reason: Option<&str>) {
-        let chunk = ChatCompletionChunk {
-            id: &self.id,
-            object: "chat.completion.chunk",
-            created: self.created,
-            model: &self.model,
-            choices: vec![ChunkChoice { index: 0, delta, finish_reason, logprobs: None }],
-            usage: None,
-        };
-        write_json_event(out, &chunk);
+        write_chunk(out, &self.id, &self.model, self.created, 0, delta, finish_reason);
     }
 
     /// The finishing chunk (empty delta), the usage-only chunk (`choices: []`) and `data: [DONE]`.
