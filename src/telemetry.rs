@@ -33,6 +33,9 @@ pub const DURATION: &str = "gen_ai_server_request_duration_ms";
 pub const TTFT: &str = "gen_ai_server_time_to_first_token_ms";
 pub const TPOT: &str = "gen_ai_server_time_per_output_token_ms";
 pub const TOKENS_PER_REQUEST: &str = "switchyard_request_tokens";
+/// Gauge: requests whose state is registered for their backend attempts, summed over workers.
+/// Drains to zero when traffic stops; a value that keeps growing is a leak (scripts/soak watches it).
+pub const INFLIGHT: &str = "switchyard_inflight_requests";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MetricKind {

@@ -11,7 +11,7 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType};
 
 use super::inflight::{self, RequestState, SharedState};
-use super::{emit_metrics, header, now_ms, publish_log_fields, send_json, set_request_header, set_response_header, EnvoyStore};
+use super::{adjust_inflight_gauge, emit_metrics, header, now_ms, publish_log_fields, send_json, set_request_header, set_response_header, EnvoyStore};
 use crate::api::chat::{parse_chat_request, ResponseSummary, Usage};
 use crate::api::embeddings::parse_embeddings_request;
 use crate::api::error::kind_for_status;
@@ -75,6 +75,9 @@ impl Drop for GatewayFilter {
     fn drop(&mut self) {
         if let (Some(id), Some(_)) = (&self.request_id, &self.state) {
             inflight::remove(id);
+            if self.cfg.emit_metrics {
+                adjust_inflight_gauge(-1);
+            }
         }
     }
 }
@@ -175,6 +178,9 @@ impl GatewayFilter {
             if !inflight::register(&id, state.clone()) {
                 return;
             }
+        }
+        if self.cfg.emit_metrics {
+            adjust_inflight_gauge(1);
         }
         self.record.request_id = id.clone();
         self.request_id = Some(id);

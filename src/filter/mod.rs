@@ -212,6 +212,32 @@ fn emit_metrics(updates: &[crate::telemetry::MetricUpdate]) {
     });
 }
 
+thread_local! {
+    static INFLIGHT_GAUGE: std::cell::Cell<Option<u32>> = const { std::cell::Cell::new(None) };
+}
+
+/// Moves the in-flight gauge (`telemetry::INFLIGHT`) by `delta`; every worker adds to one stat.
+fn adjust_inflight_gauge(delta: i64) {
+    INFLIGHT_GAUGE.with(|id| {
+        let metric = match id.get() {
+            Some(m) => m,
+            None => match hostcalls::define_metric(MetricType::Gauge, crate::telemetry::INFLIGHT) {
+                Ok(m) => {
+                    id.set(Some(m));
+                    m
+                }
+                Err(e) => {
+                    log::warn!("switchyard: cannot define metric {}: {e:?}", crate::telemetry::INFLIGHT);
+                    return;
+                }
+            },
+        };
+        if let Err(e) = hostcalls::increment_metric(metric, delta) {
+            log::warn!("switchyard: cannot update metric {}: {e:?}", crate::telemetry::INFLIGHT);
+        }
+    });
+}
+
 /// Access-log fields as filter state `wasm.switchyard.<name>` (see `telemetry::log_fields`).
 fn publish_log_fields(fields: &[(&'static str, String)]) {
     for (name, value) in fields {
