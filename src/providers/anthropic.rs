@@ -351,7 +351,7 @@ fn parse_betas(v: Value) -> Result<Vec<String>, ApiError> {
 /// `max_tokens` when the client set no limit and the model thinks on `budget` tokens: the default
 /// when the budget fits below it, else the budget plus the default (the answer keeps the default
 /// allowance on top of the thinking).
-fn max_tokens_for_budget(default_max_tokens: u32, budget: u32) -> u32 {
+pub(crate) fn max_tokens_for_budget(default_max_tokens: u32, budget: u32) -> u32 {
     if budget < default_max_tokens {
         default_max_tokens
     } else {
@@ -361,7 +361,7 @@ fn max_tokens_for_budget(default_max_tokens: u32, budget: u32) -> u32 {
 
 /// OpenAI `reasoning_effort` → thinking budget (the budgets Google's OpenAI-compatible endpoint uses
 /// for the same levels). `none`, `minimal` and unknown levels: no thinking.
-fn effort_budget(effort: &str) -> Option<u32> {
+pub(crate) fn effort_budget(effort: &str) -> Option<u32> {
     match effort {
         "low" => Some(1024),
         "medium" => Some(8192),

@@ -61,7 +61,8 @@ pub const PASSTHROUGH_FIELDS: &[&str] = &[
 pub fn chat_upstream(backend: &Backend, body: &[u8], ctx: &AttemptContext) -> Result<UpstreamRequest, ApiError> {
     let req = parse_chat_request(body)?;
     let stream = req.is_stream();
-    let out = request_body(&req, body)?;
+    let default_max_tokens = backend.default_max_tokens.unwrap_or(crate::config::DEFAULT_MAX_TOKENS);
+    let out = request_body(&req, body, ctx.model, default_max_tokens)?;
     let path = model_path(backend.base_path(), ctx.model, if stream { "converse-stream" } else { "converse" });
     let headers = auth_headers(backend, ctx, &path, &out)?;
     Ok(UpstreamRequest { path, body: out, headers, hints: ResponseHints::chat(stream, ctx.model) })
@@ -314,9 +315,11 @@ no prose, no explanation and no Markdown code fences before or after it.";
 /// * `"bedrock": {…}` in the client's body carries Converse-only fields, passed through verbatim:
 ///   `additionalModelRequestFields`, `guardrailConfig`, and the others in [`PASSTHROUGH_FIELDS`];
 ///   any other key is a 400 naming it.
+/// * `reasoning_effort` (`low`/`medium`/`high`): see [`reasoning`]; `none`/`minimal` ask for no
+///   reasoning and send nothing.
 /// * Not translated: `seed`, `user`, `metadata`, `stream_options` (the stream always reports usage),
 ///   `reasoning_content` of earlier assistant turns (Converse needs the model's signed reasoning).
-pub fn request_body(req: &ChatRequest, raw: &[u8]) -> Result<Vec<u8>, ApiError> {
+pub fn request_body(req: &ChatRequest, raw: &[u8], model: &str, default_max_tokens: u32) -> Result<Vec<u8>, ApiError> {
     if let Some(n) = req.n {
         if n > 1 {
             return Err(ApiError::invalid_param(
@@ -446,7 +449,7 @@ pub fn request_body(req: &ChatRequest, raw: &[u8]) -> Result<Vec<u8>, ApiError> 
             Some(v)
         }
     });
-    let inference_config = InferenceConfig {
+    let mut inference_config = InferenceConfig {
         max_tokens: req.output_token_limit(),
         temperature: req.temperature,
         top_p: req.top_p,
@@ -454,10 +457,82 @@ pub fn request_body(req: &ChatRequest, raw: &[u8]) -> Result<Vec<u8>, ApiError> 
     };
 
     let tool_config = tool_config(req)?;
-    let passthrough = passthrough_fields(raw)?;
+    let mut passthrough = passthrough_fields(raw)?;
+    reasoning(req, model, default_max_tokens, tool_config.as_ref(), &mut inference_config, &mut passthrough)?;
 
     let body = ConverseRequest { messages, system, inference_config, tool_config, passthrough };
     serde_json::to_vec(&body).map_err(|e| ApiError::gateway(500, format!("could not serialise the Converse request: {e}")))
+}
+
+/// `reasoning_effort` on Bedrock. Claude models that think (Claude 3.7 Sonnet, Claude 4 and later)
+/// get Anthropic's thinking configuration in `additionalModelRequestFields.thinking`, with the
+/// budgets of the Anthropic backend (1024 / 8192 / 24576 tokens for low / medium / high), capped
+/// below the client's token limit (no thinking when less than 1024 tokens remain) or, without a
+/// limit, `maxTokens` raised so the answer keeps its allowance on top of the thinking. As with
+/// Anthropic, a thinking model takes no `temperature` and only a `top_p` in 0.95..=1, and a forced
+/// tool choice turns thinking off. Any other Bedrock model answers a 400 naming `reasoning_effort`
+/// rather than silently ignoring it. A client that sends its own `thinking` (or another reasoning
+/// setting) in `bedrock.additionalModelRequestFields` keeps it: `reasoning_effort` is not applied.
+fn reasoning(
+    req: &ChatRequest,
+    model: &str,
+    default_max_tokens: u32,
+    tools: Option<&ToolConfig<'_>>,
+    inference: &mut InferenceConfig<'_>,
+    passthrough: &mut Map<String, Value>,
+) -> Result<(), ApiError> {
+    let Some(effort) = req.reasoning_effort.as_deref() else { return Ok(()) };
+    let Some(budget) = super::anthropic::effort_budget(effort) else { return Ok(()) };
+    let own = passthrough.get("additionalModelRequestFields").and_then(Value::as_object);
+    if own.is_some_and(|f| f.keys().any(|k| matches!(k.as_str(), "thinking" | "reasoning_config" | "reasoningConfig"))) {
+        return Ok(());
+    }
+    if !claude_thinks(model) {
+        return Err(ApiError::invalid_param(
+            "reasoning_effort",
+            format!(
+                "`reasoning_effort` is not supported for the Bedrock model `{model}`: on Bedrock it applies to Claude \
+                 models with extended thinking (Claude 3.7 Sonnet, Claude 4 and later). Leave it out, or pass the \
+                 model's own reasoning settings in `bedrock.additionalModelRequestFields`."
+            ),
+        ));
+    }
+    let forced_tool = tools.and_then(|t| t.tool_choice.as_ref()).is_some_and(|c| matches!(c, BToolChoice::Any(_) | BToolChoice::Tool(_)));
+    if forced_tool {
+        return Ok(());
+    }
+    let budget = match req.output_token_limit() {
+        Some(limit) => match budget.min(limit.saturating_sub(1)) {
+            b if b >= super::anthropic::MIN_THINKING_BUDGET => b,
+            _ => return Ok(()),
+        },
+        None => {
+            inference.max_tokens = Some(super::anthropic::max_tokens_for_budget(default_max_tokens, budget));
+            budget
+        }
+    };
+    inference.temperature = None;
+    inference.top_p = inference.top_p.filter(|p| (0.95..=1.0).contains(p));
+    let fields = passthrough.entry("additionalModelRequestFields").or_insert_with(|| Value::Object(Map::new()));
+    if let Value::Object(f) = fields {
+        f.insert("thinking".into(), serde_json::json!({ "type": "enabled", "budget_tokens": budget }));
+    }
+    Ok(())
+}
+
+/// Whether a Bedrock model id (or inference profile id such as `us.anthropic.claude-…`) names a
+/// Claude model with extended thinking: Claude 3.7 Sonnet, and every family of generation 4 or
+/// later (`claude-sonnet-4…`, `claude-opus-4-1…`, `claude-haiku-4-5…`, `claude-4…`).
+pub fn claude_thinks(model: &str) -> bool {
+    let m = model.to_ascii_lowercase();
+    let Some(pos) = m.find("anthropic.claude-") else { return false };
+    let rest = &m[pos + "anthropic.claude-".len()..];
+    if rest.starts_with("3-7") {
+        return true;
+    }
+    let rest = ["sonnet-", "opus-", "haiku-"].iter().find_map(|f| rest.strip_prefix(f)).unwrap_or(rest);
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse::<u32>().is_ok_and(|generation| (4..100).contains(&generation))
 }
 
 fn tool_config(req: &ChatRequest) -> Result<Option<ToolConfig<'_>>, ApiError> {
@@ -1901,6 +1976,72 @@ mod tests {
         assert_valid_converse(&got, false);
         let text = translate(json!({"model":"m","messages":[{"role":"user","content":"hi"}],"response_format":{"type":"text"}}));
         assert!(text.get("system").is_none());
+    }
+
+    const CLAUDE: &str = "us.anthropic.claude-sonnet-4-20250514-v1:0";
+
+    fn translate_for(model: &str, v: Value) -> Result<Value, ApiError> {
+        chat_upstream(&backend(json!({})), v.to_string().as_bytes(), &ctx(model, None))
+            .map(|up| serde_json::from_slice(&up.body).expect("request is JSON"))
+    }
+
+    #[test]
+    fn claude_models_that_think_are_recognised() {
+        for m in ["anthropic.claude-3-7-sonnet-20250219-v1:0", CLAUDE, "global.anthropic.claude-opus-4-1-20250805-v1:0",
+                  "eu.anthropic.claude-haiku-4-5-20251001-v1:0", "anthropic.claude-sonnet-4-5-20250929-v1:0",
+                  "arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.anthropic.claude-opus-4-20250514-v1:0"] {
+            assert!(claude_thinks(m), "{m}");
+        }
+        for m in [NOVA, "anthropic.claude-3-5-sonnet-20241022-v2:0", "anthropic.claude-3-haiku-20240307-v1:0",
+                  "anthropic.claude-instant-v1", "anthropic.claude-v2:1", "meta.llama3-70b-instruct-v1:0",
+                  "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/abc123", "", "anthropic.claude-"] {
+            assert!(!claude_thinks(m), "{m}");
+        }
+    }
+
+    /// Issue 16: `reasoning_effort` was dropped for Bedrock. Claude gets Anthropic's thinking
+    /// configuration with the Anthropic backend's budgets; sampling is constrained as thinking needs.
+    #[test]
+    fn reasoning_effort_becomes_claude_thinking_in_additional_model_request_fields() {
+        let msgs = json!([{"role":"user","content":"Why is the sky blue?"}]);
+        for (effort, budget) in [("low", 1024), ("medium", 8192), ("high", 24576)] {
+            let got = translate_for(CLAUDE, json!({"model":"m","messages":msgs,"reasoning_effort":effort,"temperature":0.2,"top_p":0.5})).unwrap();
+            assert_eq!(got["additionalModelRequestFields"]["thinking"], json!({"type":"enabled","budget_tokens":budget}), "{effort}");
+            let max = got["inferenceConfig"]["maxTokens"].as_u64().unwrap();
+            assert!(max > budget, "{effort}: maxTokens {max} must leave room above the budget");
+            assert!(got["inferenceConfig"].get("temperature").is_none() && got["inferenceConfig"].get("topP").is_none(), "{got}");
+        }
+        // Capped below the client's limit; the limit stays the client's.
+        let got = translate_for(CLAUDE, json!({"model":"m","messages":msgs,"reasoning_effort":"high","max_completion_tokens":4000,"top_p":0.97})).unwrap();
+        assert_eq!(got["additionalModelRequestFields"]["thinking"]["budget_tokens"], 3999);
+        assert_eq!(got["inferenceConfig"]["maxTokens"], 4000);
+        assert_eq!(got["inferenceConfig"]["topP"], 0.97);
+        // Too small a limit to think in, `none`/`minimal`, and a forced tool: no thinking, no error.
+        for extra in [json!({"reasoning_effort":"low","max_tokens":500}), json!({"reasoning_effort":"none"}), json!({"reasoning_effort":"minimal"}),
+                      json!({"reasoning_effort":"low","tools":[{"type":"function","function":{"name":"f"}}],"tool_choice":"required"})] {
+            let mut body = json!({"model":"m","messages":msgs});
+            body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            let got = translate_for(CLAUDE, body.clone()).unwrap();
+            assert!(got.get("additionalModelRequestFields").is_none(), "{body} -> {got}");
+        }
+        // Other additional fields are kept and thinking joins them; the client's own thinking wins.
+        let got = translate_for(CLAUDE, json!({"model":"m","messages":msgs,"reasoning_effort":"low","bedrock":{"additionalModelRequestFields":{"top_k":5}}})).unwrap();
+        assert_eq!(got["additionalModelRequestFields"], json!({"top_k":5,"thinking":{"type":"enabled","budget_tokens":1024}}));
+        let own = json!({"thinking":{"type":"enabled","budget_tokens":2000}});
+        let got = translate_for(CLAUDE, json!({"model":"m","messages":msgs,"reasoning_effort":"high","bedrock":{"additionalModelRequestFields":own}})).unwrap();
+        assert_eq!(got["additionalModelRequestFields"], own);
+    }
+
+    #[test]
+    fn reasoning_effort_for_a_bedrock_model_that_cannot_think_is_a_400() {
+        let msgs = json!([{"role":"user","content":"hi"}]);
+        for model in [NOVA, "anthropic.claude-3-5-haiku-20241022-v1:0"] {
+            let e = translate_for(model, json!({"model":"m","messages":msgs,"reasoning_effort":"medium"})).unwrap_err();
+            assert_eq!((e.status, e.param.as_deref()), (400, Some("reasoning_effort")), "{model}");
+            assert!(e.message.contains(model), "{}", e.message);
+        }
+        // Asking for no reasoning is fine anywhere.
+        assert!(translate_for(NOVA, json!({"model":"m","messages":msgs,"reasoning_effort":"none"})).is_ok());
     }
 
     #[test]
