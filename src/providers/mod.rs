@@ -6,11 +6,12 @@ pub mod anthropic;
 pub mod azure;
 pub mod bedrock;
 pub mod cohere;
+pub mod compat;
 pub mod ollama;
 pub mod gemini;
-pub mod mistral;
 pub mod openai;
 pub mod presets;
+pub mod redact;
 pub mod sigv4;
 #[cfg(test)]
 pub(crate) mod testutil;
@@ -73,7 +74,7 @@ impl ResponseHints {
 }
 
 /// What the answer-side dispatch needs to know about the backend: its schema and, for the OpenAI
-/// schema, its preset (Mistral's streams and some providers' answers are normalised). A bare
+/// schema, its preset (every preset's answers and streams are made OpenAI-exact). A bare
 /// [`Schema`] converts into it (no preset), so does a `&Backend`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Dialect {
@@ -236,12 +237,13 @@ pub fn error_body(schema: Schema, status: u16, body: &[u8]) -> Vec<u8> {
     }
 }
 
-/// Whether a successful non-stream answer needs translating (OpenAI-compatible ones pass as they are).
-/// For the OpenAI schema that depends on the preset (Mistral, OpenRouter, Groq… chat answers).
+/// Whether a successful non-stream answer needs translating. OpenAI's own answers (the `openai`
+/// schema without a preset) and Azure's pass as they are; every preset's chat answers are made
+/// OpenAI-exact ([`compat`]).
 pub fn translates_responses(dialect: impl Into<Dialect>, hints: &ResponseHints) -> bool {
     let d = dialect.into();
     match d.schema {
-        Schema::Openai => hints.op == Operation::Chat && d.preset.is_some_and(presets::Preset::normalises_responses),
+        Schema::Openai => hints.op == Operation::Chat && d.preset.is_some(),
         Schema::AzureOpenai => false,
         _ => true,
     }
@@ -251,9 +253,7 @@ pub fn translates_responses(dialect: impl Into<Dialect>, hints: &ResponseHints) 
 pub fn response_body(dialect: impl Into<Dialect>, hints: &ResponseHints, body: &[u8], created: u64) -> Result<Vec<u8>, ApiError> {
     let d = dialect.into();
     match (d.schema, hints.op) {
-        (Schema::Openai, Operation::Chat) if d.preset.is_some_and(presets::Preset::normalises_responses) => {
-            Ok(presets::normalise_response(body))
-        }
+        (Schema::Openai, Operation::Chat) if d.preset.is_some() => Ok(compat::normalise_answer(body, created)),
         (Schema::Openai | Schema::AzureOpenai, _) => Ok(body.to_vec()),
         (Schema::Cohere, Operation::Chat) => cohere::response_body(body, &hints.model, created),
         (Schema::Cohere, Operation::Embeddings) => cohere::embeddings_response_body(body, &hints.model, hints.encoding),
@@ -273,10 +273,7 @@ pub fn response_body(dialect: impl Into<Dialect>, hints: &ResponseHints, body: &
 pub fn stream_translator(dialect: impl Into<Dialect>, hints: &ResponseHints, created: u64) -> Option<Box<dyn StreamTranslate>> {
     let d = dialect.into();
     match d.schema {
-        Schema::Openai => match d.preset.filter(|p| p.translates_streams()) {
-            Some(p) => Some(Box::new(presets::stream_translator(p))),
-            None => None,
-        },
+        Schema::Openai => d.preset.map(|p| Box::new(presets::stream_translator(p)) as Box<dyn StreamTranslate>),
         Schema::AzureOpenai => None,
         Schema::Cohere => Some(Box::new(cohere::StreamTranslator::new(created, &hints.model))),
         Schema::Ollama => Some(Box::new(ollama::StreamTranslator::new(created, &hints.model))),

@@ -15,13 +15,11 @@
 //! | `vllm`       | —                             | `/v1`                | —                    |
 //! | `ollama`     | —                             | `/v1`                | —                    |
 //!
-//! Reasoning text surfaces the same way whatever the provider: as `reasoning_content` on the
-//! message and on stream deltas. DeepSeek, Qwen and xAI already answer so. Mistral's Magistral
-//! models answer with `content` as an array of typed chunks whose `thinking` chunks are the
-//! reasoning: whole answers and (through [`super::mistral::StreamTranslator`]) streams are
-//! rewritten into `reasoning_content` + string `content`. OpenRouter, Groq, Together, vLLM and
-//! Ollama's `/v1` name the field `reasoning`: whole answers are renamed; their streams pass through
-//! untouched (zero-copy), so stream deltas there still say `reasoning`.
+//! Answers, whole and streamed, of every preset are made OpenAI-exact in one place,
+//! [`super::compat`]: tool calls with `type: "function"` and no extra fields, stable tool-call
+//! indexes and ids in streams, OpenAI finish reasons and usage fields, and reasoning as
+//! `reasoning_content` (DeepSeek's, Qwen's and xAI's name; Mistral's `thinking` content chunks and
+//! the `reasoning` of OpenRouter, Groq, Together, vLLM and Ollama's `/v1` are rewritten into it).
 //!
 //! Mistral rejects any field its API does not define (HTTP 422 `extra_forbidden`), including
 //! OpenAI's `stream_options`, `max_completion_tokens`, `seed`, `user` and an assistant's
@@ -29,9 +27,9 @@
 //! `max_tokens`, `seed` → `random_seed`, `developer` → `system`, `dimensions` →
 //! `output_dimension`), and fields Mistral does not know are dropped. Mistral streams report
 //! usage on the last chunk unasked, and DeepSeek streams put the usage the gateway asks for on
-//! the last chunk too (next to `finish_reason`): for both, the stream translator
-//! ([`stream_translator`]) moves it into the usage-only chunk, which the gateway drops for a client
-//! that did not ask for usage.
+//! the last chunk too (next to `finish_reason`): the stream translator ([`stream_translator`])
+//! moves it into the usage-only chunk, which the gateway drops for a client that did not ask for
+//! usage.
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -95,23 +93,27 @@ impl Preset {
         PresetDefaults { host, base_path, credential_env }
     }
 
-    /// Whole chat answers are rewritten (reasoning field names, Mistral content chunks).
-    pub fn normalises_responses(self) -> bool {
-        matches!(self, Preset::Mistral | Preset::Groq | Preset::Openrouter | Preset::Together | Preset::Vllm | Preset::Ollama)
-    }
-
-    /// Streams go through a translator; every other preset's stream passes through as it is.
-    pub fn translates_streams(self) -> bool {
-        matches!(self, Preset::Mistral | Preset::Deepseek)
+    /// The provider's name in error messages.
+    pub fn display_name(self) -> &'static str {
+        match self {
+            Preset::Mistral => "Mistral",
+            Preset::Deepseek => "DeepSeek",
+            Preset::Qwen => "Qwen",
+            Preset::Groq => "Groq",
+            Preset::Xai => "xAI",
+            Preset::Together => "Together",
+            Preset::Fireworks => "Fireworks",
+            Preset::Openrouter => "OpenRouter",
+            Preset::Vllm => "vLLM",
+            Preset::Ollama => "Ollama",
+        }
     }
 }
 
-/// The stream translator of a preset whose streams are translated ([`Preset::translates_streams`]).
-pub fn stream_translator(preset: Preset) -> super::mistral::StreamTranslator {
-    match preset {
-        Preset::Deepseek => super::mistral::StreamTranslator::for_provider("DeepSeek"),
-        _ => super::mistral::StreamTranslator::new(),
-    }
+/// The stream translator of a preset: every preset's stream is made OpenAI-exact
+/// ([`super::compat`]).
+pub fn stream_translator(preset: Preset) -> super::compat::StreamTranslator {
+    super::compat::StreamTranslator::for_provider(preset.display_name())
 }
 
 /// Fills the backend's unset `host`, `base_path` and `credential` from its preset (at
@@ -218,104 +220,6 @@ fn encode(obj: &Map<String, Value>) -> Result<Vec<u8>, ApiError> {
     serde_json::to_vec(obj).map_err(|e| ApiError::gateway(500, format!("could not encode request: {e}")))
 }
 
-// =============================================================================================
-// Answers
-// =============================================================================================
-
-/// Rewrites a whole chat answer so reasoning is `reasoning_content` and `content` a string.
-/// An answer that needs nothing (or is not JSON) is returned byte for byte.
-pub fn normalise_response(body: &[u8]) -> Vec<u8> {
-    let Ok(mut v) = serde_json::from_slice::<Value>(body) else { return body.to_vec() };
-    let mut changed = false;
-    if let Some(choices) = v.get_mut("choices").and_then(Value::as_array_mut) {
-        for c in choices.iter_mut() {
-            if let Some(m) = c.get_mut("message").and_then(Value::as_object_mut) {
-                changed |= normalise_message(m, true);
-            }
-        }
-    }
-    if !changed {
-        return body.to_vec();
-    }
-    serde_json::to_vec(&v).unwrap_or_else(|_| body.to_vec())
-}
-
-/// Normalises one `message` (whole answers) or `delta` (streams) in place; true if it changed.
-///
-/// * `content` as an array of chunks: `text` chunks become the string content, `thinking` chunks
-///   (whose `thinking` is a string or an array of text chunks) are appended to
-///   `reasoning_content`. In a whole message, content without text becomes `""` (or `null` next
-///   to tool calls); in a delta it is left out.
-/// * `reasoning` (a string) becomes `reasoning_content` when that is absent.
-/// * Tool-call `arguments` sent as an object become JSON text.
-pub fn normalise_message(m: &mut Map<String, Value>, whole: bool) -> bool {
-    let mut changed = false;
-    if let Some(Value::Array(chunks)) = m.get("content") {
-        let mut text = String::new();
-        let mut thinking = String::new();
-        let mut any_text = false;
-        for chunk in chunks {
-            match chunk.get("type").and_then(Value::as_str) {
-                Some("text") | None => {
-                    if let Some(t) = chunk.get("text").and_then(Value::as_str) {
-                        text.push_str(t);
-                        any_text = true;
-                    }
-                }
-                Some("thinking") => match chunk.get("thinking") {
-                    Some(Value::String(t)) => thinking.push_str(t),
-                    Some(Value::Array(parts)) => {
-                        for p in parts {
-                            if let Some(t) = p.get("text").and_then(Value::as_str) {
-                                thinking.push_str(t);
-                            }
-                        }
-                    }
-                    _ => {}
-                },
-                // references, images and other chunk kinds have no OpenAI counterpart
-                Some(_) => {}
-            }
-        }
-        let has_tool_calls = m.get("tool_calls").and_then(Value::as_array).is_some_and(|a| !a.is_empty());
-        if any_text || (whole && !has_tool_calls) {
-            m.insert("content".into(), Value::String(text));
-        } else if whole {
-            m.insert("content".into(), Value::Null);
-        } else {
-            m.remove("content");
-        }
-        if !thinking.is_empty() {
-            match m.get_mut("reasoning_content") {
-                Some(Value::String(existing)) => existing.push_str(&thinking),
-                _ => {
-                    m.insert("reasoning_content".into(), Value::String(thinking));
-                }
-            }
-        }
-        changed = true;
-    }
-    let has_reasoning_content = matches!(m.get("reasoning_content"), Some(Value::String(_)));
-    if !has_reasoning_content && matches!(m.get("reasoning"), Some(Value::String(_))) {
-        if let Some(r) = m.remove("reasoning") {
-            m.insert("reasoning_content".into(), r);
-            changed = true;
-        }
-    }
-    if let Some(Value::Array(calls)) = m.get_mut("tool_calls") {
-        for call in calls.iter_mut() {
-            if let Some(f) = call.get_mut("function").and_then(Value::as_object_mut) {
-                if let Some(args @ (Value::Object(_) | Value::Array(_))) = f.get("arguments") {
-                    let text = args.to_string();
-                    f.insert("arguments".into(), Value::String(text));
-                    changed = true;
-                }
-            }
-        }
-    }
-    changed
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -326,6 +230,12 @@ mod tests {
     const DEEPSEEK_STREAM: &str = include_str!("../../tests/fixtures/deepseek/test_deepseek_model_thinking_stream.yaml");
     const OLLAMA_V1: &str = include_str!("../../tests/fixtures/ollama/test_ollama_local_native_output_uses_json_schema.yaml");
     const MISTRAL: &str = include_str!("../../tests/fixtures/mistral/test_mistral_model_thinking_part_iter.yaml");
+
+    use crate::providers::compat::normalise_answer;
+
+    fn normalise_answer_0(body: &[u8]) -> Vec<u8> {
+        normalise_answer(body, 0)
+    }
 
     fn backend(json: Value) -> Backend {
         let mut b: Backend = serde_json::from_value(json).unwrap();
@@ -381,10 +291,17 @@ mod tests {
         let (body, stream) = chat_body(b.preset, want.to_string().as_bytes(), "deepseek-reasoner").unwrap();
         assert!(!stream);
         assert_eq!(&serde_json::from_slice::<Value>(&body).unwrap(), want);
-        // The answer already says reasoning_content: normalising changes nothing, byte for byte.
-        let answer = rec["response"]["parsed_body"].to_string();
-        assert_eq!(normalise_response(answer.as_bytes()), answer.as_bytes());
-        assert!(!Preset::Deepseek.normalises_responses() && Preset::Deepseek.translates_streams());
+        // The answer already says reasoning_content; only DeepSeek's own usage fields go, their
+        // cache hits carried as OpenAI's cached_tokens.
+        let recorded = &rec["response"]["parsed_body"];
+        let mut out: Value = serde_json::from_slice(&normalise_answer(recorded.to_string().as_bytes(), 0)).unwrap();
+        assert_eq!(out["usage"], json!({"prompt_tokens":12,"completion_tokens":789,"total_tokens":801,
+            "prompt_tokens_details":{"cached_tokens":0},"completion_tokens_details":{"reasoning_tokens":415}}));
+        assert_eq!(recorded["usage"]["prompt_cache_miss_tokens"], 12);
+        let mut want = recorded.clone();
+        want["usage"] = out["usage"].take();
+        out["usage"] = want["usage"].clone();
+        assert_eq!(out, want, "everything else as recorded");
 
         let rec = interaction(DEEPSEEK_STREAM, 0);
         let want = &rec["request"]["parsed_body"];
@@ -413,7 +330,12 @@ mod tests {
         assert!(done);
         let (last, rest) = evs.split_last().unwrap();
         assert_eq!(last["choices"], json!([]));
-        assert_eq!(last["usage"], recorded_usage);
+        // DeepSeek's own usage fields go (their cache hits are OpenAI's cached_tokens).
+        let mut want_usage = recorded_usage.clone();
+        let extra = want_usage.as_object_mut().unwrap();
+        assert_eq!(extra.remove("prompt_cache_hit_tokens"), Some(json!(0)));
+        assert_eq!(extra.remove("prompt_cache_miss_tokens"), Some(json!(6)));
+        assert_eq!(last["usage"], want_usage);
         assert_eq!((&last["id"], &last["model"]), (&want[0]["id"], &want[0]["model"]));
         assert_eq!(rest.len(), want.len());
         for (got, w) in rest.iter().zip(&want) {
@@ -427,14 +349,13 @@ mod tests {
         let rec = interaction(OLLAMA_V1, 0);
         let answer = rec["response"]["parsed_body"].to_string();
         let reasoning = rec["response"]["parsed_body"]["choices"][0]["message"]["reasoning"].as_str().unwrap().to_string();
-        let out: Value = serde_json::from_slice(&normalise_response(answer.as_bytes())).unwrap();
+        let out: Value = serde_json::from_slice(&normalise_answer(answer.as_bytes(), 0)).unwrap();
         let m = &out["choices"][0]["message"];
         assert_eq!(m["reasoning_content"], reasoning.as_str());
         assert!(m.get("reasoning").is_none());
         assert_eq!(m["content"], "{ \"city\": \"Paris\", \"country\": \"France\" }");
         assert_eq!(out["usage"]["completion_tokens"], 15);
         assert_eq!(out["id"], "chatcmpl-150");
-        assert!(Preset::Ollama.normalises_responses());
         // The recorded request (response_format json_schema) passes unchanged apart from usage on streams.
         let want = &rec["request"]["parsed_body"];
         let (body, _) = chat_body(Some(Preset::Ollama), want.to_string().as_bytes(), "qwen3:0.6b").unwrap();
@@ -446,20 +367,18 @@ mod tests {
         let answer = json!({"id":"gen-1","object":"chat.completion","model":"deepseek/deepseek-r1","choices":[{"index":0,"finish_reason":"tool_calls",
             "message":{"role":"assistant","content":"","reasoning":"Think.","reasoning_details":[{"type":"reasoning.text","text":"Think."}],
             "tool_calls":[{"id":"c1","type":"function","function":{"name":"f","arguments":{"a":1}}}]}}],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}});
-        let out: Value = serde_json::from_slice(&normalise_response(answer.to_string().as_bytes())).unwrap();
+        let out: Value = serde_json::from_slice(&normalise_answer(answer.to_string().as_bytes(), 0)).unwrap();
         let m = &out["choices"][0]["message"];
         assert_eq!(m["reasoning_content"], "Think.");
         assert!(m.get("reasoning").is_none());
-        assert_eq!(m["reasoning_details"][0]["text"], "Think.", "other fields are kept");
+        assert!(m.get("reasoning_details").is_none(), "not an OpenAI message field");
         assert_eq!(m["tool_calls"][0]["function"]["arguments"], "{\"a\":1}");
-        // reasoning_content present: `reasoning` is left alone.
+        // reasoning_content present: it wins, `reasoning` goes.
         let both = json!({"choices":[{"message":{"content":"x","reasoning_content":"a","reasoning":"b"}}]});
-        assert_eq!(normalise_response(both.to_string().as_bytes()), both.to_string().as_bytes());
+        let out: Value = serde_json::from_slice(&normalise_answer(both.to_string().as_bytes(), 0)).unwrap();
+        assert_eq!(out["choices"][0]["message"], json!({"role":"assistant","content":"x","reasoning_content":"a"}));
         // Not JSON: untouched.
-        assert_eq!(normalise_response(b"<html>"), b"<html>");
-        for p in [Preset::Groq, Preset::Openrouter, Preset::Together, Preset::Vllm] {
-            assert!(p.normalises_responses() && !p.translates_streams(), "{p:?}");
-        }
+        assert_eq!(normalise_answer(b"<html>", 0), b"<html>");
     }
 
     #[test]
@@ -469,7 +388,7 @@ mod tests {
                 {"type":"thinking","thinking":[{"type":"text","text":"Okay, the user "},{"type":"text","text":"asks."}]},
                 {"type":"text","text":"To cross "},{"type":"text","text":"safely, look."}]}}],
             "usage":{"prompt_tokens":10,"completion_tokens":232,"total_tokens":242}});
-        let out: Value = serde_json::from_slice(&normalise_response(answer.to_string().as_bytes())).unwrap();
+        let out: Value = serde_json::from_slice(&normalise_answer_0(answer.to_string().as_bytes())).unwrap();
         let m = &out["choices"][0]["message"];
         assert_eq!(m["content"], "To cross safely, look.");
         assert_eq!(m["reasoning_content"], "Okay, the user asks.");
@@ -477,12 +396,12 @@ mod tests {
         // Only thinking next to tool calls: null content.
         let calls = json!({"choices":[{"message":{"content":[{"type":"thinking","thinking":"t"}],
             "tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":"{}"}}]}}]});
-        let out: Value = serde_json::from_slice(&normalise_response(calls.to_string().as_bytes())).unwrap();
+        let out: Value = serde_json::from_slice(&normalise_answer_0(calls.to_string().as_bytes())).unwrap();
         assert!(out["choices"][0]["message"]["content"].is_null());
         assert_eq!(out["choices"][0]["message"]["reasoning_content"], "t");
         // Only thinking, no tool calls: empty string content.
         let only = json!({"choices":[{"message":{"content":[{"type":"thinking","thinking":[]}]}}]});
-        let out: Value = serde_json::from_slice(&normalise_response(only.to_string().as_bytes())).unwrap();
+        let out: Value = serde_json::from_slice(&normalise_answer_0(only.to_string().as_bytes())).unwrap();
         assert_eq!(out["choices"][0]["message"]["content"], "");
     }
 
@@ -560,14 +479,14 @@ mod dispatch_tests {
         assert_eq!(up.path, "/chat/completions");
         let d = providers::Dialect::from(&deepseek);
         assert!(providers::stream_translator(d, &up.hints, CREATED).is_some(), "usage moved to the usage-only chunk");
-        assert!(!providers::translates_responses(d, &up.hints));
+        assert!(providers::translates_responses(d, &up.hints), "every preset's answers are made OpenAI-exact");
 
         let openrouter = backend(json!({"schema":"openai","preset":"openrouter"}));
         let d = providers::Dialect::from(&openrouter);
         let up = upstream(Operation::Chat, &openrouter, &json!({"model":"m","messages":[{"role":"user","content":"hi"}]}), "deepseek/deepseek-r1").unwrap();
         assert_eq!(up.path, "/api/v1/chat/completions");
         assert!(providers::translates_responses(d, &up.hints));
-        assert!(providers::stream_translator(d, &up.hints, CREATED).is_none());
+        assert!(providers::stream_translator(d, &up.hints, CREATED).is_some(), "stream deltas made OpenAI-exact too");
         let out: Value = serde_json::from_slice(&providers::response_body(d, &up.hints,
             br#"{"choices":[{"index":0,"message":{"role":"assistant","content":"4","reasoning":"2+2"}}]}"#, CREATED).unwrap()).unwrap();
         assert_eq!(out["choices"][0]["message"]["reasoning_content"], "2+2");
