@@ -50,6 +50,9 @@ pub struct GatewayConfig {
     /// Absent: no authentication.
     #[serde(default)]
     pub auth: Option<crate::policy::PolicyConfig>,
+    /// Limits on what a client controls in a body (counts, string lengths, JSON values).
+    #[serde(default)]
+    pub limits: crate::api::limits::RequestLimits,
 }
 
 /// Telemetry options. Per-key and per-team labels multiply the number of series: off by default.
@@ -406,6 +409,7 @@ impl Backend {
 /// The gateway's configuration, validated and indexed for per-request use.
 pub struct Gateway {
     pub max_request_body_bytes: usize,
+    pub limits: crate::api::limits::RequestLimits,
     pub expose_served_by: bool,
     pub label_options: crate::telemetry::LabelOptions,
     pub emit_metrics: bool,
@@ -439,12 +443,14 @@ impl Gateway {
         if cfg.max_request_body_bytes == 0 {
             return Err("max_request_body_bytes must be positive".into());
         }
+        cfg.limits.validate()?;
         let policy = match cfg.auth {
             Some(p) => Some(crate::policy::Policy::new(p).map_err(|e| format!("auth: {e}"))?),
             None => None,
         };
         Ok(Gateway {
             max_request_body_bytes: cfg.max_request_body_bytes,
+            limits: cfg.limits,
             expose_served_by: cfg.expose_served_by,
             label_options: crate::telemetry::LabelOptions { key_labels: cfg.metrics.key_labels },
             emit_metrics: cfg.metrics.enabled,

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::error::ApiError;
+use super::limits::RequestLimits;
 
 // ---------------------------------------------------------------------------------------------
 // Request
@@ -242,21 +243,56 @@ impl Stop {
 }
 
 /// Parses and validates a chat request body. Errors name the offending parameter the way OpenAI
-/// does (`messages[0].role`), so a client can see what to fix.
+/// does (`messages[0].role`), so a client can see what to fix. No limits: for bodies the gateway
+/// has already checked with [`parse_chat_request_with`].
 pub fn parse_chat_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
+    parse_chat_request_with(body, &RequestLimits::UNLIMITED)
+}
+
+/// [`parse_chat_request`] within the gateway's limits on what a client controls.
+pub fn parse_chat_request_with(body: &[u8], limits: &RequestLimits) -> Result<ChatRequest, ApiError> {
+    limits.check_body(body)?;
     let req: ChatRequest = parse_json_body(body)?;
     if req.model.is_empty() {
         return Err(ApiError::invalid_param("model", "`model` must be a non-empty string."));
     }
+    limits.check_string("model", Some(&req.model), limits.max_model_bytes)?;
     if req.messages.is_empty() {
         return Err(ApiError::invalid_param("messages", "`messages` must be a non-empty array."));
     }
+    limits.check_len("messages", req.messages.len(), limits.max_messages)?;
     if let Some(n) = req.n {
         if n == 0 {
             return Err(ApiError::invalid_param("n", "`n` must be at least 1."));
         }
     }
+    limits.check_n(req.n)?;
+    limits.check_string("user", req.user.as_deref(), limits.max_user_bytes)?;
+    if let Some(Stop::Many(v)) = &req.stop {
+        limits.check_len("stop", v.len(), limits.max_stop_sequences)?;
+    }
+    if let Some(tools) = &req.tools {
+        limits.check_len("tools", tools.len(), limits.max_tools)?;
+        for (i, t) in tools.iter().enumerate() {
+            limits.check_tool_schema(i, t.function.parameters.as_ref())?;
+        }
+    }
+    let mut images = 0usize;
     for (i, m) in req.messages.iter().enumerate() {
+        if let Some(Content::Parts(parts)) = &m.content {
+            for (j, p) in parts.iter().enumerate() {
+                if let ContentPart::ImageUrl { image_url } = p {
+                    images += 1;
+                    if images > limits.max_images {
+                        return Err(limits.too_many_images(images));
+                    }
+                    if image_url.url.len() > limits.max_image_url_bytes {
+                        let param = format!("messages[{i}].content[{j}].image_url.url");
+                        limits.check_string(&param, Some(&image_url.url), limits.max_image_url_bytes)?;
+                    }
+                }
+            }
+        }
         if m.role == Role::Tool && m.tool_call_id.is_none() {
             return Err(ApiError::invalid_param(
                 format!("messages[{i}].tool_call_id"),

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::chat::parse_json_body;
 use super::error::ApiError;
+use super::limits::RequestLimits;
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 pub struct EmbeddingsRequest {
@@ -59,14 +60,25 @@ pub enum EncodingFormat {
     Base64,
 }
 
+/// Parses and validates an embeddings body, without limits (for bodies the gateway has checked
+/// with [`parse_embeddings_request_with`]).
 pub fn parse_embeddings_request(body: &[u8]) -> Result<EmbeddingsRequest, ApiError> {
+    parse_embeddings_request_with(body, &RequestLimits::UNLIMITED)
+}
+
+/// [`parse_embeddings_request`] within the gateway's limits on what a client controls.
+pub fn parse_embeddings_request_with(body: &[u8], limits: &RequestLimits) -> Result<EmbeddingsRequest, ApiError> {
+    limits.check_body(body)?;
     let req: EmbeddingsRequest = parse_json_body(body)?;
     if req.model.is_empty() {
         return Err(ApiError::invalid_param("model", "`model` must be a non-empty string."));
     }
+    limits.check_string("model", Some(&req.model), limits.max_model_bytes)?;
+    limits.check_string("user", req.user.as_deref(), limits.max_user_bytes)?;
     if req.input.is_empty() {
         return Err(ApiError::invalid_param("input", "`input` must not be empty."));
     }
+    limits.check_len("input", req.input.len(), limits.max_embedding_inputs)?;
     if let Some(texts) = req.input.texts() {
         if texts.iter().any(|t| t.is_empty()) {
             return Err(ApiError::invalid_param("input", "`input` must not contain empty strings."));

@@ -3,6 +3,7 @@
 pub mod chat;
 pub mod embeddings;
 pub mod error;
+pub mod limits;
 pub mod models;
 
 pub use error::ApiError;

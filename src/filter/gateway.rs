@@ -12,8 +12,8 @@ use proxy_wasm::types::{Action, BufferType};
 
 use super::inflight::{self, RequestState, SharedState};
 use super::{adjust_inflight_gauge, emit_metrics, header, now_ms, publish_log_fields, send_json, set_request_header, set_response_header, EnvoyStore};
-use crate::api::chat::{parse_chat_request, ResponseSummary, Usage};
-use crate::api::embeddings::parse_embeddings_request;
+use crate::api::chat::{parse_chat_request_with, ResponseSummary, Usage};
+use crate::api::embeddings::parse_embeddings_request_with;
 use crate::api::error::kind_for_status;
 use crate::api::{models, ApiError};
 use crate::config::{Gateway, INTERNAL_HEADER_PREFIX, MODEL_HEADER, OP_HEADER, ROUTE_HEADER};
@@ -109,14 +109,14 @@ impl GatewayFilter {
         let invalid = |e: ApiError| (e, Rejection::Validation, Vec::new());
         let (model, estimate) = match op {
             Operation::Chat => {
-                let req = parse_chat_request(body).map_err(invalid)?;
+                let req = parse_chat_request_with(body, &self.cfg.limits).map_err(invalid)?;
                 self.stream = req.is_stream();
                 self.wants_usage = req.wants_stream_usage();
                 let est = self.principal.as_ref().map(|_| RequestEstimate::from_chat(&req));
                 (req.model, est)
             }
             Operation::Embeddings => {
-                let req = parse_embeddings_request(body).map_err(invalid)?;
+                let req = parse_embeddings_request_with(body, &self.cfg.limits).map_err(invalid)?;
                 let est = self.principal.as_ref().map(|_| RequestEstimate {
                     prompt_tokens: req.input.texts().map_or(0, |t| t.iter().map(|s| estimate_text_tokens(s)).sum()),
                     max_output_tokens: Some(0),
