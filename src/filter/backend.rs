@@ -14,8 +14,21 @@ use crate::api::ApiError;
 use crate::config::{INTERNAL_HEADER_PREFIX, METADATA_NAMESPACE, MODEL_HEADER, OP_HEADER};
 use crate::providers::{self, AttemptContext, Operation, ResponseHints, StreamTranslate};
 
-/// Client headers that carry credentials: never forwarded to a provider.
-const CLIENT_CREDENTIAL_HEADERS: &[&str] = &["authorization", "x-api-key", "api-key", "x-goog-api-key", "cookie", "proxy-authorization"];
+/// Client headers that carry credentials, or choose which of the gateway's provider accounts pays
+/// (OpenAI organisation and project, Google quota project): never forwarded to a provider.
+const CLIENT_CREDENTIAL_HEADERS: &[&str] = &[
+    "authorization",
+    "x-api-key",
+    "api-key",
+    "x-goog-api-key",
+    "cookie",
+    "proxy-authorization",
+    "x-amz-security-token",
+    "ocp-apim-subscription-key",
+    "openai-organization",
+    "openai-project",
+    "x-goog-user-project",
+];
 
 enum ResponseMode {
     /// The body is already in the client's shape (OpenAI-compatible success).
@@ -142,6 +155,29 @@ impl HttpContext for BackendFilter {
             }
         }
         if let Some(state) = &self.state {
+            // A client's own credential is for the provider of the first attempt: a failover to
+            // another backend must not hand it to a third party (nor serve it on the gateway's key).
+            let foreign = {
+                let st = state.borrow();
+                match (&st.byok, &st.first_backend) {
+                    (Some(_), Some(first)) if **first != *backend.name => Some(first.clone()),
+                    _ => None,
+                }
+            };
+            if let Some(first) = foreign {
+                send_error(
+                    &ApiError::new(
+                        502,
+                        "api_error",
+                        format!(
+                            "The request carries its own provider credential, which is for backend `{first}`; that backend failed and the request is not failed over to backend `{}`.",
+                            backend.name
+                        ),
+                    )
+                    .with_code("byok_no_failover"),
+                );
+                return Action::Pause;
+            }
             let mut st = state.borrow_mut();
             st.attempts += 1;
             let name: Rc<str> = Rc::from(backend.name.as_str());

@@ -27,6 +27,9 @@ use crate::telemetry::{self, Rejection, RequestRecord};
 /// Most of a whole answer the gateway keeps to read its usage (larger ones are not accounted).
 const MAX_SUMMARY_BYTES: usize = 4 * 1024 * 1024;
 
+/// Provider response headers about the gateway's provider account, never passed to clients.
+const PROVIDER_ACCOUNT_HEADERS: &[&str] = &["openai-organization", "openai-project", "anthropic-organization-id", "set-cookie"];
+
 /// Why a request is answered locally: the error, its reason for the metrics, extra headers.
 type Refusal = (ApiError, Rejection, Vec<(&'static str, String)>);
 
@@ -284,8 +287,10 @@ impl HttpContext for GatewayFilter {
         self.start_ms = now_ms();
         self.record.start_unix_ms = self.start_ms;
         let headers = self.get_http_request_headers();
+        // A bring-your-own-key header of another name than `x-switchyard-…` is just as internal.
+        let byok_header = self.cfg.policy.as_ref().map(|p| p.byok_header());
         for (name, _) in &headers {
-            if name.starts_with(INTERNAL_HEADER_PREFIX) {
+            if name.starts_with(INTERNAL_HEADER_PREFIX) || byok_header == Some(name.as_str()) {
                 set_request_header(name, None);
             }
         }
@@ -400,8 +405,16 @@ impl HttpContext for GatewayFilter {
             return Action::Continue;
         }
         self.record.ttfb_ms = Some(now_ms().saturating_sub(self.start_ms));
-        let status: u16 = self.get_http_response_header(":status").and_then(|s| s.parse().ok()).unwrap_or(0);
+        let headers = self.get_http_response_headers();
+        let status: u16 = header(&headers, ":status").and_then(|s| s.parse().ok()).unwrap_or(0);
         self.record.status = status;
+        // Only the gateway speaks `x-switchyard-*` to clients; what a provider says about its own
+        // account (organisation, project, cookies) is not the client's business either.
+        for (name, _) in &headers {
+            if name.starts_with(INTERNAL_HEADER_PREFIX) || PROVIDER_ACCOUNT_HEADERS.contains(&name.as_str()) {
+                set_response_header(name, None);
+            }
+        }
         if let (true, Some(state)) = (self.cfg.expose_served_by, &self.state) {
             let st = state.borrow();
             if let Some(b) = &st.served_backend {
@@ -419,7 +432,7 @@ impl HttpContext for GatewayFilter {
                 set_response_header(k, Some(&v));
             }
         }
-        let ctype = self.get_http_response_header("content-type").unwrap_or_default();
+        let ctype = header(&headers, "content-type").unwrap_or_default();
         self.mode = if status >= 400 && !ctype.starts_with("application/json") {
             ResponseMode::RewriteError
         } else if self.stream && status == 200 && ctype.starts_with("text/event-stream") {

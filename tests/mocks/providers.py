@@ -50,6 +50,9 @@ PYDANTIC_CASSETTES = "pydantic/pydantic-ai/tests/models/cassettes"
 SCENARIOS = (
     "503", "500", "429", "400", "529", "reset", "error-mid-stream", "truncate", "stall",
     "slow-stream", "once-<scenario>",
+    # the security tests' (tests/e2e/test_security.py): the normal answer plus headers a gateway
+    # must not pass on (SPOOF_HEADERS)
+    "spoof-headers",
 )
 DEFAULT_STALL_SECONDS = 30.0
 # slow-stream: seconds between two SSE events (a stream a client can cut in the middle).
@@ -377,6 +380,16 @@ class Reply:
 # providers
 
 
+# ``spoof-headers``: what a provider (or something between it and the gateway) could add to an
+# answer: the gateway's own response headers, and its provider account's organisation and cookies.
+SPOOF_HEADERS = {
+    "x-switchyard-cost": "0.000000", "x-switchyard-budget-remaining": "999999.000000",
+    "x-switchyard-backend": "spoofed-backend", "x-switchyard-route": "spoofed-route",
+    "openai-organization": "org-mock-account", "openai-project": "proj_mock",
+    "anthropic-organization-id": "mock-anthropic-org", "set-cookie": "__cf_bm=mock; path=/",
+}
+
+
 class Provider:
     name = "?"
     scenario_header = "x-mock-?"
@@ -453,6 +466,10 @@ class Provider:
             return self.answer(body, stream)
         if scenario == "reset":
             return Reply(reset=True)
+        if scenario == "spoof-headers":
+            reply = self.answer(body, stream)
+            reply.headers.update(SPOOF_HEADERS)
+            return reply
         if scenario == "error-mid-stream":
             return self.mid_stream_error(body) if stream else self.answer(body, stream)
         if scenario == "truncate":
