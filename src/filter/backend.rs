@@ -116,6 +116,24 @@ impl BackendFilter {
     }
 }
 
+impl BackendFilter {
+    /// `body` without the credentials this attempt sent (a provider may quote them in an error).
+    fn scrub_credentials(&self, body: &[u8]) -> Vec<u8> {
+        let Some(backend) = self.backend.as_ref() else { return body.to_vec() };
+        let byok = self.state.as_ref().and_then(|st| st.borrow().byok.clone());
+        let mut secrets: Vec<&str> = Vec::with_capacity(4);
+        if let Some(c) = &backend.credential {
+            secrets.push(c.strip_prefix(backend.cfg.credential_prefix()).unwrap_or(c));
+        }
+        if let Some(aws) = &backend.aws {
+            secrets.extend([aws.access_key_id.as_str(), aws.secret_access_key.as_str()]);
+            secrets.extend(aws.session_token.as_deref());
+        }
+        secrets.extend(byok.as_deref());
+        providers::redact::scrub(body, &secrets).into_owned()
+    }
+}
+
 impl Context for BackendFilter {}
 
 impl HttpContext for BackendFilter {
@@ -276,12 +294,17 @@ impl HttpContext for BackendFilter {
                     translator.finish(&mut self.out);
                 }
             }
-            ResponseMode::Error { status } => self.out = providers::error_body(schema, *status, &body),
+            ResponseMode::Error { status } => {
+                let status = *status;
+                let translated = providers::error_body(schema, status, &self.scrub_credentials(&body));
+                self.out = self.scrub_credentials(&translated);
+            }
             ResponseMode::Whole => match self.hints.as_ref().map(|h| providers::response_body(dialect, h, &body, now_secs())) {
                 Some(Ok(b)) => self.out = b,
                 Some(Err(e)) => {
                     set_response_header(":status", Some(&e.status.to_string()));
-                    self.out = e.to_json();
+                    // The reason may quote the answer, which may quote what the provider received.
+                    self.out = self.scrub_credentials(&e.to_json());
                 }
                 None => {}
             },

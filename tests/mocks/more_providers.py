@@ -1167,6 +1167,8 @@ class MoreProvider(base.Provider):
             return sub.answer(req)
         if scenario == "reset":
             return base.Reply(reset=True)
+        if scenario == "echo-auth":
+            return base.echo_auth(sub.error(401), req.headers)
         if scenario == "error-mid-stream":
             return sub.mid_stream_error(req)
         if scenario == "truncate":

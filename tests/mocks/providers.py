@@ -50,9 +50,9 @@ PYDANTIC_CASSETTES = "pydantic/pydantic-ai/tests/models/cassettes"
 SCENARIOS = (
     "503", "500", "429", "400", "529", "reset", "error-mid-stream", "truncate", "stall",
     "slow-stream", "once-<scenario>",
-    # the security tests' (tests/e2e/test_security.py): the normal answer plus headers a gateway
-    # must not pass on (SPOOF_HEADERS)
-    "spoof-headers",
+    # the security tests' (tests/e2e/test_security.py): a 401 quoting the credential received;
+    # the normal answer plus headers a gateway must not pass on (SPOOF_HEADERS)
+    "echo-auth", "spoof-headers",
 )
 DEFAULT_STALL_SECONDS = 30.0
 # slow-stream: seconds between two SSE events (a stream a client can cut in the middle).
@@ -388,6 +388,37 @@ SPOOF_HEADERS = {
     "openai-organization": "org-mock-account", "openai-project": "proj_mock",
     "anthropic-organization-id": "mock-anthropic-org", "set-cookie": "__cf_bm=mock; path=/",
 }
+
+
+# Request headers that carry a provider credential (SigV4's ``authorization`` quotes the key id).
+CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key", "x-goog-api-key",
+                      "x-amz-security-token")
+
+
+def echo_auth(reply: Reply, headers: dict) -> Reply:
+    """``echo-auth``: the provider's own 401 whose message quotes, verbatim, every credential
+    header it received (as some providers do: "Incorrect API key provided: <key>")."""
+    received = "; ".join(f"{k}: {headers[k]}" for k in CREDENTIAL_HEADERS if k in headers)
+    suffix = f" (credential received: {received or 'none'})"
+
+    def walk(node):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k in ("message", "error", "detail") and isinstance(v, str):
+                    node[k] = v + suffix
+                else:
+                    walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    try:
+        doc = json.loads(reply.body or b"{}")
+    except ValueError:
+        doc = {"message": (reply.body or b"").decode("utf-8", "replace")}
+    walk(doc)
+    reply.body = json.dumps(doc, ensure_ascii=False).encode("utf-8")
+    return reply
 
 
 class Provider:
@@ -883,7 +914,8 @@ class Handler(BaseHTTPRequestHandler):
             if scenario == "stall":
                 secs = headers.get("x-mock-stall-seconds")
                 time.sleep(float(secs) if secs else provider.stall_seconds)
-            reply = provider.handle(self.command, path, body, scenario)
+            reply = (echo_auth(provider.error(401), headers) if scenario == "echo-auth"
+                     else provider.handle(self.command, path, body, scenario))
             self._send_reply(reply)
         except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError):
             self.close_connection = True
