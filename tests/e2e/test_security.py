@@ -1,0 +1,675 @@
+"""Security review, end to end (issue 9): header trust, no credential leaks, limits on what a
+client controls.
+
+Most tests run their own gateway (``sec``): envoy/demo.yaml with virtual keys and ONE worker thread
+(``--concurrency 1``), so that two requests with the same ``x-request-id`` certainly meet in the same
+per-worker registry. Every provider credential it gets from the environment, every virtual key and
+every bring-your-own-key credential is a canary string containing ``CANARY``; after driving traffic
+(errors, faults, provider answers that quote the credential they received, BYOK) no canary may
+appear in any response, in /stats, /stats/prometheus, /config_dump, the Envoy log or the access log.
+
+The limit tests use the session ``gateway`` (demo.yaml as shipped, default limits).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import requests
+
+import harness
+import recorded as rec
+from helpers import HELLO, chat_url, internal_headers, openai_error, sse_payloads
+from keys_gateway import KeysGateway, key_hash
+
+CANARY = "CANARY"
+
+# Provider credentials the gateway reads from its environment (harness.ENVOY_ENV's names).
+CANARY_ENV = {
+    "OPENAI_API_KEY": "sk-CANARY-openai-4b1d2e7f90aa",
+    "ANTHROPIC_API_KEY": "sk-ant-CANARY-anthropic-8c3a5e1b",
+    "GEMINI_API_KEY": "CANARY-gemini-6d2f8a0c4e11",
+    "VERTEX_ACCESS_TOKEN": "ya29.CANARY-vertex-1a9e3c7b55",
+    "AWS_ACCESS_KEY_ID": "AKIACANARY5E8F1D3B",
+    "AWS_SECRET_ACCESS_KEY": "CANARYsecret/9f2b+7d1e4a6c0/zz",
+    "AWS_SESSION_TOKEN": "CANARYsession/3e5a7c9b1d+token",
+    "COHERE_API_KEY": "CANARY-cohere-2c4e6a8b0d77",
+    "AZURE_OPENAI_API_KEY": "CANARY-azure-7b9d1f3a5c99",
+    "MISTRAL_API_KEY": "CANARY-mistral-0e2a4c6e8a33",
+    "DEEPSEEK_API_KEY": "CANARY-deepseek-5a7c9e1b3d22",
+}
+assert set(CANARY_ENV) == set(harness.ENVOY_ENV), "a credential the harness passes is not a canary"
+
+BYOK_HEADER = "x-provider-key"      # configured: a name WITHOUT the x-switchyard- prefix
+BYOK_A = "sk-CANARY-byok-client-A-1f2e3d4c"
+BYOK_B = "sk-ant-CANARY-byok-client-B-9a8b7c6d"
+
+
+def K(name: str) -> str:
+    """A virtual key (only its sha256 is configured)."""
+    return f"sk-sy-CANARY-{name}-7e4d1c9b2a"
+
+
+PRICES = {
+    "gpt-4o-mini": {"in": Decimal("0.000001"), "out": Decimal("0.000002")},
+    "claude-3-5-haiku-latest": {"in": Decimal("0.000003"), "out": Decimal("0.000005")},
+}
+PRICED_AS = {"gpt-4o-mini": "gpt-4o-mini", "claude-haiku": "claude-3-5-haiku-latest"}
+BUDGET_USD = 1
+
+
+def micros(model: str, usage: dict) -> int:
+    p = PRICES[PRICED_AS.get(model, model)]
+    return math.ceil((usage["prompt_tokens"] * p["in"] + usage["completion_tokens"] * p["out"])
+                     * 1_000_000)
+
+
+def usd(m: int) -> str:
+    return f"{m // 1_000_000}.{m % 1_000_000:06d}"
+
+
+def key(name: str, **fields) -> dict:
+    return {"id": name, "sha256": key_hash(K(name)), **fields}
+
+
+AUTH = {
+    "byok_header": BYOK_HEADER,
+    "keys": [
+        key("alice", budget={"amount_usd": BUDGET_USD, "window": "total"}),
+        key("bob", budget={"amount_usd": BUDGET_USD, "window": "total"}),
+        key("carol", budget={"amount_usd": BUDGET_USD, "window": "total"}),
+        key("dave", budget={"amount_usd": BUDGET_USD, "window": "total"}),
+        key("open"),
+        key("byok-a", byok=True),
+        key("byok-b", byok=True),
+        key("byok-c", byok=True, budget={"amount_usd": 0.000001, "window": "total"}),
+        key("off", disabled=True),
+    ],
+    "pricing": {
+        "builtin": False,
+        "models": {m: {"input_cost_per_token": float(p["in"]),
+                       "output_cost_per_token": float(p["out"]), "max_output_tokens": 1000}
+                   for m, p in PRICES.items()},
+        "aliases": {"claude-haiku": "claude-3-5-haiku-latest"},
+    },
+}
+
+CANARIES = [*CANARY_ENV.values(), BYOK_A, BYOK_B, *(K(k["id"]) for k in AUTH["keys"])]
+MOCK_HEADERS = ("x-mock-openai", "x-mock-anthropic", "x-mock-more")
+
+
+class OneWorker(harness.Gateway):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.concurrency = 1
+
+
+@pytest.fixture(scope="module")
+def sec(tmp_path_factory):
+    try:
+        with mock.patch.dict(harness.ENVOY_ENV, CANARY_ENV):
+            g = KeysGateway.start(tmp_path_factory.mktemp("security"), AUTH, gateway_cls=OneWorker)
+    except Exception as e:  # noqa: BLE001
+        pytest.fail(f"could not start the security gateway: {e}", pytrace=False)
+    g.seen = []          # every (status, headers, body) a client got from it
+    problems: list[str] = []
+    try:
+        yield g
+    finally:
+        problems = g.stop()
+    if problems:
+        pytest.fail("security gateway end-of-module check failed:\n  " + "\n  ".join(problems),
+                    pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def _guard(request):
+    if "sec" not in request.fixturenames:
+        yield
+        return
+    g = request.getfixturevalue("sec")
+    g.mocks.clear()
+    offset = g.gw.log_offset()
+    yield
+    time.sleep(0.05)
+    crashes = g.gw.wasm_crashes(since=offset)
+    if crashes:
+        pytest.fail("wasm VM crashed during this test:\n  " + "\n  ".join(crashes), pytrace=False)
+
+
+def send(g, path: str, body: dict | None = None, *, key: str | None = None, headers=None,
+         stream=False, raw: bytes | None = None, timeout=60) -> requests.Response:
+    """POST through the gateway; the answer (read whole) is remembered for the canary sweep."""
+    h = {"content-type": "application/json"}
+    if key is not None:
+        h["authorization"] = f"Bearer {key}"
+    h.update(headers or {})
+    data = raw if raw is not None else json.dumps(body).encode()
+    r = requests.post(g.gw.gateway_url + path, data=data, headers=h, stream=stream,
+                      timeout=timeout)
+    try:
+        r.content  # noqa: B018  (read the whole body, a stream included)
+    except requests.RequestException:
+        pass
+    g.seen.append((r.status_code, dict(r.headers), r.content))
+    return r
+
+
+def chat(g, model="gpt-4o-mini", **kw) -> requests.Response:
+    extra = kw.pop("body", {})
+    return send(g, "/v1/chat/completions", {"model": model, "messages": HELLO, **extra}, **kw)
+
+
+def all_requests(g) -> list[dict]:
+    return [q for w in ("openai", "anthropic", "more") for q in g.mocks.requests(w)]
+
+
+# ==================================================================================================
+# 1. Header trust
+# ==================================================================================================
+
+SPOOFED = {
+    "x-switchyard-route": "claude-haiku", "x-switchyard-model": "claude-3-5-haiku-latest",
+    "x-switchyard-op": "embeddings", "x-switchyard-backend": "anthropic-demo",
+    "x-switchyard-attempts": "7", "x-switchyard-cost": "0", "x-switchyard-budget-remaining": "999",
+    "x-switchyard-provider-key": "sk-spoofed-provider-key", "x-switchyard-anything": "1",
+}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["non-stream", "stream"])
+def test_spoofed_internal_headers_change_no_routing_translation_or_accounting(sec, stream):
+    """A client sets every internal header (route, model, operation, backend, cost, budget, a
+    provider key): the request is routed, translated and charged exactly as without them."""
+    n0 = len(sec.log_lines("alice", count=0))
+    before = chat(sec, key=K("alice"), body={"max_tokens": 300})
+    assert before.status_code == 200, before.text
+    spent = micros("gpt-4o-mini", rec.openai_text()["usage"])
+    assert before.headers["x-switchyard-cost"] == usd(spent)
+    sec.mocks.clear()
+    body = {"max_tokens": 300}
+    if stream:
+        body.update(stream=True, stream_options={"include_usage": True})
+    r = chat(sec, key=K("alice"), body=body, headers=SPOOFED)
+    assert r.status_code == 200, r.text
+    # routing: the OpenAI mock served it, at its chat path, as gpt-4o-mini
+    [q] = sec.mocks.requests("openai")
+    assert sec.mocks.requests("anthropic") == [] and sec.mocks.requests("more") == []
+    assert q["path"] == "/v1/chat/completions" and q["body"]["model"] == "gpt-4o-mini"
+    assert q["body"]["messages"] == HELLO
+    # nothing internal reached the provider; its credential is the gateway's, not a spoofed one
+    assert not internal_headers(q), q["headers"]
+    assert q["headers"]["authorization"] == f"Bearer {CANARY_ENV['OPENAI_API_KEY']}"
+    assert not any("spoofed" in v or K("alice") in v for v in q["headers"].values()), q["headers"]
+    # served-by and accounting are the gateway's own
+    assert r.headers["x-switchyard-backend"] == "openai-demo"
+    assert r.headers["x-switchyard-model"] == "gpt-4o-mini"
+    assert r.headers["x-switchyard-attempts"] == "1"
+    if stream:
+        chunks = [json.loads(p) for p in sse_payloads(r) if p != "[DONE]"]
+        usage = [c["usage"] for c in chunks if c.get("usage")][-1]
+        assert "x-switchyard-cost" not in r.headers
+    else:
+        usage = r.json()["usage"]
+        assert r.headers["x-switchyard-cost"] == usd(micros("gpt-4o-mini", usage))
+        assert r.headers["x-switchyard-budget-remaining"] == usd(
+            BUDGET_USD * 1_000_000 - spent - micros("gpt-4o-mini", usage))
+    cost = micros("gpt-4o-mini", usage)
+    lines = sec.log_lines("alice", count=n0 + 2)
+    assert len(lines) == n0 + 2
+    assert lines[-1]["route"] == "gpt-4o-mini" and lines[-1]["backend"] == "openai-demo"
+    assert lines[-1]["operation"] == "chat" and lines[-1]["attempts"] == "1"
+    assert int(lines[-1]["cost_micros"]) == cost
+    # internal request headers are never echoed to the client
+    for name in ("x-switchyard-route", "x-switchyard-op", "x-switchyard-provider-key",
+                 "x-switchyard-anything"):
+        assert name not in r.headers, (name, dict(r.headers))
+
+
+def test_spoofed_operation_header_does_not_turn_embeddings_into_chat(sec):
+    r = send(sec, "/v1/embeddings", {"model": "text-embedding-3-small", "input": "hi"},
+             key=K("open"), headers={"x-switchyard-op": "chat", "x-switchyard-model": "gpt-4o-mini",
+                                     "x-switchyard-route": "gpt-4o-mini"})
+    assert r.status_code == 200, r.text
+    assert r.json()["object"] == "list"
+    [q] = sec.mocks.requests("openai")
+    assert q["path"] == "/v1/embeddings" and q["body"]["model"] == "text-embedding-3-small"
+    assert not internal_headers(q)
+
+
+def test_provider_cannot_speak_for_the_gateway(sec):
+    """A provider answer carrying x-switchyard-* headers (cost 0, a huge budget, another backend)
+    and its own account's organisation and cookies: the client sees only the gateway's values."""
+    r = chat(sec, key=K("bob"), headers={"x-mock-openai": "spoof-headers"})
+    assert r.status_code == 200, r.text
+    [q] = sec.mocks.requests("openai")
+    assert q["scenario"] == "spoof-headers"
+    cost = micros("gpt-4o-mini", r.json()["usage"])
+    assert cost > 0
+    assert r.headers["x-switchyard-cost"] == usd(cost)
+    assert r.headers["x-switchyard-backend"] == "openai-demo"
+    assert Decimal(r.headers["x-switchyard-budget-remaining"]) <= BUDGET_USD
+    for name in ("x-switchyard-route", "openai-organization", "openai-project",
+                 "anthropic-organization-id", "set-cookie"):
+        assert name not in r.headers, (name, dict(r.headers))
+    # a stream's headers leave before any cost is known: none may be made up by the provider
+    r = chat(sec, key=K("bob"), body={"stream": True}, headers={"x-mock-openai": "spoof-headers"},
+             stream=True)
+    assert r.status_code == 200
+    assert "x-switchyard-cost" not in r.headers and "openai-organization" not in r.headers
+    assert Decimal(r.headers["x-switchyard-budget-remaining"]) <= BUDGET_USD
+
+
+def test_client_account_selectors_and_credentials_never_reach_a_provider(sec):
+    """Headers that would pick which of the gateway's provider accounts pays (OpenAI organisation
+    and project, Google quota project) or carry a credential are dropped; so are headers with
+    underscores (Envoy's DROP_HEADER), which some servers read as their dashed names."""
+    hdrs = {"openai-organization": "org-client", "openai-project": "proj-client",
+            "x-goog-user-project": "client-project", "x-api-key": K("open"),
+            "x-amz-security-token": "client-token", "cookie": "a=b", "x_api_key": "underscore",
+            "x-request-note": "kept"}
+    for model in ("gpt-4o-mini", "gemini-flash"):
+        r = chat(sec, model, key=K("open"), headers=hdrs)
+        assert r.status_code == 200, r.text
+    qs = all_requests(sec)
+    assert len(qs) == 2
+    for q in qs:
+        h = q["headers"]
+        for name in ("openai-organization", "openai-project", "x-goog-user-project", "cookie",
+                     "x-amz-security-token", "x_api_key"):
+            assert name not in h, (name, h)
+        assert h.get("x-request-note") == "kept", h     # ordinary headers still pass
+        assert not any(K("open") in v for v in h.values()), h
+
+
+def test_byok_header_of_another_name_is_stripped_and_used(sec):
+    r = chat(sec, key=K("byok-a"), headers={BYOK_HEADER: BYOK_A})
+    assert r.status_code == 200, r.text
+    [q] = sec.mocks.requests("openai")
+    assert q["headers"]["authorization"] == f"Bearer {BYOK_A}"
+    assert BYOK_HEADER not in q["headers"], q["headers"]
+    # A key without byok may not send one (and the default header name is internal anyway).
+    r = chat(sec, key=K("open"), headers={BYOK_HEADER: BYOK_A})
+    assert r.status_code == 403 and openai_error(r)["code"] == "byok_not_allowed"
+
+
+@pytest.mark.parametrize("model, failing", [
+    ("gpt-4o-mini", {"x-mock-openai": "503"}),
+    ("any-chat", {"x-mock-openai": "503", "x-mock-more": "gemini=503"}),
+])
+def test_byok_credential_never_fails_over_to_another_provider(sec, model, failing):
+    """A client's own OpenAI key is for OpenAI: when OpenAI fails, the failover attempt to
+    Anthropic (or Gemini, Bedrock) neither receives that key nor is served on the gateway's key."""
+    r = chat(sec, model, key=K("byok-c"), headers={BYOK_HEADER: BYOK_A, **failing})
+    assert r.status_code in (502, 503), r.text
+    err = openai_error(r)
+    assert BYOK_A not in r.text and CANARY not in r.text
+    qs = all_requests(sec)
+    assert qs, "OpenAI was tried"
+    for q in qs:
+        assert q["path"] == "/v1/chat/completions", q["path"]       # only the OpenAI mock
+        assert q["headers"]["authorization"] == f"Bearer {BYOK_A}"
+    if r.status_code == 502:
+        assert err["code"] == "byok_no_failover", err
+    # charged nothing (its budget of one micro-dollar would not cover a request either way)
+    line = sec.log_lines("byok-c")[-1]
+    assert line["cost_micros"] in ("", "0", None), line
+
+
+def test_same_request_id_concurrently_keeps_every_request_its_own(sec):
+    """Four clients send the SAME x-request-id at the same time, on the one worker thread, each a
+    slow stream: two budgeted keys and two BYOK keys, on two providers. Every provider request
+    carries its own client's credential and model; every client gets its own answer, headers and
+    accounting."""
+    same = "same-request-id-for-everyone"
+    clients = [
+        ("carol", "gpt-4o-mini", None),
+        ("dave", "claude-haiku", None),
+        ("byok-a", "gpt-4o-mini", BYOK_A),
+        ("byok-b", "claude-haiku", BYOK_B),
+    ]
+    results: dict[str, requests.Response] = {}
+    barrier = threading.Barrier(len(clients))
+
+    def run(name, model, own):
+        headers = {"x-request-id": same, "x-mock-openai": "slow-stream",
+                   "x-mock-anthropic": "slow-stream"}
+        if own:
+            headers[BYOK_HEADER] = own
+        barrier.wait()
+        return name, chat(sec, model, key=K(name), headers=headers, stream=True, timeout=120,
+                          body={"stream": True, "stream_options": {"include_usage": True}})
+
+    t0 = time.time()
+    with ThreadPoolExecutor(len(clients)) as ex:
+        for name, r in ex.map(lambda c: run(*c), clients):
+            results[name] = r
+    elapsed = time.time() - t0
+    qs = all_requests(sec)
+    assert len(qs) == 4, [q["path"] for q in qs]
+    # They really were in flight together: all four reached the providers before the first
+    # (a stream of 200 ms per event) could have finished.
+    times = sorted(q["time"] for q in qs)
+    assert times[-1] - times[0] < 1.0, times
+    assert elapsed >= 1.0, elapsed
+    openai_qs = [q for q in qs if q["path"] == "/v1/chat/completions"]
+    anth_qs = [q for q in qs if q["path"] == "/v1/messages"]
+    assert len(openai_qs) == 2 and len(anth_qs) == 2
+    assert sorted(q["headers"]["authorization"] for q in openai_qs) == sorted(
+        [f"Bearer {CANARY_ENV['OPENAI_API_KEY']}", f"Bearer {BYOK_A}"])
+    assert sorted(q["headers"]["x-api-key"] for q in anth_qs) == sorted(
+        [CANARY_ENV["ANTHROPIC_API_KEY"], BYOK_B])
+    for q in openai_qs:
+        assert q["body"]["model"] == "gpt-4o-mini" and "x-api-key" not in q["headers"]
+    for q in anth_qs:
+        assert q["body"]["model"] == "claude-3-5-haiku-latest" and "authorization" not in q["headers"]
+    # Each upstream attempt ran under a request id of its own (one kept the client's).
+    ids = [q["headers"].get("x-request-id") for q in qs]
+    assert len(set(ids)) == 4 and ids.count(same) == 1, ids
+    # Every client: its own provider's whole stream, its own served-by headers.
+    want_text = {"gpt-4o-mini": rec.openai_stream_summary(rec.openai_stream_text_chunks())["text"],
+                 "claude-haiku": rec.anthropic_stream_text()["text"]}
+    usage = {}
+    for name, model, own in clients:
+        r = results[name]
+        assert r.status_code == 200, (name, r.text[:300])
+        payloads = sse_payloads(r)
+        assert payloads[-1] == "[DONE]", (name, payloads[-3:])
+        chunks = [json.loads(p) for p in payloads[:-1]]
+        assert not any("error" in c for c in chunks), name
+        assert rec.openai_stream_summary(chunks)["text"] == want_text[model], name
+        usage[name] = [c["usage"] for c in chunks if c.get("usage")][-1]
+        backend = "openai-demo" if model == "gpt-4o-mini" else "anthropic-demo"
+        assert r.headers["x-switchyard-backend"] == backend, (name, dict(r.headers))
+        if own:
+            assert "x-switchyard-budget-remaining" not in r.headers, name
+        else:
+            # A stream's budget header: what is left after its own reservation, nothing else's.
+            assert Decimal(r.headers["x-switchyard-budget-remaining"]) < BUDGET_USD
+    assert usage["carol"] != usage["dave"]
+    # Accounting: one access-log line per client, under its own key, with its own cost.
+    for name, model, own in clients:
+        line = sec.log_lines(name)[-1]
+        assert line["requested_model"] == model and line["status"] == "200", line
+        assert line["backend"] == ("openai-demo" if model == "gpt-4o-mini" else "anthropic-demo")
+        assert int(line["cost_micros"]) == micros(model, usage[name]), (name, line)
+    lines = [sec.log_lines(n)[-1] for n, _, _ in clients]
+    assert len({ln["request_id"] for ln in lines}) == 4, [ln["request_id"] for ln in lines]
+    # Budgets: each budgeted key (untouched before) was charged its own stream, and only that.
+    for name, model, _ in clients[:2]:
+        r = chat(sec, model, key=K(name))
+        assert r.status_code == 200, r.text
+        left = BUDGET_USD * 1_000_000 - micros(model, usage[name]) - micros(model, r.json()["usage"])
+        assert r.headers["x-switchyard-budget-remaining"] == usd(left), name
+
+
+# ==================================================================================================
+# 2. No credential leaks (canaries)
+# ==================================================================================================
+
+CHAT_MODELS = ["gpt-4o-mini", "claude-haiku", "gemini-flash", "gemini-vertex", "bedrock-nova",
+               "command-r", "llama3", "azure-gpt", "magistral", "deepseek-reasoner", "any-chat"]
+EMBED_MODELS = ["text-embedding-3-small", "gemini-embedding", "cohere-embed", "titan-embed",
+                "ollama-embed", "azure-embed"]
+FAULTS = ["echo-auth", "401", "403", "500", "reset", "truncate", "error-mid-stream"]
+
+
+def test_echoed_credentials_are_redacted_for_every_schema(sec):
+    """Every provider answers 401 quoting the credential it received: the client gets the
+    provider's message with the credential replaced, never the credential."""
+    for model in CHAT_MODELS:
+        for stream in (False, True):
+            sec.mocks.clear()
+            r = chat(sec, model, key=K("open"), body={"stream": stream},
+                     headers={h: "echo-auth" for h in MOCK_HEADERS})
+            assert 400 <= r.status_code < 600, (model, r.status_code)
+            err = openai_error(r)
+            qs = all_requests(sec)
+            assert qs and all(q["scenario"] == "echo-auth" or q.get("scenario") == "echo-auth"
+                              for q in qs), model
+            sent = " ".join(v for q in qs for v in q["headers"].values())
+            got_credential = any(c in sent for c in CANARY_ENV.values())
+            assert CANARY not in r.text and CANARY not in json.dumps(dict(r.headers)), (model, r.text)
+            if got_credential and "credential received" in err["message"]:
+                assert "[redacted]" in err["message"], (model, err)
+    # BYOK: the client's own credential, quoted back, is redacted too (it is a secret as well).
+    for model, own in (("gpt-4o-mini", BYOK_A), ("claude-haiku", BYOK_B)):
+        r = chat(sec, model, key=K("byok-a"), headers={BYOK_HEADER: own,
+                                                       **{h: "echo-auth" for h in MOCK_HEADERS}})
+        assert r.status_code == 401, r.text
+        assert own not in r.text and "[redacted]" in openai_error(r)["message"], r.text
+
+
+def test_no_canary_anywhere_after_errors_and_faults(sec):
+    """Bad keys, provider 401/403/500, resets, truncated and broken streams, echoed credentials,
+    BYOK, on every schema; then no canary in any answer, stat, metric name, log or access log."""
+    # bad and refused virtual keys
+    for k in (K("unknown"), K("off"), "Bearer " + K("alice"), K("alice") + "x"):
+        r = chat(sec, key=k)
+        assert r.status_code == 401, (k, r.status_code)
+    r = send(sec, "/v1/chat/completions", {"model": "gpt-4o-mini", "messages": HELLO},
+             headers={"x-api-key": K("alice"), "authorization": f"Bearer {K('bob')}"})
+    assert r.status_code == 401
+    r = chat(sec, key=K("alice"), headers={BYOK_HEADER: BYOK_A})      # not a byok key
+    assert r.status_code == 403
+    # every fault on every schema, stream and not
+    for model in CHAT_MODELS:
+        for fault in FAULTS:
+            for stream in (False, True):
+                chat(sec, model, key=K("open"), body={"stream": stream},
+                     headers={h: fault for h in MOCK_HEADERS})
+    for model in EMBED_MODELS:
+        for fault in ("echo-auth", "401", "500", None):
+            hdrs = {h: fault for h in MOCK_HEADERS} if fault else {}
+            send(sec, "/v1/embeddings", {"model": model, "input": ["a", "b"]}, key=K("open"),
+                 headers=hdrs)
+    # BYOK under faults
+    for fault in ("echo-auth", "500", "truncate"):
+        chat(sec, key=K("byok-a"), body={"stream": True},
+             headers={BYOK_HEADER: BYOK_A, **{h: fault for h in MOCK_HEADERS}})
+    # the canaries did reach the providers: the sweep below could fail
+    sent = json.dumps([q["headers"] for q in all_requests(sec)])
+    assert CANARY_ENV["OPENAI_API_KEY"] in sent or CANARY_ENV["ANTHROPIC_API_KEY"] in sent
+
+    time.sleep(1.5)                        # a stats flush (1 s) and the access log (50 ms)
+    requests.post(sec.gw.admin_url + "/reopen_logs", timeout=10)
+    places = {
+        "responses": "\n".join(f"{s} {json.dumps(h)} {b.decode('utf-8', 'replace')}"
+                               for s, h, b in sec.seen),
+        "/stats": requests.get(sec.gw.admin_url + "/stats", timeout=10).text,
+        "/stats/prometheus": requests.get(sec.gw.admin_url + "/stats/prometheus", timeout=10).text,
+        "/config_dump": requests.get(sec.gw.admin_url + "/config_dump", timeout=10).text,
+        "envoy log": Path(sec.gw.log_path).read_text(encoding="utf-8", errors="replace"),
+        "access log": Path(sec.gw.access_log_path).read_text(encoding="utf-8", errors="replace"),
+    }
+    assert len(sec.seen) >= 180 and places["access log"].count("\n") >= 180
+    for where, text in places.items():
+        for c in CANARIES:
+            assert c not in text, f"canary {c!r} leaked into {where}"
+        at = text.find(CANARY)
+        assert at < 0, f"{CANARY!r} in {where}: …{text[max(0, at - 200):at + 100]}…"
+
+
+# ==================================================================================================
+# 3. Limits on what a client controls (the shipped defaults, on the session gateway)
+# ==================================================================================================
+
+def post(gateway, body, **kw) -> requests.Response:
+    return requests.post(chat_url(gateway), data=json.dumps(body).encode(), timeout=60,
+                         headers={"content-type": "application/json", **kw.pop("headers", {})},
+                         **kw)
+
+
+def refused(r, status, param, code, *needles):
+    assert r.status_code == status, (r.status_code, r.text[:300])
+    err = openai_error(r)
+    assert err["param"] == param and err["code"] == code, err
+    for n in needles:
+        assert str(n) in err["message"], (n, err["message"])
+    return err
+
+
+def msg(content="hi"):
+    return {"role": "user", "content": content}
+
+
+def img(url):
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+
+
+@pytest.mark.parametrize("case", [
+    "messages", "tools", "images", "image_size", "model", "user", "stop", "n"])
+def test_chat_limits_at_and_over_the_default(gateway, case):
+    """Each default: the limit itself is served, one more is an OpenAI-shaped 400 naming the param
+    and the limit, before any provider is asked."""
+    small_png = "data:image/png;base64," + "A" * 16
+    at, over, param, code, limit = {
+        "messages": ({"messages": [msg()] * 2048}, {"messages": [msg()] * 2049},
+                     "messages", "array_above_max_length", 2048),
+        "tools": ({"tools": [TOOL] * 128}, {"tools": [TOOL] * 129}, "tools",
+                  "array_above_max_length", 128),
+        "images": ({"messages": [msg([img(small_png)] * 250)] * 2},
+                   {"messages": [msg([img(small_png)] * 250)] * 2 + [msg([img(small_png)])]},
+                   "messages", "too_many_images", 500),
+        "image_size": ({"messages": [msg([img("data:image/png;base64," + "A" * (5 * 2**20 - 22))])]},
+                       {"messages": [msg([img("data:image/png;base64," + "A" * (5 * 2**20 - 21))])]},
+                       "messages[0].content[0].image_url.url", "string_above_max_length",
+                       5 * 2**20),
+        "model": (None, {"model": "m" * 257}, "model", "string_above_max_length", 256),
+        "user": ({"user": "u" * 256}, {"user": "u" * 257}, "user", "string_above_max_length", 256),
+        "stop": ({"stop": ["s"] * 16}, {"stop": ["s"] * 17}, "stop", "array_above_max_length", 16),
+        "n": ({"n": 128}, {"n": 129}, "n", "integer_above_max_value", 128),
+    }[case]
+    base = {"model": "gpt-4o-mini", "messages": [msg()]}
+    if at is not None:
+        r = post(gateway, {**base, **at})
+        assert r.status_code == 200, (case, r.status_code, r.text[:300])
+        assert len(gateway.mock_requests("openai")) == 1
+        gateway.clear_mocks()
+    r = post(gateway, {**base, **over})
+    refused(r, 400, param, code, limit)
+    assert gateway.mock_requests("openai") == [] and gateway.mock_requests("anthropic") == []
+
+
+def test_embeddings_input_count_and_model_length(gateway):
+    url = gateway.base_url + "/embeddings"
+    r = requests.post(url, json={"model": "text-embedding-3-small", "input": ["a"] * 2048}, timeout=60)
+    assert r.status_code == 200, r.text[:300]
+    assert len(r.json()["data"]) == 2048
+    r = requests.post(url, json={"model": "text-embedding-3-small", "input": ["a"] * 2049}, timeout=60)
+    refused(r, 400, "input", "array_above_max_length", 2048)
+    r = requests.post(url, json={"model": "e" * 300, "input": "a"}, timeout=60)
+    refused(r, 400, "model", "string_above_max_length", 256)
+
+
+def test_json_values_limit_is_a_prompt_413_not_a_vm_full_of_trees(gateway):
+    """8 MiB of one-entry objects (about a million values; parsed, hundreds of MB of tree): a 413
+    naming the limit, in well under a second, and the VM lives on."""
+    junk = ",".join(['{"a":0}'] * 1_000_000)
+    raw = ('{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"metadata":['
+           + junk + ']}').encode()
+    assert len(raw) < 8 * 2**20
+    t0 = time.monotonic()
+    r = requests.post(chat_url(gateway), data=raw, timeout=60,
+                      headers={"content-type": "application/json"})
+    took = time.monotonic() - t0
+    err = refused(r, 413, None, "request_too_large", 100000)
+    assert "JSON values" in err["message"]
+    assert took < 2.0, took
+    assert gateway.mock_requests("openai") == []
+    # ordinary requests still served
+    assert post(gateway, {"model": "gpt-4o-mini", "messages": [msg()]}).status_code == 200
+
+
+def nested(depth: int, leaf=None):
+    v = leaf if leaf is not None else {}
+    for _ in range(depth):
+        v = [v]
+    return v
+
+
+@pytest.mark.parametrize("field", ["metadata", "response_format", "tools"])
+def test_deep_nesting_is_a_400_not_a_crash(gateway, field):
+    """Past serde_json's recursion limit (128) a body is a 400, wherever the nesting is."""
+    deep = "[" * 5000 + "]" * 5000
+    body = {"metadata": '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"metadata":%s}',
+            "response_format": '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],'
+                               '"response_format":{"type":"json_schema","json_schema":{"name":"x","schema":%s}}}',
+            "tools": '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],'
+                     '"tools":[{"type":"function","function":{"name":"f","parameters":%s}}]}',
+            }[field] % deep
+    r = requests.post(chat_url(gateway), data=body.encode(), timeout=60,
+                      headers={"content-type": "application/json"})
+    err = refused(r, 400, None, None)
+    assert "recursion limit" in err["message"], err
+    assert gateway.mock_requests("openai") == []
+
+
+@pytest.mark.parametrize("model", CHAT_MODELS)
+def test_nesting_just_under_the_limit_reaches_every_translator_safely(gateway, model):
+    """A tool schema and a JSON schema 115 levels deep (accepted) go through every schema's
+    translator (Gemini rewrites schemas recursively): an answer or a clean error, never a crash."""
+    schema = {"type": "object", "properties": {"x": nested(110)}}
+    body = {"model": model, "messages": [msg()],
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": schema}}],
+            "metadata": {"deep": nested(110)}}
+    for stream in (False, True):
+        r = post(gateway, {**body, "stream": stream})
+        assert r.status_code < 600
+        if r.status_code >= 400:
+            openai_error(r)
+    r = post(gateway, {"model": model, "messages": [msg()],
+                       "response_format": {"type": "json_schema",
+                                           "json_schema": {"name": "x", "schema": schema}}})
+    assert r.status_code < 600
+    if r.status_code >= 400:
+        openai_error(r)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_deep_unknown_field_is_passed_or_refused_never_a_crash(gateway, stream):
+    """A field the gateway does not read is skipped without recursion (any depth); a backend that
+    must rebuild the body (a stream, to ask for usage) meets serde_json's limit: a 400."""
+    deep = "[" * 500 + "]" * 500     # the mock (Python's json) parses up to ~1000 levels
+    raw = ('{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"stream":%s,'
+           '"x_vendor_extension":%s}' % ("true" if stream else "false", deep)).encode()
+    r = requests.post(chat_url(gateway), data=raw, timeout=60,
+                      headers={"content-type": "application/json"})
+    if stream:
+        err = refused(r, 400, None, None)
+        assert "recursion limit" in err["message"]
+    else:
+        assert r.status_code == 200, r.text[:300]
+
+
+def test_header_limits_are_envoys_431(gateway):
+    """Headers above max_request_headers_kb (60 KiB) or max_headers_count (100): Envoy's 431 before
+    any filter runs; just under them, served."""
+    body = json.dumps({"model": "gpt-4o-mini", "messages": [msg()]})
+
+    def ask(headers: dict) -> requests.Response:
+        return requests.post(chat_url(gateway), data=body, timeout=30,
+                             headers={"content-type": "application/json", **headers})
+
+    r = ask({"x-big": "a" * (58 * 1024)})
+    assert r.status_code == 200, r.status_code
+    assert len(gateway.mock_requests("openai")[0]["headers"]["x-big"]) == 58 * 1024
+    gateway.clear_mocks()
+    r = ask({"x-big": "a" * (61 * 1024)})
+    assert r.status_code == 431, r.status_code
+    r = ask({f"x-h{i}": "v" for i in range(85)})
+    assert r.status_code == 200, r.status_code
+    r = ask({f"x-h{i}": "v" for i in range(101)})
+    assert r.status_code == 431, r.status_code
+    assert gateway.mock_requests("openai") == [] or all(
+        "x-h100" not in q["headers"] for q in gateway.mock_requests("openai"))
