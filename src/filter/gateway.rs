@@ -153,6 +153,11 @@ impl GatewayFilter {
         set_request_header(ROUTE_HEADER, Some(resolved.route));
         set_request_header(MODEL_HEADER, Some(resolved.model));
         set_request_header(OP_HEADER, Some(op.as_str()));
+        if byok.is_some() {
+            // The client's own credential is for one provider: no retry may carry the request to
+            // another, and the client sees that provider's own answer (its 401 for a bad key).
+            set_request_header("x-envoy-max-retries", Some("0"));
+        }
         let mut state = RequestState::new(resolved.model.to_string(), op);
         state.byok = byok;
         self.share_state(state);
