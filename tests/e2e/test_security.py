@@ -102,6 +102,8 @@ AUTH = {
     },
 }
 
+LIMITS = {"max_messages": 64, "max_tool_schema_bytes": 512}
+
 CANARIES = [*CANARY_ENV.values(), BYOK_A, BYOK_B, *(K(k["id"]) for k in AUTH["keys"])]
 MOCK_HEADERS = ("x-mock-openai", "x-mock-anthropic", "x-mock-more")
 
@@ -116,7 +118,8 @@ class OneWorker(harness.Gateway):
 def sec(tmp_path_factory):
     try:
         with mock.patch.dict(harness.ENVOY_ENV, CANARY_ENV):
-            g = KeysGateway.start(tmp_path_factory.mktemp("security"), AUTH, gateway_cls=OneWorker)
+            g = KeysGateway.start(tmp_path_factory.mktemp("security"), AUTH, gateway_cls=OneWorker,
+                                  gateway_config={"limits": LIMITS})
     except Exception as e:  # noqa: BLE001
         pytest.fail(f"could not start the security gateway: {e}", pytrace=False)
     g.seen = []          # every (status, headers, body) a client got from it
@@ -181,6 +184,7 @@ SPOOFED = {
     "x-switchyard-op": "embeddings", "x-switchyard-backend": "anthropic-demo",
     "x-switchyard-attempts": "7", "x-switchyard-cost": "0", "x-switchyard-budget-remaining": "999",
     "x-switchyard-provider-key": "sk-spoofed-provider-key", "x-switchyard-anything": "1",
+    "x-switchyard-max-cost": "1000",    # a client's own cap: it can lower what it may spend, no more
 }
 
 
@@ -231,6 +235,38 @@ def test_spoofed_internal_headers_change_no_routing_translation_or_accounting(se
     for name in ("x-switchyard-route", "x-switchyard-op", "x-switchyard-provider-key",
                  "x-switchyard-anything"):
         assert name not in r.headers, (name, dict(r.headers))
+
+
+def test_a_cost_cap_header_cannot_raise_a_budget(sec):
+    r = chat(sec, key=K("byok-c"), headers={"x-switchyard-max-cost": "1000"})
+    assert r.status_code == 429, r.text
+    assert openai_error(r)["code"] == "insufficient_quota"
+    assert all_requests(sec) == []
+
+
+def test_configured_limits_apply(sec):
+    """The gateway's own "limits" (here max_messages 64, max_tool_schema_bytes 512) replace the
+    defaults end to end."""
+    r = chat(sec, key=K("open"), body={"messages": HELLO * 64})
+    assert r.status_code == 200, r.text
+    r = chat(sec, key=K("open"), body={"messages": HELLO * 65})
+    assert r.status_code == 400
+    err = openai_error(r)
+    assert (err["param"], err["code"]) == ("messages", "array_above_max_length")
+    assert "maximum length 64" in err["message"]
+    small = {"type": "object", "properties": {"city": {"type": "string"}}}
+    big = {"type": "object", "properties": {f"p{i}": {"type": "string", "description": "x" * 20}
+                                            for i in range(20)}}
+    assert len(json.dumps(small, separators=(",", ":"))) <= 512 < len(json.dumps(big))
+    tool = lambda params: {"type": "function", "function": {"name": "f", "parameters": params}}  # noqa: E731
+    r = chat(sec, key=K("open"), body={"tools": [tool(small)]})
+    assert r.status_code == 200, r.text
+    r = chat(sec, key=K("open"), body={"tools": [tool(small), tool(big)]})
+    assert r.status_code == 400
+    err = openai_error(r)
+    assert (err["param"], err["code"]) == ("tools[1].function.parameters", "schema_too_large")
+    assert "512" in err["message"]
+    assert len(all_requests(sec)) == 2
 
 
 def test_spoofed_operation_header_does_not_turn_embeddings_into_chat(sec):
@@ -704,3 +740,22 @@ def test_header_limits_are_envoys_431(gateway):
     assert r.status_code == 431, r.status_code
     assert gateway.mock_requests("openai") == [] or all(
         "x-h100" not in q["headers"] for q in gateway.mock_requests("openai"))
+
+
+def test_slow_headers_are_cut_after_request_headers_timeout(gateway):
+    """A client that opens a request and never finishes its headers is disconnected after
+    request_headers_timeout (10 s), not held for the 300 s stream idle timeout."""
+    import socket
+    port = int(gateway.gateway_url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: appl")
+        t0 = time.monotonic()
+        data = b""
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        took = time.monotonic() - t0
+    assert 8 <= took <= 15, took
+    assert data == b"" or data.startswith(b"HTTP/1.1 408"), data[:200]
