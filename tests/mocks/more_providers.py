@@ -1184,7 +1184,7 @@ class MoreProvider(base.Provider):
 
 class MoreHandler(base.Handler):
     def _send_reply(self, r):
-        if r.stream is not None and not r.reset and not getattr(r, "event_delay", 0):
+        if r.stream is not None and not r.reset and not r.event_delay and r.fault is None:
             # Big recordings (DeepSeek: 78 KB) go in bigger awkward pieces to keep tests quick.
             self._send_head(r.status, r.headers)
             self.send_header("transfer-encoding", "chunked")
@@ -1207,6 +1207,14 @@ class MoreHandler(base.Handler):
         except (ConnectionError, ValueError, OSError):
             self.close_connection = True
             return
+        if scenario in base.ANSWER_FAULTS:
+            reply = sub.answer(req)
+            reply.fault = scenario
+            return reply
+        if scenario == "429-no-retry-after":
+            return base.without_retry_after(sub.error(429))
+        if scenario == "html":
+            return base.html_error()
         url = urlsplit(self.path)
         path = url.path
         try:
@@ -1235,7 +1243,9 @@ class MoreHandler(base.Handler):
                 secs = headers.get("x-mock-stall-seconds")
                 time.sleep(float(secs) if secs else provider.stall_seconds)
             req = Req(self.command, path, url.path, url.query, headers, raw, body)
-            self._send_reply(provider.route(kind, req, scenario, entry))
+            reply = base.apply_fault(provider.route(kind, req, scenario, entry), headers,
+                                     provider.stall_seconds)
+            self._send_reply(reply)
         except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError):
             self.close_connection = True
         except Exception as e:  # never let the mock die: answer 599 with the message

@@ -34,6 +34,7 @@ import struct
 import sys
 import threading
 import time
+import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
@@ -53,8 +54,31 @@ SCENARIOS = (
     # the security tests' (tests/e2e/test_security.py): a 401 quoting the credential received;
     # the normal answer plus headers a gateway must not pass on (SPOOF_HEADERS)
     "echo-auth", "spoof-headers",
+    # the fault matrix's (tests/e2e/fault_matrix.py); every provider of both mock files
+    "429-no-retry-after", "html", "reset-after-first-chunk", "stall-mid-stream",
+    "truncate-mid-event", "malformed-json", "bad-crc", "oversize", "drip",
 )
 DEFAULT_STALL_SECONDS = 30.0
+# Faults applied to the normal (200) answer of a request, by ``apply_fault`` and ``Handler``:
+#   reset-after-first-chunk  the headers and the first unit (SSE event, NDJSON line, event-stream
+#                            frame; a whole body's first third), then a TCP RST
+#   stall-mid-stream         the first unit, then a pause (x-mock-stall-seconds), then the rest
+#   truncate-mid-event       streams: half of the units and half of the next one, then a clean end
+#   malformed-json           whole: the JSON body broken (200, same content-type); streams: the
+#                            second unit's JSON cut in half (a well-formed SSE event / NDJSON line /
+#                            event-stream frame with valid CRCs carrying broken JSON)
+#   bad-crc                  event streams (Bedrock): the second frame's message CRC is wrong
+#   oversize                 the answer's text padded to x-mock-size bytes (default 2 MiB)
+#   drip                     the headers, then the body one byte per DRIP_SECONDS
+ANSWER_FAULTS = ("reset-after-first-chunk", "stall-mid-stream", "truncate-mid-event",
+                 "malformed-json", "bad-crc", "oversize", "drip")
+DRIP_SECONDS = 0.1
+
+DEFAULT_OVERSIZE_BYTES = 2 * 1024 * 1024
+# A load balancer's error page, as CDNs and reverse proxies put in front of an API send it.
+HTML_ERROR_PAGE = ("<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
+                   "<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n"
+                   "</body>\r\n</html>\r\n")
 # slow-stream: seconds between two SSE events (a stream a client can cut in the middle).
 SLOW_STREAM_EVENT_SECONDS = 0.2
 
@@ -361,6 +385,9 @@ class Reply:
                  stream: bytes | str | None = None, truncate_body=False, reset=False,
                  event_delay: float = 0.0):
         self.status = status
+        # One of ANSWER_FAULTS (set by the provider, completed by ``apply_fault``).
+        self.fault: str | None = None
+        self.stall_seconds = 0.0
         # > 0: the stream is written one SSE event at a time, this many seconds apart.
         self.event_delay = event_delay
         self.headers = dict(headers or {})
@@ -378,47 +405,6 @@ class Reply:
 
 # --------------------------------------------------------------------------------------------------
 # providers
-
-
-# ``spoof-headers``: what a provider (or something between it and the gateway) could add to an
-# answer: the gateway's own response headers, and its provider account's organisation and cookies.
-SPOOF_HEADERS = {
-    "x-switchyard-cost": "0.000000", "x-switchyard-budget-remaining": "999999.000000",
-    "x-switchyard-backend": "spoofed-backend", "x-switchyard-route": "spoofed-route",
-    "openai-organization": "org-mock-account", "openai-project": "proj_mock",
-    "anthropic-organization-id": "mock-anthropic-org", "set-cookie": "__cf_bm=mock; path=/",
-}
-
-
-# Request headers that carry a provider credential (SigV4's ``authorization`` quotes the key id).
-CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key", "x-goog-api-key",
-                      "x-amz-security-token")
-
-
-def echo_auth(reply: Reply, headers: dict) -> Reply:
-    """``echo-auth``: the provider's own 401 whose message quotes, verbatim, every credential
-    header it received (as some providers do: "Incorrect API key provided: <key>")."""
-    received = "; ".join(f"{k}: {headers[k]}" for k in CREDENTIAL_HEADERS if k in headers)
-    suffix = f" (credential received: {received or 'none'})"
-
-    def walk(node):
-        if isinstance(node, dict):
-            for k, v in node.items():
-                if k in ("message", "error", "detail") and isinstance(v, str):
-                    node[k] = v + suffix
-                else:
-                    walk(v)
-        elif isinstance(node, list):
-            for v in node:
-                walk(v)
-
-    try:
-        doc = json.loads(reply.body or b"{}")
-    except ValueError:
-        doc = {"message": (reply.body or b"").decode("utf-8", "replace")}
-    walk(doc)
-    reply.body = json.dumps(doc, ensure_ascii=False).encode("utf-8")
-    return reply
 
 
 class Provider:
@@ -497,10 +483,6 @@ class Provider:
             return self.answer(body, stream)
         if scenario == "reset":
             return Reply(reset=True)
-        if scenario == "spoof-headers":
-            reply = self.answer(body, stream)
-            reply.headers.update(SPOOF_HEADERS)
-            return reply
         if scenario == "error-mid-stream":
             return self.mid_stream_error(body) if stream else self.answer(body, stream)
         if scenario == "truncate":
@@ -510,6 +492,18 @@ class Provider:
             if reply.stream is not None:
                 reply.event_delay = SLOW_STREAM_EVENT_SECONDS
             return reply
+        if scenario in ANSWER_FAULTS:
+            reply = self.answer(body, stream)
+            reply.fault = scenario
+            return reply
+        if scenario == "spoof-headers":
+            reply = self.answer(body, stream)
+            reply.headers.update(SPOOF_HEADERS)
+            return reply
+        if scenario == "429-no-retry-after":
+            return without_retry_after(self.error(429))
+        if scenario == "html":
+            return html_error()
         if scenario.isdigit() and len(scenario) == 3:
             return self.error(int(scenario))
         return self.error_unknown_scenario(scenario)
@@ -519,6 +513,242 @@ class Provider:
             "message": f"mock: unknown scenario {scenario!r} in {self.scenario_header}; "
                        f"known: {', '.join(SCENARIOS)} or any 3-digit status",
             "type": "mock_error", "param": None, "code": "unknown_scenario"}})
+
+
+def without_retry_after(reply: Reply) -> Reply:
+    for k in [k for k in reply.headers if k.lower() in ("retry-after", "retry-after-ms")]:
+        del reply.headers[k]
+    return reply
+
+
+# ``spoof-headers``: what a provider (or something between it and the gateway) could add to an
+# answer: the gateway's own response headers, and its provider account's organisation and cookies.
+SPOOF_HEADERS = {
+    "x-switchyard-cost": "0.000000", "x-switchyard-budget-remaining": "999999.000000",
+    "x-switchyard-backend": "spoofed-backend", "x-switchyard-route": "spoofed-route",
+    "openai-organization": "org-mock-account", "openai-project": "proj_mock",
+    "anthropic-organization-id": "mock-anthropic-org", "set-cookie": "__cf_bm=mock; path=/",
+}
+
+# Request headers that carry a provider credential (SigV4's ``authorization`` quotes the key id).
+CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key", "x-goog-api-key",
+                      "x-amz-security-token")
+
+
+def echo_auth(reply: Reply, headers: dict) -> Reply:
+    """``echo-auth``: the provider's own 401 whose message quotes, verbatim, every credential
+    header it received (as some providers do: "Incorrect API key provided: <key>")."""
+    received = "; ".join(f"{k}: {headers[k]}" for k in CREDENTIAL_HEADERS if k in headers)
+    suffix = f" (credential received: {received or 'none'})"
+
+    def walk(node):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k in ("message", "error", "detail") and isinstance(v, str):
+                    node[k] = v + suffix
+                else:
+                    walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    try:
+        doc = json.loads(reply.body or b"{}")
+    except ValueError:
+        doc = {"message": (reply.body or b"").decode("utf-8", "replace")}
+    walk(doc)
+    reply.body = json.dumps(doc, ensure_ascii=False).encode("utf-8")
+    return reply
+
+
+def html_error(status: int = 502) -> Reply:
+    return Reply(status=status, headers={"content-type": "text/html"}, body=HTML_ERROR_PAGE)
+
+
+# -- the answer faults (ANSWER_FAULTS)
+
+EVENTSTREAM = "application/vnd.amazon.eventstream"
+
+
+def _ctype(reply: Reply) -> str:
+    for k, v in reply.headers.items():
+        if k.lower() == "content-type":
+            return v.lower()
+    return ""
+
+
+def split_units(data: bytes, ctype: str) -> list[bytes]:
+    """A streamed body cut into its units, separators kept: SSE events, NDJSON lines, AWS
+    event-stream frames; anything else is one unit."""
+    if ctype.startswith(EVENTSTREAM):
+        out, pos = [], 0
+        while pos + 12 <= len(data):
+            total = struct.unpack(">I", data[pos:pos + 4])[0]
+            out.append(data[pos:pos + total])
+            pos += total
+        return out
+    if "ndjson" in ctype:
+        return [ln + b"\n" for ln in data.split(b"\n") if ln.strip()]
+    if ctype.startswith("text/event-stream"):
+        out, start = [], 0
+        for m in re.finditer(rb"\r\n\r\n|\n\n", data):
+            out.append(data[start:m.end()])
+            start = m.end()
+        if data[start:].strip():
+            out.append(data[start:])
+        return out
+    return [data]
+
+
+def _es_frame(headers: bytes, payload: bytes, good_crc: bool = True) -> bytes:
+    total = 12 + len(headers) + len(payload) + 4
+    prelude = struct.pack(">II", total, len(headers))
+    prelude += struct.pack(">I", zlib.crc32(prelude))
+    msg = prelude + headers + payload
+    crc = zlib.crc32(msg)
+    return msg + struct.pack(">I", crc if good_crc else crc ^ 0xDEADBEEF)
+
+
+def _es_parts(frame: bytes) -> tuple[bytes, bytes]:
+    hlen = struct.unpack(">I", frame[4:8])[0]
+    return frame[12:12 + hlen], frame[12 + hlen:-4]
+
+
+def _pad_text(doc, extra: int) -> bool:
+    """Appends `extra` characters to the longest string under a "text"/"content"/"thinking" key
+    (the answer's text, whatever the schema); False when the document has none."""
+    best = [None, None, -1]
+
+    def walk(node):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if isinstance(v, str) and k in ("text", "content", "thinking") and len(v) > best[2]:
+                    best[:] = [node, k, len(v)]
+                else:
+                    walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(doc)
+    if best[0] is None:
+        return False
+    filler = ("All work and no play makes a large answer. " * (extra // 43 + 1))[:extra]
+    best[0][best[1]] += filler
+    return True
+
+
+def _sse_data(unit: bytes) -> tuple[list[bytes], bytes] | None:
+    """(other lines, data) of an SSE event with one data line."""
+    lines = unit.replace(b"\r\n", b"\n").rstrip(b"\n").split(b"\n")
+    data = [ln for ln in lines if ln.startswith(b"data:")]
+    if len(data) != 1:
+        return None
+    return [ln for ln in lines if not ln.startswith(b"data:")], data[0][5:].lstrip(b" ")
+
+
+def _pad_unit(unit: bytes, ctype: str, extra: int) -> bytes | None:
+    try:
+        if ctype.startswith(EVENTSTREAM):
+            headers, payload = _es_parts(unit)
+            doc = json.loads(payload)
+            return _es_frame(headers, json.dumps(doc).encode()) if _pad_text(doc, extra) else None
+        if "ndjson" in ctype:
+            doc = json.loads(unit)
+            return (json.dumps(doc) + "\n").encode() if _pad_text(doc, extra) else None
+        parts = _sse_data(unit)
+        if parts is None:
+            return None
+        doc = json.loads(parts[1])
+        if not _pad_text(doc, extra):
+            return None
+        return b"\n".join(parts[0] + [b"data: " + json.dumps(doc).encode()]) + b"\n\n"
+    except ValueError:
+        return None
+
+
+def _malformed_unit(unit: bytes, ctype: str) -> bytes:
+    if ctype.startswith(EVENTSTREAM):
+        headers, payload = _es_parts(unit)
+        return _es_frame(headers, payload[:len(payload) // 2])
+    if "ndjson" in ctype:
+        line = unit.rstrip(b"\n")
+        return line[:len(line) // 2] + b"\n"
+    parts = _sse_data(unit)
+    if parts is None:
+        return b"data: {\"choices\": [{\"delta\": \n\n"
+    return b"\n".join(parts[0] + [b"data: " + parts[1][:len(parts[1]) // 2]]) + b"\n\n"
+
+
+def not_applicable(fault: str, why: str) -> Reply:
+    return Reply(status=418, headers={"content-type": "application/json"}, body={"error": {
+        "message": f"mock: scenario {fault!r} does not apply here: {why}", "type": "mock_error",
+        "param": None, "code": "scenario_not_applicable"}})
+
+
+def apply_fault(reply: Reply, headers: dict, stall_seconds: float) -> Reply:
+    """Completes an answer fault (``reply.fault``) once the request headers are known: edits the
+    body for the content faults, sets the pause of ``stall-mid-stream``; the Handler sends it."""
+    fault = reply.fault
+    if fault is None or reply.status != 200:
+        reply.fault = None
+        return reply
+    ctype = _ctype(reply)
+    if fault == "stall-mid-stream":
+        secs = headers.get("x-mock-stall-seconds")
+        reply.stall_seconds = float(secs) if secs else stall_seconds
+    if fault in ("reset-after-first-chunk", "stall-mid-stream", "drip"):
+        return reply
+    stream = reply.stream is not None
+    data = reply.stream if stream else (reply.body or b"")
+    if fault == "oversize":
+        size = int(headers.get("x-mock-size") or DEFAULT_OVERSIZE_BYTES)
+        if not stream:
+            try:
+                doc = json.loads(data)
+            except ValueError:
+                return not_applicable(fault, "the answer is not JSON")
+            if not _pad_text(doc, size):
+                return not_applicable(fault, "no text to pad in the answer")
+            reply.body = json.dumps(doc).encode()
+            return reply
+        units = split_units(data, ctype)
+        for i in list(range(1, len(units))) + [0]:
+            padded = _pad_unit(units[i], ctype, size)
+            if padded is not None:
+                units[i] = padded
+                reply.stream = b"".join(units)
+                return reply
+        return not_applicable(fault, "no text to pad in the stream")
+    if fault == "malformed-json":
+        if not stream:
+            body = data.rstrip()
+            reply.body = body[:-1] + b',"broken": ]' if body.endswith(b"}") else body + b"{"
+            return reply
+        units = split_units(data, ctype)
+        if len(units) < 2:
+            return not_applicable(fault, "the stream has fewer than two units")
+        units[1] = _malformed_unit(units[1], ctype)
+        reply.stream = b"".join(units)
+        return reply
+    if not stream:
+        return not_applicable(fault, "only for streamed answers")
+    units = split_units(data, ctype)
+    if fault == "truncate-mid-event":
+        k = max(1, len(units) // 2)
+        if k >= len(units):
+            return not_applicable(fault, "the stream has a single unit")
+        cut = units[k][:max(1, len(units[k]) // 2)]
+        reply.stream = b"".join(units[:k]) + cut
+        return reply
+    if fault == "bad-crc":
+        if not ctype.startswith(EVENTSTREAM) or len(units) < 2:
+            return not_applicable(fault, "only for AWS event streams")
+        headers_b, payload = _es_parts(units[1])
+        units[1] = _es_frame(headers_b, payload, good_crc=False)
+        reply.stream = b"".join(units)
+        return reply
+    return reply
 
 
 def _sse_headers() -> dict:
@@ -831,6 +1061,9 @@ class Handler(BaseHTTPRequestHandler):
         if r.reset:
             self._reset()
             return
+        if r.fault is not None:
+            self._send_fault(r)
+            return
         if r.stream is not None:
             self._send_head(r.status, r.headers)
             self.send_header("transfer-encoding", "chunked")
@@ -861,6 +1094,45 @@ class Handler(BaseHTTPRequestHandler):
             self._reset()
             return
         self.wfile.write(body)
+
+    def _send_fault(self, r: Reply):
+        """An answer with one of ANSWER_FAULTS (already completed by ``apply_fault``)."""
+        stream = r.stream is not None
+        data = r.stream if stream else (r.body or b"")
+        self._send_head(r.status, r.headers)
+        if stream:
+            self.send_header("transfer-encoding", "chunked")
+        else:
+            self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.flush()
+
+        def write(piece: bytes):
+            if piece:
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece) if stream else piece)
+                self.wfile.flush()
+
+        units = split_units(data, _ctype(r)) if stream else [data[:max(1, len(data) // 3)],
+                                                                data[max(1, len(data) // 3):]]
+        if r.fault == "reset-after-first-chunk":
+            write(units[0])
+            time.sleep(0.05)  # let the proxy forward it before the reset
+            self._reset()
+            return
+        if r.fault == "stall-mid-stream":
+            write(units[0])
+            time.sleep(r.stall_seconds)
+            for u in units[1:]:
+                write(u)
+        elif r.fault == "drip":
+            for i in range(len(data)):
+                write(data[i:i + 1])
+                time.sleep(DRIP_SECONDS)
+        else:  # the content faults: the edited answer, in big pieces
+            for i in range(0, len(data), 65536):
+                write(data[i:i + 65536])
+        if stream:
+            self.wfile.write(b"0\r\n\r\n")
 
     def _reset(self):
         """Close the TCP connection abruptly (RST, via SO_LINGER 0)."""
@@ -916,6 +1188,7 @@ class Handler(BaseHTTPRequestHandler):
                 time.sleep(float(secs) if secs else provider.stall_seconds)
             reply = (echo_auth(provider.error(401), headers) if scenario == "echo-auth"
                      else provider.handle(self.command, path, body, scenario))
+            reply = apply_fault(reply, headers, provider.stall_seconds)
             self._send_reply(reply)
         except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError):
             self.close_connection = True
