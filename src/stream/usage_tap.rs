@@ -21,6 +21,11 @@ pub struct UsageTap {
     error: bool,
     /// Counts generated text, for charging a stream that ends without usage (only when metered).
     meter: Option<OutputMeter>,
+    /// The tap ended the client's stream with its own error event (an event that is not JSON):
+    /// nothing more is forwarded, usage is still read.
+    stopped: bool,
+    /// The upstream has ended (`finish`): an unreadable last event is a cut one.
+    at_end: bool,
 }
 
 #[derive(Deserialize)]
@@ -49,6 +54,8 @@ impl UsageTap {
             first_token: false,
             error: false,
             meter: None,
+            stopped: false,
+            at_end: false,
         }
     }
 
@@ -75,6 +82,7 @@ impl UsageTap {
     /// Upstream ended. A stream that reached neither `[DONE]` nor an error event was cut short:
     /// the client gets an error event, never a silent end that looks complete.
     pub fn finish(&mut self, out: &mut Vec<u8>) {
+        self.at_end = true;
         let mut parser = std::mem::take(&mut self.parser);
         parser.finish(|_, data| self.on_event(data, out));
         self.parser = parser;
@@ -115,9 +123,31 @@ impl UsageTap {
 
     fn on_event(&mut self, data: &str, out: &mut Vec<u8>) {
         self.events += 1;
+        if self.stopped {
+            // The client's stream has ended; what the provider reports still counts.
+            if data.contains("\"usage\"") {
+                if let Some(u) = serde_json::from_str::<ChunkHead>(data).ok().and_then(|h| h.usage) {
+                    self.usage = Some(u);
+                }
+            }
+            return;
+        }
         if data.trim() == "[DONE]" {
             self.saw_done = true;
             write_raw_event(out, b"[DONE]");
+            return;
+        }
+        if serde_json::from_str::<IgnoredAny>(data).is_err() {
+            // The SDKs would fail on it with a JSON error of their own: end the stream with an
+            // OpenAI error event instead (an event cut by the end of the stream is a truncation).
+            self.error = true;
+            self.stopped = true;
+            let e = if self.at_end {
+                ApiError::new(502, "api_error", "The upstream stream ended in the middle of an event.").with_code("stream_truncated")
+            } else {
+                ApiError::new(502, "api_error", "The upstream stream sent an event that is not valid JSON.").with_code("invalid_upstream_event")
+            };
+            write_raw_event(out, &e.to_json());
             return;
         }
         if self.model.is_none() {
@@ -180,6 +210,45 @@ data: [DONE]\n\n";
         let text = String::from_utf8(out).unwrap();
         assert!(text.ends_with("\"code\":\"stream_truncated\"}}\n\n"), "{text}");
         assert!(tap.saw_error());
+    }
+
+    #[test]
+    fn an_event_that_is_not_json_ends_the_stream_with_an_error_event() {
+        let bad = b"data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n\n\
+data: {\"id\":\"c\",\"choices\":[{\"ind\n\n\
+data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"lost\"}}]}\n\n\
+data: {\"id\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2,\"total_tokens\":5}}\n\n\
+data: [DONE]\n\n";
+        for chunk in [1, 5, bad.len()] {
+            let mut tap = UsageTap::new(true);
+            let mut out = Vec::new();
+            for c in bad.chunks(chunk) {
+                tap.push(c, &mut out);
+            }
+            tap.finish(&mut out);
+            let text = String::from_utf8(out).unwrap();
+            let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
+            assert_eq!(events.len(), 2, "{text}");
+            assert!(events[0].contains("\"hi\""));
+            let err: serde_json::Value = serde_json::from_str(events[1].strip_prefix("data: ").unwrap()).unwrap();
+            assert_eq!(err["error"]["code"], "invalid_upstream_event");
+            assert!(!text.contains("lost") && !text.contains("[DONE]"), "nothing after the error: {text}");
+            assert!(tap.saw_error() && !tap.completed());
+            assert_eq!(tap.usage().unwrap().total_tokens, 5, "the usage that followed is still read");
+        }
+    }
+
+    #[test]
+    fn an_event_cut_by_the_end_of_the_stream_is_a_truncation_not_forwarded() {
+        let cut = b"data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n\ndata: {\"id\":\"c\",\"cho";
+        let mut tap = UsageTap::new(false);
+        let mut out = Vec::new();
+        tap.push(cut, &mut out);
+        tap.finish(&mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(!text.contains("\"cho\n"), "the cut event is not forwarded: {text}");
+        assert_eq!(text.matches("\"error\"").count(), 1, "{text}");
+        assert!(text.ends_with("\"code\":\"stream_truncated\"}}\n\n"), "{text}");
     }
 
     #[test]
