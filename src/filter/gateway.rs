@@ -16,9 +16,10 @@ use crate::api::chat::{parse_chat_request_with, ResponseSummary, Usage};
 use crate::api::embeddings::parse_embeddings_request_with;
 use crate::api::error::kind_for_status;
 use crate::api::{models, ApiError};
-use crate::config::{Gateway, INTERNAL_HEADER_PREFIX, MODEL_HEADER, OP_HEADER, ROUTE_HEADER};
+use crate::config::{Gateway, MODEL_HEADER, OP_HEADER, ROUTE_HEADER};
 use crate::policy::estimate::{estimate_text_tokens, RequestEstimate};
 use crate::policy::gate::MAX_COST_HEADER;
+use crate::policy::headers as header_policy;
 use crate::policy::{Admission, Outcome, Principal};
 use crate::providers::Operation;
 use crate::stream::usage_tap::UsageTap;
@@ -26,9 +27,6 @@ use crate::telemetry::{self, Rejection, RequestRecord};
 
 /// Most of a whole answer the gateway keeps to read its usage (larger ones are not accounted).
 const MAX_SUMMARY_BYTES: usize = 4 * 1024 * 1024;
-
-/// Provider response headers about the gateway's provider account, never passed to clients.
-const PROVIDER_ACCOUNT_HEADERS: &[&str] = &["openai-organization", "openai-project", "anthropic-organization-id", "set-cookie"];
 
 /// Why a request is answered locally: the error, its reason for the metrics, extra headers.
 type Refusal = (ApiError, Rejection, Vec<(&'static str, String)>);
@@ -295,7 +293,7 @@ impl HttpContext for GatewayFilter {
         // A bring-your-own-key header of another name than `x-switchyard-…` is just as internal.
         let byok_header = self.cfg.policy.as_ref().map(|p| p.byok_header());
         for (name, _) in &headers {
-            if name.starts_with(INTERNAL_HEADER_PREFIX) || byok_header == Some(name.as_str()) {
+            if header_policy::is_internal(name, byok_header) {
                 set_request_header(name, None);
             }
         }
@@ -416,7 +414,7 @@ impl HttpContext for GatewayFilter {
         // Only the gateway speaks `x-switchyard-*` to clients; what a provider says about its own
         // account (organisation, project, cookies) is not the client's business either.
         for (name, _) in &headers {
-            if name.starts_with(INTERNAL_HEADER_PREFIX) || PROVIDER_ACCOUNT_HEADERS.contains(&name.as_str()) {
+            if header_policy::withheld_from_client(name) {
                 set_response_header(name, None);
             }
         }

@@ -5,6 +5,7 @@ pub mod routing;
 pub mod budget;
 pub mod estimate;
 pub mod gate;
+pub mod headers;
 pub mod keys;
 pub mod limits;
 pub mod pricing;
