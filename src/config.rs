@@ -105,6 +105,17 @@ pub struct ModelEntry {
 #[serde(deny_unknown_fields)]
 pub struct BackendsConfig {
     pub backends: HashMap<String, Backend>,
+    /// Largest non-stream answer, in bytes, the backend filter holds to check or translate; a
+    /// larger one ends the attempt with a 502 (`response_too_large`), which the route's retry
+    /// policy retries on the next candidate. Streams are not held (each event has its own bound).
+    #[serde(default = "default_max_response_body_bytes")]
+    pub max_response_body_bytes: usize,
+}
+
+pub const DEFAULT_MAX_RESPONSE_BODY_BYTES: usize = 64 * 1024 * 1024;
+
+fn default_max_response_body_bytes() -> usize {
+    DEFAULT_MAX_RESPONSE_BODY_BYTES
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -423,6 +434,9 @@ impl PluginConfig {
     pub fn parse(bytes: &[u8]) -> Result<PluginConfig, String> {
         let mut cfg: PluginConfig = serde_json::from_slice(bytes).map_err(|e| format!("invalid plugin configuration: {e}"))?;
         if let PluginConfig::Backend(b) = &mut cfg {
+            if b.max_response_body_bytes == 0 {
+                return Err("max_response_body_bytes must be positive".into());
+            }
             for (name, backend) in &mut b.backends {
                 backend.validate().map_err(|e| format!("backend {name}: {e}"))?;
                 if let Some(bp) = &backend.base_path {
@@ -564,6 +578,10 @@ mod tests {
         assert_eq!(b.backends["o"].credential_header(), "authorization");
         assert_eq!(b.backends["o"].credential_prefix(), "Bearer ");
         assert_eq!(b.backends["o"].base_path(), "/openai/v1");
+        assert_eq!(b.max_response_body_bytes, DEFAULT_MAX_RESPONSE_BODY_BYTES);
+        let b = PluginConfig::parse(br#"{"role":"backend","backends":{},"max_response_body_bytes":1024}"#).unwrap();
+        assert!(matches!(b, PluginConfig::Backend(ref c) if c.max_response_body_bytes == 1024));
+        assert!(PluginConfig::parse(br#"{"role":"backend","backends":{},"max_response_body_bytes":0}"#).is_err());
     }
 
     #[test]

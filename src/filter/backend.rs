@@ -37,6 +37,12 @@ enum ResponseMode {
     Error { status: u16 },
     /// Non-stream success, buffered and translated whole.
     Whole,
+    /// Non-stream success already in the client's shape: passed as it is, but held until complete
+    /// and checked, so that an answer cut, stalled or garbled before its end is retried on the
+    /// next candidate instead of reaching the client.
+    Check,
+    /// A held answer was refused (too large): the rest of its body is dropped.
+    Discard,
     /// A stream, translated chunk by chunk.
     Stream(Box<dyn StreamTranslate>),
 }
@@ -252,7 +258,7 @@ impl HttpContext for BackendFilter {
         } else if providers::translates_responses(dialect, hints) {
             ResponseMode::Whole
         } else {
-            ResponseMode::Passthrough
+            ResponseMode::Check
         };
         match self.mode {
             ResponseMode::Passthrough => Action::Continue,
@@ -265,6 +271,7 @@ impl HttpContext for BackendFilter {
             }
             // Hold the headers until the whole body is translated: its status and length may change.
             _ if end_of_stream => Action::Continue,
+            ResponseMode::Check => Action::Pause,
             _ => {
                 set_response_header("content-type", Some("application/json"));
                 Action::Pause
@@ -281,13 +288,43 @@ impl HttpContext for BackendFilter {
             return Action::Continue;
         }
         let buffered = !matches!(self.mode, ResponseMode::Stream(_));
+        if matches!(self.mode, ResponseMode::Discard) {
+            if body_size > 0 {
+                if let Err(e) = hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body_size, &[]) {
+                    log::warn!("switchyard: cannot replace response body: {e:?}");
+                }
+            }
+            return Action::Continue;
+        }
+        if buffered && body_size > self.backends.max_response_body_bytes {
+            // The held headers become a 502 the router retries on the next candidate (it resets
+            // this attempt); whatever else arrives is dropped.
+            let e = providers::response_too_large(self.backends.max_response_body_bytes);
+            let out = e.to_json();
+            set_response_header(":status", Some(&e.status.to_string()));
+            set_response_header("content-type", Some("application/json"));
+            set_response_header("content-length", Some(&out.len().to_string()));
+            if let Err(e) = hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body_size, &out) {
+                log::warn!("switchyard: cannot replace response body: {e:?}");
+            }
+            self.mode = ResponseMode::Discard;
+            return Action::Continue;
+        }
         if buffered && !end_of_stream {
             return Action::Pause;
         }
         let body = if body_size > 0 { self.get_http_response_body(0, body_size).unwrap_or_default() } else { Vec::new() };
         self.out.clear();
         match &mut self.mode {
-            ResponseMode::Passthrough => {}
+            ResponseMode::Passthrough | ResponseMode::Discard => {}
+            ResponseMode::Check => match providers::check_whole_answer(&body) {
+                Ok(()) => return Action::Continue,
+                Err(e) => {
+                    set_response_header(":status", Some(&e.status.to_string()));
+                    set_response_header("content-type", Some("application/json"));
+                    self.out = e.to_json();
+                }
+            },
             ResponseMode::Stream(translator) => {
                 translator.push(&body, &mut self.out);
                 if end_of_stream {

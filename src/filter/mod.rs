@@ -32,6 +32,8 @@ enum Role {
 /// Backends with their credentials read once, at configuration time.
 pub(crate) struct Backends {
     by_name: HashMap<String, Rc<BackendRuntime>>,
+    /// Largest non-stream answer held (`max_response_body_bytes`).
+    max_response_body_bytes: usize,
 }
 
 pub(crate) struct BackendRuntime {
@@ -86,7 +88,7 @@ impl RootContext for Root {
                     }
                     by_name.insert(name.clone(), Rc::new(BackendRuntime { name, cfg, credential, aws }));
                 }
-                Ok(Role::Backend(Rc::new(Backends { by_name })))
+                Ok(Role::Backend(Rc::new(Backends { by_name, max_response_body_bytes: b.max_response_body_bytes })))
             }
         });
         match parsed {

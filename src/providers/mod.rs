@@ -249,12 +249,39 @@ pub fn translates_responses(dialect: impl Into<Dialect>, hints: &ResponseHints) 
     }
 }
 
+/// A successful whole answer of an OpenAI-compatible provider must be a JSON object: one that is
+/// not (a garbled or cut body, a proxy's page sent with a 200) is a 502, which the route's retry
+/// policy retries on the next candidate before anything reached the client.
+pub fn check_whole_answer(body: &[u8]) -> Result<(), ApiError> {
+    let object = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+        Ok(_) if object => Ok(()),
+        Ok(_) => Err(invalid_answer("it is not a JSON object")),
+        Err(e) => Err(invalid_answer(&format!("it is not valid JSON ({e})"))),
+    }
+}
+
+/// A non-stream answer larger than the backend filter holds (`max_response_body_bytes`).
+pub fn response_too_large(limit: usize) -> ApiError {
+    ApiError::new(502, "api_error", format!("The provider's answer is larger than the gateway accepts ({limit} bytes).")).with_code("response_too_large")
+}
+
+fn invalid_answer(why: &str) -> ApiError {
+    ApiError::new(502, "api_error", format!("The provider's answer could not be used: {why}.")).with_code("invalid_upstream_response")
+}
+
 /// A successful non-stream answer translated into the OpenAI body for the operation.
 pub fn response_body(dialect: impl Into<Dialect>, hints: &ResponseHints, body: &[u8], created: u64) -> Result<Vec<u8>, ApiError> {
     let d = dialect.into();
     match (d.schema, hints.op) {
-        (Schema::Openai, Operation::Chat) if d.preset.is_some() => Ok(compat::normalise_answer(body, created)),
-        (Schema::Openai | Schema::AzureOpenai, _) => Ok(body.to_vec()),
+        (Schema::Openai, Operation::Chat) if d.preset.is_some() => {
+            check_whole_answer(body)?;
+            Ok(compat::normalise_answer(body, created))
+        }
+        (Schema::Openai | Schema::AzureOpenai, _) => {
+            check_whole_answer(body)?;
+            Ok(body.to_vec())
+        }
         (Schema::Cohere, Operation::Chat) => cohere::response_body(body, &hints.model, created),
         (Schema::Cohere, Operation::Embeddings) => cohere::embeddings_response_body(body, &hints.model, hints.encoding),
         (Schema::Ollama, Operation::Chat) => ollama::response_body(body, &hints.model, created),
@@ -280,5 +307,27 @@ pub fn stream_translator(dialect: impl Into<Dialect>, hints: &ResponseHints, cre
         Schema::Anthropic => Some(Box::new(anthropic::StreamTranslator::new(created))),
         Schema::Bedrock => Some(Box::new(bedrock::StreamTranslator::new(&hints.model, created))),
         Schema::Gemini => Some(Box::new(gemini::StreamTranslator::new(&hints.model, created))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whole_answers_of_compatible_providers_must_be_json_objects() {
+        let ok = br#"{"id":"c","object":"chat.completion","choices":[]}"#;
+        assert!(check_whole_answer(ok).is_ok());
+        assert!(check_whole_answer(b"  \n{\"data\":[]}\n").is_ok());
+        for bad in [&b"{\"id\":\"c\",\"choices\":[}"[..], b"{\"id\":\"c\"", b"", b"<html>502</html>", b"\"ok\"", b"[1]"] {
+            let e = check_whole_answer(bad).unwrap_err();
+            assert_eq!((e.status, e.code.as_deref()), (502, Some("invalid_upstream_response")), "{bad:?}");
+        }
+        // Through the translation entry point: OpenAI, Azure and every preset.
+        let hints = ResponseHints::chat(false, "m");
+        for d in [Dialect::from(Schema::Openai), Dialect::from(Schema::AzureOpenai), Dialect { schema: Schema::Openai, preset: Some(presets::Preset::Mistral) }] {
+            assert_eq!(response_body(d, &hints, b"{\"id\":\"c\",\"choices\":[", 1).unwrap_err().status, 502, "{d:?}");
+            assert!(response_body(d, &hints, ok, 1).is_ok(), "{d:?}");
+        }
     }
 }
