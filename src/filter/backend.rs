@@ -9,7 +9,7 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType};
 
 use super::inflight::{self, SharedState};
-use super::{header, now_secs, send_error, set_request_header, set_response_header, BackendRuntime, Backends};
+use super::{header, now_secs, send_error, send_json, set_request_header, set_response_header, BackendRuntime, Backends};
 use crate::api::ApiError;
 use crate::config::{INTERNAL_HEADER_PREFIX, METADATA_NAMESPACE, MODEL_HEADER, OP_HEADER};
 use crate::providers::{self, AttemptContext, Operation, ResponseHints, StreamTranslate};
@@ -140,6 +140,17 @@ impl BackendFilter {
     }
 }
 
+impl BackendFilter {
+    /// Keeps the provider's (translated) refusal for a later attempt to the same backend.
+    fn remember_refusal(&self) {
+        let (Some(state), Some(backend)) = (&self.state, &self.backend) else { return };
+        let mut st = state.borrow_mut();
+        if let Some(r) = st.refused.iter_mut().rev().find(|r| *r.backend == *backend.name) {
+            r.answer = Some(self.out.clone());
+        }
+    }
+}
+
 impl Context for BackendFilter {}
 
 impl HttpContext for BackendFilter {
@@ -173,6 +184,18 @@ impl HttpContext for BackendFilter {
             }
         };
         self.model = self.metadata("model").or_else(|| backend.cfg.model.clone()).unwrap_or(requested);
+        // A credential a provider refused earlier in this request is not sent again: the retry
+        // that came back to its backend ends here, without reaching the provider.
+        if let Some(state) = &self.state {
+            let st = state.borrow();
+            if let Some(r) = st.refusal(&backend.name) {
+                match &r.answer {
+                    Some(answer) => send_json(r.status, answer, &[]),
+                    None => send_error(&providers::credential_refused(&backend.name, r.status)),
+                }
+                return Action::Pause;
+            }
+        }
         for (k, _) in &headers {
             if k.starts_with(INTERNAL_HEADER_PREFIX) || CLIENT_CREDENTIAL_HEADERS.contains(&k.as_str()) {
                 set_request_header(k, None);
@@ -244,6 +267,13 @@ impl HttpContext for BackendFilter {
         let status: u16 = self.get_http_response_header(":status").and_then(|s| s.parse().ok()).unwrap_or(0);
         let schema = backend.cfg.schema;
         let dialect = providers::Dialect::from(&backend.cfg);
+        if providers::refuses_credential(status) {
+            if let Some(state) = &self.state {
+                let backend = Rc::from(backend.name.as_str());
+                let status = providers::error_status(schema, status);
+                state.borrow_mut().refused.push(inflight::Refused { backend, status, answer: None });
+            }
+        }
         self.mode = if status >= 400 {
             let mapped = providers::error_status(schema, status);
             if mapped != status {
@@ -335,6 +365,9 @@ impl HttpContext for BackendFilter {
                 let status = *status;
                 let translated = providers::error_body(schema, status, &self.scrub_credentials(&body));
                 self.out = self.scrub_credentials(&translated);
+                if providers::refuses_credential(status) {
+                    self.remember_refusal();
+                }
             }
             ResponseMode::Whole => match self.hints.as_ref().map(|h| providers::response_body(dialect, h, &body, now_secs())) {
                 Some(Ok(b)) => self.out = b,

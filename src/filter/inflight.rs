@@ -31,11 +31,27 @@ pub struct RequestState {
     pub provider_headers: Vec<String>,
     /// The client's own provider credential (bring-your-own-key), used instead of the gateway's.
     pub byok: Option<String>,
+    /// Backends whose credential a provider refused (401/403) during this request: a later
+    /// attempt to one of them ends locally, with the provider's answer, instead of sending it again.
+    pub refused: Vec<Refused>,
+}
+
+#[derive(Debug)]
+pub struct Refused {
+    pub backend: Rc<str>,
+    pub status: u16,
+    /// The provider's error, as the client got it (OpenAI-shaped, credentials scrubbed).
+    pub answer: Option<Vec<u8>>,
 }
 
 impl RequestState {
     pub fn new(model: String, op: Operation) -> Self {
-        RequestState { model, op, attempts: 0, first_backend: None, served_backend: None, served_provider: None, served_model: None, provider_headers: Vec::new(), byok: None }
+        RequestState { model, op, attempts: 0, first_backend: None, served_backend: None, served_provider: None, served_model: None, provider_headers: Vec::new(), byok: None, refused: Vec::new() }
+    }
+
+    /// How a provider refused `backend`'s credential in this request, if it did.
+    pub fn refusal(&self, backend: &str) -> Option<&Refused> {
+        self.refused.iter().find(|r| &*r.backend == backend)
     }
 
     /// Served by a backend other than the first attempt's.

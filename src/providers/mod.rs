@@ -249,6 +249,23 @@ pub fn translates_responses(dialect: impl Into<Dialect>, hints: &ResponseHints) 
     }
 }
 
+/// The provider refused the credential it was sent (401) or does not let it do this (403): that
+/// credential is never sent again for the same request (a retry may still try another backend).
+pub fn refuses_credential(upstream_status: u16) -> bool {
+    matches!(upstream_status, 401 | 403)
+}
+
+/// The local answer of an attempt that would send a credential refused earlier in the request.
+pub fn credential_refused(backend: &str, upstream_status: u16) -> ApiError {
+    let status = if refuses_credential(upstream_status) { upstream_status } else { 401 };
+    ApiError::new(
+        status,
+        crate::api::error::kind_for_status(status),
+        format!("The provider refused the credential of backend `{backend}` earlier in this request (HTTP {upstream_status}); it is not sent again."),
+    )
+    .with_code("credential_refused")
+}
+
 /// A successful whole answer of an OpenAI-compatible provider must be a JSON object: one that is
 /// not (a garbled or cut body, a proxy's page sent with a 200) is a 502, which the route's retry
 /// policy retries on the next candidate before anything reached the client.
@@ -313,6 +330,18 @@ pub fn stream_translator(dialect: impl Into<Dialect>, hints: &ResponseHints, cre
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refused_credentials() {
+        assert!(refuses_credential(401) && refuses_credential(403));
+        for s in [400, 404, 429, 500, 503, 529] {
+            assert!(!refuses_credential(s), "{s}");
+        }
+        let e = credential_refused("openai-demo", 403);
+        assert_eq!((e.status, e.kind, e.code.as_deref()), (403, "permission_error", Some("credential_refused")));
+        assert!(e.message.contains("openai-demo"));
+        assert_eq!(credential_refused("x", 401).kind, "authentication_error");
+    }
 
     #[test]
     fn whole_answers_of_compatible_providers_must_be_json_objects() {
