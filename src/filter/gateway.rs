@@ -227,7 +227,22 @@ impl GatewayFilter {
         };
         let s = policy.settle(admission, outcome, model.as_deref(), backend.as_deref(), now_ms(), &EnvoyStore);
         self.record.cost_micros = s.cost_micros;
+        if s.estimated && self.usage.is_none() {
+            // No usage report (a stream cut short): the tokens are what was charged, the prompt
+            // estimate and the output that reached the client.
+            self.record.usage_known = true;
+            self.record.input_tokens = s.prompt_tokens;
+            self.record.output_tokens = s.completion_tokens;
+        }
         Some(s)
+    }
+
+    /// Whether Envoy ended the response because of the upstream (a reset or a timeout after the
+    /// answer had started) rather than the client. Read only for answers that did not complete.
+    fn upstream_cut(&self) -> bool {
+        let details = self.get_property(vec!["response", "code_details"]).and_then(|v| String::from_utf8(v).ok()).unwrap_or_default();
+        log::debug!("switchyard: incomplete stream, response code details {details:?}");
+        details.starts_with("upstream") || details.contains("timeout")
     }
 
     fn answer(&mut self, status: u16, body: &[u8]) -> Action {
@@ -576,8 +591,14 @@ impl HttpContext for GatewayFilter {
                 if self.record.response_model.is_none() {
                     self.record.response_model = tap.model().map(str::to_string);
                 }
-                if !tap.completed() && !tap.saw_error() {
-                    self.record.error_type.get_or_insert_with(|| "client_closed".to_string());
+                if tap.saw_error() {
+                    // The client stopped reading at the error event, before the upstream's end.
+                    self.record.error_type.get_or_insert_with(|| "stream_error".to_string());
+                } else if !tap.completed() {
+                    // Envoy cut it: the client went away, or the upstream failed (reset, timeout)
+                    // after the stream had started and the router could only reset it.
+                    let kind = if self.upstream_cut() { "stream_error" } else { "client_closed" };
+                    self.record.error_type.get_or_insert_with(|| kind.to_string());
                 }
             }
             if self.record.status == 0 {
