@@ -99,6 +99,14 @@ pub struct ModelEntry {
     /// What `/v1/models` reports as `owned_by`.
     #[serde(default)]
     pub owned_by: Option<String>,
+    /// First-token deadline of an attempt: a candidate that has produced no token (stream) or no
+    /// answer (non-stream) by then is abandoned and the next one is tried, before any byte reached
+    /// the client (`crate::policy::deadline`).
+    #[serde(default)]
+    pub first_token_timeout_ms: Option<u32>,
+    /// On the deadline, start the next candidate without cancelling the first; the first token wins.
+    #[serde(default)]
+    pub hedge: bool,
 }
 
 #[derive(Debug, Deserialize)]

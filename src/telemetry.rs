@@ -33,6 +33,12 @@ pub const DURATION: &str = "gen_ai_server_request_duration_ms";
 pub const TTFT: &str = "gen_ai_server_time_to_first_token_ms";
 pub const TPOT: &str = "gen_ai_server_time_per_output_token_ms";
 pub const TOKENS_PER_REQUEST: &str = "switchyard_request_tokens";
+/// Counter: attempts whose first-token deadline passed (abandoned, or hedged), by route.
+pub const DEADLINES_FIRED: &str = "switchyard_first_token_deadlines";
+/// Counter: requests on a route with a deadline, by route and the backend that won.
+pub const DEADLINE_WINS: &str = "switchyard_deadline_winners";
+/// Histogram: the winning attempt's own time to first token (from its start), by route and backend.
+pub const ATTEMPT_TTFT: &str = "switchyard_attempt_ttft_ms";
 /// Gauge: requests whose state is registered for their backend attempts, summed over workers.
 /// Drains to zero when traffic stops; a value that keeps growing is a leak (scripts/soak watches it).
 pub const INFLIGHT: &str = "switchyard_inflight_requests";
@@ -103,6 +109,21 @@ pub struct RequestRecord {
     pub duration_ms: u64,
     pub ttfb_ms: Option<u64>,
     pub ttft_ms: Option<u64>,
+    /// The route's first-token deadline and what it did (`None` on routes without one).
+    pub deadline: Option<DeadlineRecord>,
+}
+
+/// What a first-token deadline did to one request (`crate::policy::deadline::report`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeadlineRecord {
+    pub timeout_ms: u32,
+    pub hedge: bool,
+    /// Attempts abandoned (or overtaken, when hedging) at their deadline.
+    pub fired: u32,
+    /// 1-based attempt whose answer the client got.
+    pub winner: Option<u32>,
+    /// The winner's time from its own start to its first token (or whole answer).
+    pub winner_ttft_ms: Option<u64>,
 }
 
 /// Which optional labels to add (per-key labels multiply series: opt-in).
@@ -221,6 +242,17 @@ pub fn metric_updates(r: &RequestRecord, opts: LabelOptions) -> Vec<MetricUpdate
             out.push(counter(stat_name(COST, &model_labels), c));
         }
     }
+    if let Some(d) = &r.deadline {
+        if d.fired > 0 {
+            out.push(counter(stat_name(DEADLINES_FIRED, &[("route", route)]), u64::from(d.fired)));
+        }
+        if d.winner.is_some() {
+            out.push(counter(stat_name(DEADLINE_WINS, &[("route", route), ("backend", backend)]), 1));
+        }
+        if let Some(t) = d.winner_ttft_ms {
+            out.push(histogram(stat_name(ATTEMPT_TTFT, &[("route", route), ("backend", backend)]), t));
+        }
+    }
     // Latency histograms only for requests that reached a provider.
     if r.attempts > 0 {
         let l = &model_labels[..2];
@@ -269,6 +301,13 @@ pub fn log_fields(r: &RequestRecord) -> Vec<(&'static str, String)> {
         ("ttfb_ms", r.ttfb_ms.map(|c| c.to_string()).unwrap_or_default()),
         ("ttft_ms", r.ttft_ms.map(|c| c.to_string()).unwrap_or_default()),
     ];
+    if let Some(d) = &r.deadline {
+        f.push(("first_token_timeout_ms", d.timeout_ms.to_string()));
+        f.push(("hedge", d.hedge.to_string()));
+        f.push(("deadlines_fired", d.fired.to_string()));
+        f.push(("winner_attempt", d.winner.map(|w| w.to_string()).unwrap_or_default()));
+        f.push(("winner_ttft_ms", d.winner_ttft_ms.map(|t| t.to_string()).unwrap_or_default()));
+    }
     f.retain(|(_, v)| !v.is_empty());
     f
 }
@@ -362,6 +401,26 @@ mod tests {
         assert!(u.iter().all(|m| !m.name.contains("no-such-model")), "{u:?}");
         assert!(u.iter().any(|m| m.name == "switchyard_rejections;reason=validation;gen_ai_request_model=unknown"));
         assert!(log_fields(&r).iter().any(|(k, v)| *k == "requested_model" && v == "no-such-model-1234"));
+    }
+
+    #[test]
+    fn deadlines_are_counted_only_where_configured() {
+        let u = metric_updates(&record(), LabelOptions::default());
+        assert!(!u.iter().any(|m| m.name.starts_with("switchyard_first_token") || m.name.starts_with(ATTEMPT_TTFT)));
+        assert!(!log_fields(&record()).iter().any(|(k, _)| *k == "deadlines_fired"));
+        let r = RequestRecord {
+            deadline: Some(DeadlineRecord { timeout_ms: 500, hedge: false, fired: 1, winner: Some(2), winner_ttft_ms: Some(140) }),
+            ..record()
+        };
+        let u = metric_updates(&r, LabelOptions::default());
+        let fired: Vec<_> = u.iter().filter(|m| m.name.starts_with(DEADLINES_FIRED)).collect();
+        assert_eq!((fired.len(), fired[0].name.as_str(), fired[0].value), (1, "switchyard_first_token_deadlines;route=gpt-4o-mini", 1));
+        assert!(u.iter().any(|m| m.name == "switchyard_deadline_winners;route=gpt-4o-mini;backend=anthropic" && m.value == 1));
+        assert!(u.iter().any(|m| m.name == "switchyard_attempt_ttft_ms;route=gpt-4o-mini;backend=anthropic" && m.value == 140));
+        let f = log_fields(&r);
+        for (k, v) in [("deadlines_fired", "1"), ("winner_attempt", "2"), ("winner_ttft_ms", "140"), ("first_token_timeout_ms", "500")] {
+            assert!(f.iter().any(|(fk, fv)| *fk == k && fv == v), "{k}: {f:?}");
+        }
     }
 
     #[test]

@@ -9,10 +9,11 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType};
 
 use super::inflight::{self, SharedState};
-use super::{header, now_secs, send_error, send_json, set_request_header, set_response_header, BackendRuntime, Backends};
+use super::{header, now_ms, now_secs, send_error, send_json, set_request_header, set_response_header, BackendRuntime, Backends};
 use crate::api::ApiError;
 use crate::config::{INTERNAL_HEADER_PREFIX, METADATA_NAMESPACE, MODEL_HEADER, OP_HEADER};
 use crate::providers::{self, AttemptContext, Operation, ResponseHints, StreamTranslate};
+use crate::stream::first_token::FirstTokenWatch;
 
 /// Client headers that carry credentials, or choose which of the gateway's provider accounts pays
 /// (OpenAI organisation and project, Google quota project): never forwarded to a provider.
@@ -44,6 +45,18 @@ enum ResponseMode {
     /// A held answer was refused (too large): the rest of its body is dropped.
     Discard,
     /// A stream, translated chunk by chunk.
+    /// With a first-token deadline: this attempt's index in the request's timings, and the watch
+    /// for its first token while the answer is held back from the router.
+    deadline: Option<Box<DeadlineHold>>,
+}
+
+/// A successful stream held back until its first token (routes with a first-token deadline).
+struct DeadlineHold {
+    attempt: usize,
+    holding: bool,
+    /// Bytes already in Envoy's buffer, as the client will get them.
+    held_len: usize,
+    watch: FirstTokenWatch,
     Stream(Box<dyn StreamTranslate>),
 }
 
@@ -57,8 +70,61 @@ pub struct BackendFilter {
     mode: ResponseMode,
     out: Vec<u8>,
     /// The request's state shared with the gateway role (see `inflight`).
+            deadline: None,
+        }
+    }
+
+    /// Settles this attempt's timing once: `released` when its answer goes to the router (then
+    /// it is the one that served, whatever attempts started after it, as with hedging).
+    fn settle_attempt(&self, released: bool) {
+        let (Some(hold), Some(state)) = (&self.deadline, &self.state) else { return };
+        let now = now_ms();
+        let mut st = state.borrow_mut();
+        match st.timings.get_mut(hold.attempt) {
+            Some(t) if t.settled_ms.is_none() => {
+                t.settled_ms = Some(now);
+                t.released = released;
+            }
+            _ => return,
+        }
+        if let (true, Some(b)) = (released, &self.backend) {
+            st.served_backend = Some(Rc::from(b.name.as_str()));
+            st.served_provider = Some(b.cfg.schema.as_str());
+            st.served_model = Some(self.model.clone());
     state: Option<SharedState>,
 }
+
+    /// A held stream's body: everything buffered so far (what was already translated, then the new
+    /// bytes). Released to the router with its first token, or at its end.
+    fn on_held_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let body = if body_size > 0 { self.get_http_response_body(0, body_size).unwrap_or_default() } else { Vec::new() };
+        let Some(hold) = self.deadline.as_mut() else { return Action::Continue };
+        let (prefix, fresh) = body.split_at(hold.held_len.min(body.len()));
+        let mut out = prefix.to_vec();
+        let start = out.len();
+        match &mut self.mode {
+            ResponseMode::Stream(translator) => {
+                translator.push(fresh, &mut out);
+                if end_of_stream {
+                    translator.finish(&mut out);
+                }
+            }
+            _ => out.extend_from_slice(fresh),
+        }
+        let token = hold.watch.push(out.get(start..).unwrap_or_default());
+        hold.held_len = out.len();
+        if out != body {
+            if let Err(e) = hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body_size, &out) {
+                log::warn!("switchyard: cannot replace response body: {e:?}");
+            }
+        }
+        if token || end_of_stream {
+            hold.holding = false;
+            self.settle_attempt(true);
+            return Action::Continue;
+        }
+        Action::Pause
+    }
 
 impl BackendFilter {
     pub fn new(backends: Rc<Backends>) -> Self {
@@ -151,7 +217,16 @@ impl BackendFilter {
     }
 }
 
-impl Context for BackendFilter {}
+impl Context for BackendFilter {
+    fn on_done(&mut self) -> bool {
+        // An attempt that ends without having been released (reset, cancelled by a hedge's winner,
+        // abandoned at its deadline): its timing ends here.
+        if self.deadline.is_some() {
+            self.settle_attempt(false);
+        }
+        true
+    }
+}
 
 impl HttpContext for BackendFilter {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
@@ -220,6 +295,11 @@ impl HttpContext for BackendFilter {
                             "The request carries its own provider credential, which is for backend `{first}`; that backend failed and the request is not failed over to backend `{}`.",
                             backend.name
                         ),
+            if st.deadline_ms.is_some() {
+                let attempt = st.timings.len();
+                st.timings.push(crate::policy::deadline::AttemptTiming { start_ms: now_ms(), ..Default::default() });
+                self.deadline = Some(Box::new(DeadlineHold { attempt, holding: false, held_len: 0, watch: FirstTokenWatch::new() }));
+            }
                     )
                     .with_code("byok_no_failover"),
                 );
@@ -276,13 +356,32 @@ impl HttpContext for BackendFilter {
         }
         self.mode = if status >= 400 {
             let mapped = providers::error_status(schema, status);
+        // With a first-token deadline, a successful stream is held back from the router until its
+        // first token: until then Envoy's per-try timeout may still move on to the next candidate.
+        let mut hold_stream = false;
+        if self.deadline.is_some() {
+            if status >= 400 {
+                self.settle_attempt(false);
+            } else if end_of_stream {
+                self.settle_attempt(true);
+            } else if matches!(self.mode, ResponseMode::Passthrough | ResponseMode::Stream(_)) {
+                hold_stream = true;
+                if let Some(hold) = self.deadline.as_mut() {
+                    hold.holding = true;
+                }
+            }
+        }
             if mapped != status {
+            ResponseMode::Passthrough if hold_stream => Action::Pause,
                 set_response_header(":status", Some(&mapped.to_string()));
             }
             ResponseMode::Error { status }
         } else if hints.stream {
             match providers::stream_translator(dialect, hints, now_secs()) {
                 Some(t) => ResponseMode::Stream(t),
+                if hold_stream {
+                    return Action::Pause;
+                }
                 None => ResponseMode::Passthrough,
             }
         } else if providers::translates_responses(dialect, hints) {
@@ -300,6 +399,9 @@ impl HttpContext for BackendFilter {
                 Action::Continue
             }
             // Hold the headers until the whole body is translated: its status and length may change.
+        if self.deadline.as_ref().is_some_and(|h| h.holding) {
+            return self.on_held_body(body_size, end_of_stream);
+        }
             _ if end_of_stream => Action::Continue,
             ResponseMode::Check => Action::Pause,
             _ => {
@@ -348,7 +450,10 @@ impl HttpContext for BackendFilter {
         match &mut self.mode {
             ResponseMode::Passthrough | ResponseMode::Discard => {}
             ResponseMode::Check => match providers::check_whole_answer(&body) {
-                Ok(()) => return Action::Continue,
+                Ok(()) => {
+                    self.settle_attempt(true);
+                    return Action::Continue;
+                }
                 Err(e) => {
                     set_response_header(":status", Some(&e.status.to_string()));
                     set_response_header("content-type", Some("application/json"));
@@ -370,7 +475,10 @@ impl HttpContext for BackendFilter {
                 }
             }
             ResponseMode::Whole => match self.hints.as_ref().map(|h| providers::response_body(dialect, h, &body, now_secs())) {
-                Some(Ok(b)) => self.out = b,
+                Some(Ok(b)) => {
+                    self.out = b;
+                    self.settle_attempt(true);
+                }
                 Some(Err(e)) => {
                     set_response_header(":status", Some(&e.status.to_string()));
                     // The reason may quote the answer, which may quote what the provider received.

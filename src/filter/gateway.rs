@@ -17,6 +17,7 @@ use crate::api::embeddings::parse_embeddings_request_with;
 use crate::api::error::kind_for_status;
 use crate::api::{models, ApiError};
 use crate::config::{Gateway, MODEL_HEADER, OP_HEADER, ROUTE_HEADER};
+use crate::policy::deadline;
 use crate::policy::estimate::{estimate_text_tokens, RequestEstimate};
 use crate::policy::gate::MAX_COST_HEADER;
 use crate::policy::headers as header_policy;
@@ -158,6 +159,16 @@ impl GatewayFilter {
         }
         let mut state = RequestState::new(resolved.model.to_string(), op);
         state.byok = byok;
+        if let Some(d) = resolved.deadline {
+            // Envoy's router reads (and removes) these: its per-try timeout becomes the deadline,
+            // because the backend filter holds each answer until its first token.
+            set_request_header(deadline::PER_TRY_TIMEOUT_HEADER, Some(&d.header_value));
+            if d.hedge {
+                set_request_header(deadline::HEDGE_HEADER, Some("true"));
+            }
+            state.deadline_ms = Some(d.timeout_ms);
+            self.record.deadline = Some(telemetry::DeadlineRecord { timeout_ms: d.timeout_ms, hedge: d.hedge, ..Default::default() });
+        }
         self.share_state(state);
         // Make Envoy select the route again, now that the route header is set.
         if let Err(e) = hostcalls::call_foreign_function("clear_route_cache", None) {

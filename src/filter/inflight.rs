@@ -34,6 +34,11 @@ pub struct RequestState {
     /// Backends whose credential a provider refused (401/403) during this request: a later
     /// attempt to one of them ends locally, with the provider's answer, instead of sending it again.
     pub refused: Vec<Refused>,
+    /// The route's first-token deadline (ms), when it has one: backend attempts then hold their
+    /// answer until its first token and record their timings.
+    pub deadline_ms: Option<u32>,
+    /// Timings of the attempts, in start order (only with a deadline).
+    pub timings: Vec<crate::policy::deadline::AttemptTiming>,
 }
 
 #[derive(Debug)]
@@ -46,7 +51,7 @@ pub struct Refused {
 
 impl RequestState {
     pub fn new(model: String, op: Operation) -> Self {
-        RequestState { model, op, attempts: 0, first_backend: None, served_backend: None, served_provider: None, served_model: None, provider_headers: Vec::new(), byok: None, refused: Vec::new() }
+        RequestState { model, op, attempts: 0, first_backend: None, served_backend: None, served_provider: None, served_model: None, provider_headers: Vec::new(), byok: None, refused: Vec::new(), deadline_ms: None, timings: Vec::new() }
     }
 
     /// How a provider refused `backend`'s credential in this request, if it did.

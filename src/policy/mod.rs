@@ -3,6 +3,7 @@ pub mod routing;
 
 // Virtual keys, rate limits, budgets and cost (host-testable; the filter wires them to Envoy).
 pub mod budget;
+pub mod deadline;
 pub mod estimate;
 pub mod gate;
 pub mod headers;

@@ -4,9 +4,12 @@
 use std::collections::HashMap;
 
 use crate::config::ModelEntry;
+use crate::policy::deadline::Deadline;
 
 pub struct ModelRouter {
     entries: Vec<ModelEntry>,
+    /// Per entry: its first-token deadline, pre-rendered.
+    deadlines: Vec<Option<Deadline>>,
     exact: HashMap<String, usize>,
     patterns: Vec<usize>,
 }
@@ -18,16 +21,20 @@ pub struct Resolved<'a> {
     pub route: &'a str,
     /// Canonical model name: the entry's name, or the requested name when a pattern matched.
     pub model: &'a str,
+    /// The route's first-token deadline, if it has one.
+    pub deadline: Option<&'a Deadline>,
 }
 
 impl ModelRouter {
     pub fn new(entries: Vec<ModelEntry>) -> Result<Self, String> {
         let mut exact = HashMap::new();
         let mut patterns = Vec::new();
+        let mut deadlines = Vec::with_capacity(entries.len());
         for (i, e) in entries.iter().enumerate() {
             if e.name.is_empty() {
                 return Err(format!("models[{i}]: empty name"));
             }
+            deadlines.push(Deadline::new(e.first_token_timeout_ms, e.hedge).map_err(|err| format!("models[{i}] ({}): {err}", e.name))?);
             let route = e.route.as_deref().unwrap_or(&e.name);
             if route.is_empty() || route.contains('*') {
                 return Err(format!("models[{i}] ({}): a wildcard entry needs an explicit route", e.name));
@@ -46,17 +53,21 @@ impl ModelRouter {
                 }
             }
         }
-        Ok(ModelRouter { entries, exact, patterns })
+        Ok(ModelRouter { entries, deadlines, exact, patterns })
     }
 
     pub fn resolve<'a>(&'a self, requested: &'a str) -> Option<Resolved<'a>> {
         if let Some(&i) = self.exact.get(requested) {
-            let e = &self.entries[i];
-            return Some(Resolved { route: e.route.as_deref().unwrap_or(&e.name), model: &e.name });
+            let e = self.entries.get(i)?;
+            let deadline = self.deadlines.get(i).and_then(Option::as_ref);
+            return Some(Resolved { route: e.route.as_deref().unwrap_or(&e.name), model: &e.name, deadline });
         }
-        self.patterns.iter().map(|&i| &self.entries[i]).find(|e| glob_match(&e.name, requested)).map(|e| Resolved {
+        let i = self.patterns.iter().copied().find(|&i| self.entries.get(i).is_some_and(|e| glob_match(&e.name, requested)))?;
+        let e = self.entries.get(i)?;
+        Some(Resolved {
             route: e.route.as_deref().unwrap_or(&e.name),
             model: requested,
+            deadline: self.deadlines.get(i).and_then(Option::as_ref),
         })
     }
 
@@ -111,6 +122,8 @@ mod tests {
             aliases: aliases.iter().map(|s| s.to_string()).collect(),
             route: route.map(Into::into),
             owned_by: None,
+            first_token_timeout_ms: None,
+            hedge: false,
         }
     }
 
@@ -122,9 +135,9 @@ mod tests {
             entry("*", &[], Some("catch-all")),
         ])
         .unwrap();
-        assert_eq!(r.resolve("gpt-4o-mini"), Some(Resolved { route: "gpt-4o-mini", model: "gpt-4o-mini" }));
-        assert_eq!(r.resolve("fast"), Some(Resolved { route: "gpt-4o-mini", model: "gpt-4o-mini" }));
-        assert_eq!(r.resolve("claude-3-haiku"), Some(Resolved { route: "anthropic", model: "claude-3-haiku" }));
+        assert_eq!(r.resolve("gpt-4o-mini"), Some(Resolved { route: "gpt-4o-mini", model: "gpt-4o-mini", deadline: None }));
+        assert_eq!(r.resolve("fast"), Some(Resolved { route: "gpt-4o-mini", model: "gpt-4o-mini", deadline: None }));
+        assert_eq!(r.resolve("claude-3-haiku"), Some(Resolved { route: "anthropic", model: "claude-3-haiku", deadline: None }));
         assert_eq!(r.resolve("llama").unwrap().route, "catch-all");
         let listed: Vec<_> = r.listed().map(|(n, _)| n).collect();
         assert_eq!(listed, vec!["gpt-4o-mini", "fast"]);
@@ -144,6 +157,23 @@ mod tests {
         assert!(ModelRouter::new(vec![entry("a", &[], None), entry("a", &[], None)]).is_err());
         assert!(ModelRouter::new(vec![entry("a", &["b"], None), entry("b", &[], None)]).is_err());
         assert!(ModelRouter::new(vec![entry("a*", &[], None)]).is_err());
+    }
+
+    #[test]
+    fn deadlines_follow_their_entry() {
+        let mut slow = entry("slow", &["s"], None);
+        slow.first_token_timeout_ms = Some(2000);
+        slow.hedge = true;
+        let mut pat = entry("big-*", &[], Some("big"));
+        pat.first_token_timeout_ms = Some(700);
+        let r = ModelRouter::new(vec![entry("a", &[], None), slow, pat]).unwrap();
+        assert_eq!(r.resolve("a").unwrap().deadline, None);
+        let d = r.resolve("s").unwrap().deadline.unwrap();
+        assert_eq!((d.timeout_ms, d.hedge, d.header_value.as_str()), (2000, true, "2000"));
+        assert_eq!(r.resolve("big-1").unwrap().deadline.map(|d| d.timeout_ms), Some(700));
+        let mut bad = entry("h", &[], None);
+        bad.hedge = true;
+        assert!(ModelRouter::new(vec![bad]).err().is_some_and(|e| e.contains("first_token_timeout_ms")));
     }
 
     #[test]

@@ -74,6 +74,25 @@ ANSWER_FAULTS = ("reset-after-first-chunk", "stall-mid-stream", "truncate-mid-ev
                  "malformed-json", "bad-crc", "oversize", "drip")
 DRIP_SECONDS = 0.1
 
+
+def first_token_delay(headers: dict, who: str) -> float:
+    """Seconds to wait before the first token, from ``x-mock-first-token-delay-ms``: ``<ms>`` for
+    every mock, or ``<who>=<ms>[,…]`` per mock (``openai``, ``anthropic``, or a more-providers kind
+    such as ``gemini``). A stream sends its headers at once and its events after the delay; a whole
+    answer is sent after the delay."""
+    raw = (headers.get("x-mock-first-token-delay-ms") or "").strip().lower()
+    bare, own = None, None
+    for item in (i.strip() for i in raw.split(",") if i.strip()):
+        name, _, ms = item.rpartition("=")
+        try:
+            value = float(ms) / 1000.0
+        except ValueError:
+            continue
+        if not name:
+            bare = value
+        elif name == who:
+            own = value
+    return own if own is not None else (bare or 0.0)
 DEFAULT_OVERSIZE_BYTES = 2 * 1024 * 1024
 # A load balancer's error page, as CDNs and reverse proxies put in front of an API send it.
 HTML_ERROR_PAGE = ("<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
@@ -1064,11 +1083,13 @@ class Handler(BaseHTTPRequestHandler):
         if r.fault is not None:
             self._send_fault(r)
             return
+        delay = getattr(r, "first_token_delay", 0.0)
         if r.stream is not None:
             self._send_head(r.status, r.headers)
             self.send_header("transfer-encoding", "chunked")
             self.end_headers()
             self.wfile.flush()
+            time.sleep(delay)
             if r.event_delay > 0:
                 for event in split_sse_events(r.stream.decode("utf-8")):
                     piece = (event + "\n\n").encode("utf-8")
@@ -1084,6 +1105,7 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(b"0\r\n\r\n")
             return
         body = r.body or b""
+        time.sleep(delay)
         self._send_head(r.status, r.headers)
         self.send_header("content-length", str(len(body)))
         self.end_headers()
@@ -1189,6 +1211,7 @@ class Handler(BaseHTTPRequestHandler):
             reply = (echo_auth(provider.error(401), headers) if scenario == "echo-auth"
                      else provider.handle(self.command, path, body, scenario))
             reply = apply_fault(reply, headers, provider.stall_seconds)
+            reply.first_token_delay = first_token_delay(headers, provider.name)
             self._send_reply(reply)
         except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError):
             self.close_connection = True

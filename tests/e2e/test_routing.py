@@ -1,0 +1,299 @@
+"""Routing decisions end to end (issue 10), in a real Envoy with the mock providers and the
+official `openai` SDK.
+
+First-token deadlines: a route's `first_token_timeout_ms` becomes Envoy's per-try timeout, and the
+backend filter holds each answer until its first token (stream) or its end (non-stream), so a
+candidate that is slow to start is abandoned before any byte reached the client and the next
+priority serves. `hedge: true` starts the next candidate on the deadline without cancelling the
+first; the first token wins. The mocks delay their first token on `x-mock-first-token-delay-ms`
+(`<mock>=<ms>`, per mock).
+
+The gateway configuration is the demo's (envoy/demo.yaml) plus the routes below; it runs with its
+own mocks and Envoy.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import openai
+import pytest
+import requests
+import yaml
+
+import harness
+import recorded
+import recorded_providers as rp
+
+DEADLINE_MS = 1000
+
+# model -> (gateway model entry fields, endpoints by priority: (mock, backend, upstream model))
+ROUTES = {
+    "ft-chat": ({"first_token_timeout_ms": DEADLINE_MS},
+                [("openai", "openai-demo", "gpt-4o-mini"),
+                 ("anthropic", "anthropic-demo", "claude-3-5-haiku-latest")]),
+    "ft-hedge": ({"first_token_timeout_ms": DEADLINE_MS, "hedge": True},
+                 [("openai", "openai-demo", "gpt-4o-mini"),
+                  ("anthropic", "anthropic-demo", "claude-3-5-haiku-latest")]),
+    "ft-gemini": ({"first_token_timeout_ms": DEADLINE_MS},
+                  [("more", "gemini-demo", "gemini-2.5-flash"),
+                   ("openai", "openai-demo", "gpt-4o-mini")]),
+}
+
+LOG_FIELDS = ("first_token_timeout_ms", "hedge", "deadlines_fired", "winner_attempt",
+              "winner_ttft_ms")
+
+
+def _plugins(doc, role):
+    stack = [doc]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, dict):
+            cfg = n.get("configuration")
+            if isinstance(cfg, dict) and isinstance(cfg.get("value"), str):
+                try:
+                    plugin = json.loads(cfg["value"])
+                except ValueError:
+                    plugin = None
+                if isinstance(plugin, dict) and plugin.get("role") == role:
+                    yield cfg, plugin
+            stack.extend(n.values())
+        elif isinstance(n, list):
+            stack.extend(n)
+
+
+class RoutingGateway(harness.Gateway):
+    """The demo gateway plus the routes of ROUTES and the deadline fields in the access log."""
+
+    def render(self) -> str:
+        doc = yaml.safe_load(super().render())
+        ports = {"openai": self.mocks.openai_port, "anthropic": self.mocks.anthropic_port,
+                 "more": self.mocks.more_port}
+        for cfg, plugin in _plugins(doc, "gateway"):
+            plugin["models"] = [{"name": name, "owned_by": "test", **fields}
+                                for name, (fields, _) in ROUTES.items()] + plugin["models"]
+            cfg["value"] = json.dumps(plugin)
+        listener = doc["static_resources"]["listeners"][0]
+        hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+        fmt = hcm["access_log"][0]["typed_config"]["log_format"]["json_format"]
+        for f in LOG_FIELDS:
+            fmt[f] = f"%FILTER_STATE(wasm.switchyard.{f}:PLAIN)%"
+        routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
+        template = next(r for r in routes
+                        if r["match"].get("headers", [{}])[0].get("string_match", {}).get("exact") == "gpt-4o-mini")
+        clusters = doc["static_resources"]["clusters"]
+        cluster_template = next(c for c in clusters if c["name"] == "route_gpt-4o-mini")
+        for name, (_, endpoints) in ROUTES.items():
+            r = copy.deepcopy(template)
+            r["match"]["headers"][0]["string_match"]["exact"] = name
+            r["route"]["cluster"] = f"route_{name}"
+            routes.insert(0, r)
+            c = copy.deepcopy(cluster_template)
+            c["name"] = c["load_assignment"]["cluster_name"] = f"route_{name}"
+            prio0 = c["load_assignment"]["endpoints"][0]
+            c["load_assignment"]["endpoints"] = []
+            for prio, (mock, backend, model) in enumerate(endpoints):
+                e = copy.deepcopy(prio0)
+                e["priority"] = prio
+                ep = e["lb_endpoints"][0]
+                ep["endpoint"]["address"]["socket_address"]["port_value"] = ports[mock]
+                ep["metadata"]["filter_metadata"]["switchyard"] = {"backend": backend, "model": model}
+                c["load_assignment"]["endpoints"].append(e)
+            clusters.append(c)
+        return yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)
+
+
+@pytest.fixture(scope="module")
+def rgw():
+    workdir = Path(tempfile.mkdtemp(prefix="switchyard-routing-"))
+    wasm = harness.build_wasm()
+    mocks = harness.Mocks(workdir).start()
+    gw = RoutingGateway(workdir, mocks)
+    gw.envoy_args = ["--file-flush-interval-msec", "50"]
+    try:
+        gw.start(wasm)
+        yield gw
+        problems = gw.problems()
+        assert not problems, problems
+    finally:
+        gw.stop()
+        mocks.stop()
+    harness.cleanup_workdir(workdir, keep=False)
+
+
+@pytest.fixture(scope="module")
+def rclient(rgw):
+    return openai.OpenAI(base_url=rgw.base_url, api_key="sk-client", max_retries=0, timeout=30)
+
+
+@pytest.fixture(autouse=True)
+def _clear(rgw):
+    rgw.clear_mocks()
+    offset = rgw.log_offset()
+    yield
+    crashes = rgw.wasm_crashes(offset)
+    assert not crashes, crashes
+
+
+def access_log(gw) -> list[dict]:
+    out = []
+    try:
+        text = Path(gw.access_log_path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return out
+    for line in text.splitlines():
+        if line.strip().startswith("{"):
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass
+    return out
+
+
+def log_line(gw, request_id: str, timeout: float = 5.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = [r for r in access_log(gw) if r.get("request_id") == request_id]
+        if lines or time.monotonic() > deadline:
+            assert lines, f"no access-log line for {request_id}"
+            return lines[-1]
+        time.sleep(0.05)
+
+
+def counter(gw, prefix: str) -> int:
+    return sum(v for k, v in gw.stats().items() if k.startswith(prefix))
+
+
+def delay(**per_mock) -> dict:
+    return {"x-mock-first-token-delay-ms": ",".join(f"{k}={v}" for k, v in per_mock.items())}
+
+
+MSG = [{"role": "user", "content": "Hello"}]
+
+
+def stream_text(rclient, model, headers):
+    raw = rclient.chat.completions.with_raw_response.create(
+        model=model, messages=MSG, stream=True, extra_headers=headers)
+    text = "".join((c.choices[0].delta.content or "") for c in raw.parse() if c.choices)
+    return raw, text
+
+
+# -- first-token deadline
+
+
+def test_stream_primary_slow_to_first_token_is_abandoned_at_the_deadline(rgw, rclient):
+    fired_before = counter(rgw, "wasmcustom.switchyard_first_token_deadlines;route=ft-chat")
+    t0 = time.monotonic()
+    raw, text = stream_text(rclient, "ft-chat", {**delay(openai=6000), "x-request-id": "ft-stream-1"})
+    elapsed = time.monotonic() - t0
+    # The client got the secondary's stream, whole and alone: no byte of the abandoned primary.
+    assert text == recorded.anthropic_stream_text()["text"]
+    assert raw.headers["x-switchyard-backend"] == "anthropic-demo"
+    assert raw.headers["x-switchyard-attempts"] == "2"
+    assert DEADLINE_MS / 1000 <= elapsed < 4.0, elapsed
+    assert len(rgw.mock_requests("openai")) == 1 and len(rgw.mock_requests("anthropic")) == 1
+    rec = log_line(rgw, "ft-stream-1")
+    assert (rec["deadlines_fired"], rec["winner_attempt"], rec["first_token_timeout_ms"]) == ("1", "2", "1000")
+    assert rec["backend"] == "anthropic-demo" and rec["status"] == "200" and rec["hedge"] == "false"
+    assert 0 <= int(rec["winner_ttft_ms"]) < DEADLINE_MS
+    harness.wait_until(lambda: counter(rgw, "wasmcustom.switchyard_first_token_deadlines;route=ft-chat")
+                       == fired_before + 1, 5, "deadline counter")
+
+
+def test_stream_primary_within_the_deadline_serves_and_is_held_whole(rgw, rclient):
+    # The primary's headers arrive at once, its events 400 ms later in many small pieces: held
+    # back until the first token, then released with everything before it, nothing lost.
+    raw, text = stream_text(rclient, "ft-chat", {**delay(openai=400), "x-request-id": "ft-stream-2"})
+    assert text == recorded.openai_stream_summary(recorded.openai_stream_text_chunks())["text"]
+    assert raw.headers["x-switchyard-backend"] == "openai-demo"
+    assert raw.headers["x-switchyard-attempts"] == "1"
+    assert len(rgw.mock_requests("anthropic")) == 0
+    rec = log_line(rgw, "ft-stream-2")
+    assert (rec["deadlines_fired"], rec["winner_attempt"]) == ("0", "1")
+    assert 400 <= int(rec["winner_ttft_ms"]) < DEADLINE_MS
+
+
+def test_non_stream_primary_that_has_not_answered_by_the_deadline_is_abandoned(rgw, rclient):
+    raw = rclient.chat.completions.with_raw_response.create(
+        model="ft-chat", messages=MSG, extra_headers={**delay(openai=6000), "x-request-id": "ft-whole-1"})
+    resp = raw.parse()
+    assert resp.choices[0].message.content == recorded.anthropic_text()["content"][0]["text"]
+    assert raw.headers["x-switchyard-backend"] == "anthropic-demo"
+    rec = log_line(rgw, "ft-whole-1")
+    assert (rec["deadlines_fired"], rec["winner_attempt"]) == ("1", "2")
+
+
+def test_translated_stream_deadline_gemini_to_openai(rgw, rclient):
+    raw, text = stream_text(rclient, "ft-gemini", {**delay(gemini=6000), "x-request-id": "ft-gem-1"})
+    assert text == recorded.openai_stream_summary(recorded.openai_stream_text_chunks())["text"]
+    assert raw.headers["x-switchyard-backend"] == "openai-demo"
+    rec = log_line(rgw, "ft-gem-1")
+    assert rec["deadlines_fired"] == "1", rec
+
+
+def test_translated_stream_within_the_deadline_is_held_and_translated_whole(rgw, rclient):
+    raw, text = stream_text(rclient, "ft-gemini", {**delay(gemini=300), "x-request-id": "ft-gem-2"})
+    expected = "".join(rp.gemini_text_of(e) for e in rp.gemini_stream_events())
+    assert expected and text == expected
+    assert raw.headers["x-switchyard-backend"] == "gemini-demo"
+    rec = log_line(rgw, "ft-gem-2")
+    assert (rec["deadlines_fired"], rec["winner_attempt"]) == ("0", "1")
+
+
+def test_every_candidate_too_slow_is_an_openai_shaped_504(rgw, rclient):
+    with pytest.raises(openai.APIStatusError) as e:
+        rclient.chat.completions.create(model="ft-chat", messages=MSG,
+                                        extra_headers={**delay(openai=4000, anthropic=4000),
+                                                       "x-request-id": "ft-all-slow"})
+    assert e.value.status_code == 504
+    assert isinstance(e.value.body, dict) and e.value.body.get("code") == "upstream_unavailable"
+    rec = log_line(rgw, "ft-all-slow")
+    # Every attempt (the route's retry budget: 3) was abandoned at its deadline; none won.
+    assert rec["deadlines_fired"] == rec["attempts"] == "3", rec
+    assert rec.get("winner_attempt") in (None, "")
+
+
+def test_a_route_without_deadline_waits_and_logs_no_deadline(rgw, rclient):
+    raw, text = stream_text(rclient, "gpt-4o-mini", {**delay(openai=1500), "x-request-id": "ft-none"})
+    assert raw.headers["x-switchyard-backend"] == "openai-demo"
+    assert text == recorded.openai_stream_summary(recorded.openai_stream_text_chunks())["text"]
+    rec = log_line(rgw, "ft-none")
+    assert all(rec.get(f) in (None, "") for f in LOG_FIELDS), rec
+
+
+# -- hedging
+
+
+def test_hedge_the_second_candidate_wins_when_faster(rgw, rclient):
+    t0 = time.monotonic()
+    raw, text = stream_text(rclient, "ft-hedge", {**delay(openai=3000), "x-request-id": "hedge-1"})
+    elapsed = time.monotonic() - t0
+    assert text == recorded.anthropic_stream_text()["text"]
+    assert raw.headers["x-switchyard-backend"] == "anthropic-demo"
+    assert elapsed < 2.5, elapsed
+    rec = log_line(rgw, "hedge-1")
+    assert (rec["deadlines_fired"], rec["winner_attempt"], rec["hedge"]) == ("1", "2", "true")
+
+
+def test_hedge_the_first_candidate_still_wins_when_it_answers_first(rgw, rclient):
+    # Without hedging the primary would be abandoned at 1000 ms and the secondary (2500 ms to its
+    # first token) would time out too; with hedging both run and the primary's token at 1400 ms wins.
+    raw, text = stream_text(rclient, "ft-hedge", {**delay(openai=1400, anthropic=2500),
+                                                  "x-request-id": "hedge-2"})
+    assert text == recorded.openai_stream_summary(recorded.openai_stream_text_chunks())["text"]
+    assert raw.headers["x-switchyard-backend"] == "openai-demo"
+    assert len(rgw.mock_requests("openai")) == 1 and len(rgw.mock_requests("anthropic")) == 1
+    rec = log_line(rgw, "hedge-2")
+    assert (rec["deadlines_fired"], rec["winner_attempt"]) == ("1", "1")
+    assert rec["attempts"] == "2"
+    assert int(rec["winner_ttft_ms"]) >= 1400
+
+
+def test_without_hedging_the_same_timings_fail(rgw, rclient):
+    with pytest.raises(openai.APIStatusError) as e:
+        rclient.chat.completions.create(model="ft-chat", messages=MSG, stream=True,
+                                        extra_headers=delay(openai=1400, anthropic=2500))
+    assert e.value.status_code == 504
