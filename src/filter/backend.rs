@@ -11,25 +11,10 @@ use proxy_wasm::types::{Action, BufferType};
 use super::inflight::{self, SharedState};
 use super::{header, now_ms, now_secs, send_error, send_json, set_request_header, set_response_header, BackendRuntime, Backends};
 use crate::api::ApiError;
-use crate::config::{INTERNAL_HEADER_PREFIX, METADATA_NAMESPACE, MODEL_HEADER, OP_HEADER};
+use crate::config::{METADATA_NAMESPACE, MODEL_HEADER, OP_HEADER};
+use crate::policy::headers as header_policy;
 use crate::providers::{self, AttemptContext, Operation, ResponseHints, StreamTranslate};
 use crate::stream::first_token::FirstTokenWatch;
-
-/// Client headers that carry credentials, or choose which of the gateway's provider accounts pays
-/// (OpenAI organisation and project, Google quota project): never forwarded to a provider.
-const CLIENT_CREDENTIAL_HEADERS: &[&str] = &[
-    "authorization",
-    "x-api-key",
-    "api-key",
-    "x-goog-api-key",
-    "cookie",
-    "proxy-authorization",
-    "x-amz-security-token",
-    "ocp-apim-subscription-key",
-    "openai-organization",
-    "openai-project",
-    "x-goog-user-project",
-];
 
 enum ResponseMode {
     /// The body is already in the client's shape (OpenAI-compatible success).
@@ -45,18 +30,6 @@ enum ResponseMode {
     /// A held answer was refused (too large): the rest of its body is dropped.
     Discard,
     /// A stream, translated chunk by chunk.
-    /// With a first-token deadline: this attempt's index in the request's timings, and the watch
-    /// for its first token while the answer is held back from the router.
-    deadline: Option<Box<DeadlineHold>>,
-}
-
-/// A successful stream held back until its first token (routes with a first-token deadline).
-struct DeadlineHold {
-    attempt: usize,
-    holding: bool,
-    /// Bytes already in Envoy's buffer, as the client will get them.
-    held_len: usize,
-    watch: FirstTokenWatch,
     Stream(Box<dyn StreamTranslate>),
 }
 
@@ -70,6 +43,32 @@ pub struct BackendFilter {
     mode: ResponseMode,
     out: Vec<u8>,
     /// The request's state shared with the gateway role (see `inflight`).
+    state: Option<SharedState>,
+    /// With a first-token deadline: this attempt's index in the request's timings, and the watch
+    /// for its first token while the answer is held back from the router.
+    deadline: Option<Box<DeadlineHold>>,
+}
+
+/// A successful stream held back until its first token (routes with a first-token deadline).
+struct DeadlineHold {
+    attempt: usize,
+    holding: bool,
+    /// Bytes already in Envoy's buffer, as the client will get them.
+    held_len: usize,
+    watch: FirstTokenWatch,
+}
+
+impl BackendFilter {
+    pub fn new(backends: Rc<Backends>) -> Self {
+        BackendFilter {
+            backends,
+            backend: None,
+            model: String::new(),
+            op: Operation::Chat,
+            hints: None,
+            mode: ResponseMode::Passthrough,
+            out: Vec::new(),
+            state: None,
             deadline: None,
         }
     }
@@ -91,8 +90,8 @@ pub struct BackendFilter {
             st.served_backend = Some(Rc::from(b.name.as_str()));
             st.served_provider = Some(b.cfg.schema.as_str());
             st.served_model = Some(self.model.clone());
-    state: Option<SharedState>,
-}
+        }
+    }
 
     /// A held stream's body: everything buffered so far (what was already translated, then the new
     /// bytes). Released to the router with its first token, or at its end.
@@ -124,20 +123,6 @@ pub struct BackendFilter {
             return Action::Continue;
         }
         Action::Pause
-    }
-
-impl BackendFilter {
-    pub fn new(backends: Rc<Backends>) -> Self {
-        BackendFilter {
-            backends,
-            backend: None,
-            model: String::new(),
-            op: Operation::Chat,
-            hints: None,
-            mode: ResponseMode::Passthrough,
-            out: Vec::new(),
-            state: None,
-        }
     }
 
     fn set_provider_header(&self, name: &str, value: &str) {
@@ -272,7 +257,7 @@ impl HttpContext for BackendFilter {
             }
         }
         for (k, _) in &headers {
-            if k.starts_with(INTERNAL_HEADER_PREFIX) || CLIENT_CREDENTIAL_HEADERS.contains(&k.as_str()) {
+            if header_policy::withheld_from_provider(k) {
                 set_request_header(k, None);
             }
         }
@@ -281,8 +266,8 @@ impl HttpContext for BackendFilter {
             // another backend must not hand it to a third party (nor serve it on the gateway's key).
             let foreign = {
                 let st = state.borrow();
-                match (&st.byok, &st.first_backend) {
-                    (Some(_), Some(first)) if **first != *backend.name => Some(first.clone()),
+                match st.first_backend.as_deref() {
+                    Some(first) if st.byok.is_some() && !header_policy::byok_allowed(Some(first), &backend.name) => Some(first.to_string()),
                     _ => None,
                 }
             };
@@ -295,11 +280,6 @@ impl HttpContext for BackendFilter {
                             "The request carries its own provider credential, which is for backend `{first}`; that backend failed and the request is not failed over to backend `{}`.",
                             backend.name
                         ),
-            if st.deadline_ms.is_some() {
-                let attempt = st.timings.len();
-                st.timings.push(crate::policy::deadline::AttemptTiming { start_ms: now_ms(), ..Default::default() });
-                self.deadline = Some(Box::new(DeadlineHold { attempt, holding: false, held_len: 0, watch: FirstTokenWatch::new() }));
-            }
                     )
                     .with_code("byok_no_failover"),
                 );
@@ -314,6 +294,11 @@ impl HttpContext for BackendFilter {
             st.served_backend = Some(name);
             st.served_provider = Some(backend.cfg.schema.as_str());
             st.served_model = Some(self.model.clone());
+            if st.deadline_ms.is_some() {
+                let attempt = st.timings.len();
+                st.timings.push(crate::policy::deadline::AttemptTiming { start_ms: now_ms(), ..Default::default() });
+                self.deadline = Some(Box::new(DeadlineHold { attempt, holding: false, held_len: 0, watch: FirstTokenWatch::new() }));
+            }
         }
         log::debug!("switchyard: attempt to backend {} with model {}", backend.name, self.model);
         self.backend = Some(backend);
@@ -356,6 +341,20 @@ impl HttpContext for BackendFilter {
         }
         self.mode = if status >= 400 {
             let mapped = providers::error_status(schema, status);
+            if mapped != status {
+                set_response_header(":status", Some(&mapped.to_string()));
+            }
+            ResponseMode::Error { status }
+        } else if hints.stream {
+            match providers::stream_translator(dialect, hints, now_secs()) {
+                Some(t) => ResponseMode::Stream(t),
+                None => ResponseMode::Passthrough,
+            }
+        } else if providers::translates_responses(dialect, hints) {
+            ResponseMode::Whole
+        } else {
+            ResponseMode::Check
+        };
         // With a first-token deadline, a successful stream is held back from the router until its
         // first token: until then Envoy's per-try timeout may still move on to the next candidate.
         let mut hold_stream = false;
@@ -371,37 +370,20 @@ impl HttpContext for BackendFilter {
                 }
             }
         }
-            if mapped != status {
-            ResponseMode::Passthrough if hold_stream => Action::Pause,
-                set_response_header(":status", Some(&mapped.to_string()));
-            }
-            ResponseMode::Error { status }
-        } else if hints.stream {
-            match providers::stream_translator(dialect, hints, now_secs()) {
-                Some(t) => ResponseMode::Stream(t),
-                if hold_stream {
-                    return Action::Pause;
-                }
-                None => ResponseMode::Passthrough,
-            }
-        } else if providers::translates_responses(dialect, hints) {
-            ResponseMode::Whole
-        } else {
-            ResponseMode::Check
-        };
         match self.mode {
+            ResponseMode::Passthrough if hold_stream => Action::Pause,
             ResponseMode::Passthrough => Action::Continue,
             ResponseMode::Stream(_) => {
                 set_response_header("content-length", None);
                 // What the client gets is OpenAI SSE whatever the upstream sent (Bedrock answers
                 // `application/vnd.amazon.eventstream`); the gateway's usage tap keys on this too.
                 set_response_header("content-type", Some("text/event-stream"));
+                if hold_stream {
+                    return Action::Pause;
+                }
                 Action::Continue
             }
             // Hold the headers until the whole body is translated: its status and length may change.
-        if self.deadline.as_ref().is_some_and(|h| h.holding) {
-            return self.on_held_body(body_size, end_of_stream);
-        }
             _ if end_of_stream => Action::Continue,
             ResponseMode::Check => Action::Pause,
             _ => {
@@ -416,6 +398,9 @@ impl HttpContext for BackendFilter {
             Some(b) => (b.cfg.schema, providers::Dialect::from(&b.cfg)),
             None => return Action::Continue,
         };
+        if self.deadline.as_ref().is_some_and(|h| h.holding) {
+            return self.on_held_body(body_size, end_of_stream);
+        }
         if matches!(self.mode, ResponseMode::Passthrough) {
             return Action::Continue;
         }

@@ -292,6 +292,10 @@ impl GatewayFilter {
             if self.record.response_model.is_none() {
                 self.record.response_model = st.served_model.clone();
             }
+            if let Some(d) = self.record.deadline.as_mut() {
+                let r = deadline::report(&st.timings, d.timeout_ms, now);
+                (d.fired, d.winner, d.winner_ttft_ms) = (r.fired, r.winner, r.winner_ttft_ms);
+            }
         }
         if let Some(u) = self.usage.take() {
             let r = &mut self.record;
