@@ -1190,6 +1190,7 @@ class MoreHandler(base.Handler):
             self.send_header("transfer-encoding", "chunked")
             self.end_headers()
             self.wfile.flush()
+            time.sleep(getattr(r, "first_token_delay", 0.0))
             chunker = base.Chunker(seed=self.server.provider.counter,
                                    max_size=max(160, len(r.stream) // 60))
             for piece in chunker.split(r.stream):
@@ -1236,7 +1237,6 @@ class MoreHandler(base.Handler):
                      "raw_query": url.query, "headers": headers, "body": body,
                      "body_text": raw.decode("utf-8", errors="replace"), "scenario": scenario,
                      "provider": kind, "time": time.time()}
-            time.sleep(getattr(r, "first_token_delay", 0.0))
             if kind == "bedrock":
                 entry["sigv4"] = verify_sigv4(self.command, url.path, url.query, headers, raw)
             provider.record(entry)
@@ -1246,6 +1246,7 @@ class MoreHandler(base.Handler):
             req = Req(self.command, path, url.path, url.query, headers, raw, body)
             reply = base.apply_fault(provider.route(kind, req, scenario, entry), headers,
                                      provider.stall_seconds)
+            reply.first_token_delay = base.first_token_delay(headers, kind)
             self._send_reply(reply)
         except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError):
             self.close_connection = True
@@ -1284,7 +1285,6 @@ def serve_more(port: int, host: str = "127.0.0.1", verbose: bool = False,
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-            reply.first_token_delay = base.first_token_delay(headers, kind)
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--stall-seconds", type=float, default=base.DEFAULT_STALL_SECONDS)
