@@ -104,9 +104,32 @@ fn text_of(v: &Value) -> Option<String> {
 /// Normalises an error answer from an OpenAI-compatible provider. OpenAI-shaped bodies pass as they
 /// are; anything else (an HTML page from a proxy, a bare string, `{"detail":…}`) is wrapped.
 pub fn map_error(status: u16, body: &[u8]) -> Vec<u8> {
-    if let Ok(env) = serde_json::from_slice::<ErrorEnvelope>(body) {
-        if env.error.get("message").is_some() {
-            return body.to_vec();
+    if let Ok(mut env) = serde_json::from_slice::<ErrorEnvelope>(body) {
+        if let Some(e) = env.error.as_object_mut().filter(|e| e.get("message").is_some_and(Value::is_string)) {
+            if e.get("type").is_some_and(Value::is_string) && ["param", "code"].iter().all(|k| matches!(e.get(*k), None | Some(Value::Null | Value::String(_)))) {
+                return body.to_vec();
+            }
+            // An envelope that is almost OpenAI's (no `type`, a numeric `code`): the same fields,
+            // made what the SDKs read.
+            if !e.get("type").is_some_and(Value::is_string) {
+                e.insert("type".into(), Value::String(kind_for_status(status).into()));
+            }
+            for k in ["param", "code"] {
+                match e.get(k) {
+                    None | Some(Value::Null | Value::String(_)) => {}
+                    Some(Value::Number(n)) => {
+                        let n = n.to_string();
+                        e.insert(k.into(), Value::String(n));
+                    }
+                    Some(_) => {
+                        e.insert(k.into(), Value::Null);
+                    }
+                }
+            }
+            return serde_json::to_vec(&env.error).map_or_else(|_| body.to_vec(), |inner| [&b"{\"error\":"[..], &inner, b"}"].concat());
+        }
+        if let Some(msg) = env.error.get("message").map(|m| m.to_string()) {
+            return ApiError::new(status, kind_for_status(status), msg).to_json();
         }
         if let Some(msg) = env.error.as_str() {
             return ApiError::new(status, kind_for_status(status), msg).to_json();
@@ -208,6 +231,23 @@ mod tests {
         let v: Value = serde_json::from_slice(&map_error(429, br#"{"error":"slow down"}"#)).unwrap();
         assert_eq!(v["error"]["message"], "slow down");
         assert_eq!(v["error"]["type"], "rate_limit_error");
+    }
+
+    #[test]
+    fn almost_openai_error_envelopes_get_the_full_shape() {
+        // Found by the `response` fuzz target: an envelope without `type` passed byte for byte.
+        let no_type = br#"{"error":{"code":"unsupported_parameter","message":"Unsupported parameter"}}"#;
+        let v: Value = serde_json::from_slice(&map_error(400, no_type)).unwrap();
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(v["error"]["code"], "unsupported_parameter");
+        assert_eq!(v["error"]["message"], "Unsupported parameter");
+        let numeric = br#"{"error":{"message":"slow","type":"rate_limit","code":429,"param":{"x":1}}}"#;
+        let v: Value = serde_json::from_slice(&map_error(429, numeric)).unwrap();
+        assert_eq!((v["error"]["code"].as_str(), v["error"]["param"].is_null()), (Some("429"), true));
+        // A `message` that is not text is not passed as if it were.
+        let v: Value = serde_json::from_slice(&map_error(500, br#"{"error":{"message":{"a":1}}}"#)).unwrap();
+        assert!(v["error"]["message"].as_str().unwrap().contains("\"a\""));
+        assert_eq!(v["error"]["type"], "api_error");
     }
 
     #[test]
