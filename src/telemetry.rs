@@ -111,6 +111,9 @@ pub struct RequestRecord {
     pub ttft_ms: Option<u64>,
     /// The route's first-token deadline and what it did (`None` on routes without one).
     pub deadline: Option<DeadlineRecord>,
+    /// The configured `*` pattern the requested model matched (its metric label; the access log
+    /// keeps the name as sent).
+    pub model_pattern: Option<String>,
 }
 
 /// What a first-token deadline did to one request (`crate::policy::deadline::report`).
@@ -171,7 +174,12 @@ pub fn metric_updates(r: &RequestRecord, opts: LabelOptions) -> Vec<MetricUpdate
     // A label carries only a model the configuration resolved: an unknown name is whatever a client
     // sent, and each distinct one would define a new stat for good (unbounded series and VM memory).
     // The access log keeps the name as sent.
-    let req_model = if r.route.is_some() { r.requested_model.as_deref().unwrap_or("") } else { "" };
+    // Through a `*` pattern any name resolves: the pattern is the label, so clients cannot mint series.
+    let req_model = match (&r.route, &r.model_pattern) {
+        (Some(_), Some(pattern)) => pattern.as_str(),
+        (Some(_), None) => r.requested_model.as_deref().unwrap_or(""),
+        (None, _) => "",
+    };
     let resp_model = r.response_model.as_deref().unwrap_or("");
     let error_type = r.error_type.as_deref().unwrap_or("none");
     let key = r.key_id.as_deref().unwrap_or("");
@@ -401,6 +409,20 @@ mod tests {
         assert!(u.iter().all(|m| !m.name.contains("no-such-model")), "{u:?}");
         assert!(u.iter().any(|m| m.name == "switchyard_rejections;reason=validation;gen_ai_request_model=unknown"));
         assert!(log_fields(&r).iter().any(|(k, v)| *k == "requested_model" && v == "no-such-model-1234"));
+    }
+
+    #[test]
+    fn names_matched_by_a_pattern_are_labelled_with_the_pattern() {
+        let u = |name: &str| {
+            let r = RequestRecord { requested_model: Some(name.into()), model_pattern: Some("claude-*".into()), ..record() };
+            metric_updates(&r, LabelOptions::default())
+        };
+        let (a, b) = (u("claude-made-up-1"), u("claude-made-up-2"));
+        assert_eq!(a.iter().map(|m| &m.name).collect::<Vec<_>>(), b.iter().map(|m| &m.name).collect::<Vec<_>>());
+        assert!(a.iter().all(|m| !m.name.contains("made-up")), "{a:?}");
+        assert!(a.iter().any(|m| m.name.contains("gen_ai_request_model=claude-*")), "{a:?}");
+        let r = RequestRecord { requested_model: Some("claude-made-up-1".into()), model_pattern: Some("claude-*".into()), ..record() };
+        assert!(log_fields(&r).iter().any(|(k, v)| *k == "requested_model" && v == "claude-made-up-1"));
     }
 
     #[test]

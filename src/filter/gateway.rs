@@ -149,6 +149,7 @@ impl GatewayFilter {
             byok = principal.byok().map(|s| s.expose().to_string());
         }
         self.record.route = Some(resolved.route.to_string());
+        self.record.model_pattern = resolved.pattern.map(str::to_string);
         set_request_header(ROUTE_HEADER, Some(resolved.route));
         set_request_header(MODEL_HEADER, Some(resolved.model));
         set_request_header(OP_HEADER, Some(op.as_str()));

@@ -23,6 +23,9 @@ pub struct Resolved<'a> {
     pub model: &'a str,
     /// The route's first-token deadline, if it has one.
     pub deadline: Option<&'a Deadline>,
+    /// The `*` entry that matched, if a pattern did: metrics label the model with it, never with
+    /// the name a client made up (each new name would be a new stat, for good).
+    pub pattern: Option<&'a str>,
 }
 
 impl ModelRouter {
@@ -60,7 +63,7 @@ impl ModelRouter {
         if let Some(&i) = self.exact.get(requested) {
             let e = self.entries.get(i)?;
             let deadline = self.deadlines.get(i).and_then(Option::as_ref);
-            return Some(Resolved { route: e.route.as_deref().unwrap_or(&e.name), model: &e.name, deadline });
+            return Some(Resolved { route: e.route.as_deref().unwrap_or(&e.name), model: &e.name, deadline, pattern: None });
         }
         let i = self.patterns.iter().copied().find(|&i| self.entries.get(i).is_some_and(|e| glob_match(&e.name, requested)))?;
         let e = self.entries.get(i)?;
@@ -68,6 +71,7 @@ impl ModelRouter {
             route: e.route.as_deref().unwrap_or(&e.name),
             model: requested,
             deadline: self.deadlines.get(i).and_then(Option::as_ref),
+            pattern: Some(&e.name),
         })
     }
 
@@ -135,9 +139,9 @@ mod tests {
             entry("*", &[], Some("catch-all")),
         ])
         .unwrap();
-        assert_eq!(r.resolve("gpt-4o-mini"), Some(Resolved { route: "gpt-4o-mini", model: "gpt-4o-mini", deadline: None }));
-        assert_eq!(r.resolve("fast"), Some(Resolved { route: "gpt-4o-mini", model: "gpt-4o-mini", deadline: None }));
-        assert_eq!(r.resolve("claude-3-haiku"), Some(Resolved { route: "anthropic", model: "claude-3-haiku", deadline: None }));
+        assert_eq!(r.resolve("gpt-4o-mini"), Some(Resolved { route: "gpt-4o-mini", model: "gpt-4o-mini", deadline: None, pattern: None }));
+        assert_eq!(r.resolve("fast"), Some(Resolved { route: "gpt-4o-mini", model: "gpt-4o-mini", deadline: None, pattern: None }));
+        assert_eq!(r.resolve("claude-3-haiku"), Some(Resolved { route: "anthropic", model: "claude-3-haiku", deadline: None, pattern: Some("claude-*") }));
         assert_eq!(r.resolve("llama").unwrap().route, "catch-all");
         let listed: Vec<_> = r.listed().map(|(n, _)| n).collect();
         assert_eq!(listed, vec!["gpt-4o-mini", "fast"]);

@@ -24,6 +24,7 @@ from unittest import mock
 
 import pytest
 import requests
+import yaml
 
 import harness
 import recorded as rec
@@ -104,6 +105,19 @@ AUTH = {
 
 LIMITS = {"max_messages": 64, "max_tool_schema_bytes": 512}
 
+
+def demo_models() -> list[dict]:
+    doc = yaml.safe_load((harness.REPO / "envoy" / "demo.yaml").read_text(encoding="utf-8"))
+    for node in harness._walk_nodes(doc):
+        cfg = node.get("configuration") if isinstance(node, dict) else None
+        if isinstance(cfg, dict) and isinstance(cfg.get("value"), str) and '"gateway"' in cfg["value"]:
+            return json.loads(cfg["value"])["models"]
+    raise AssertionError("no gateway plugin in envoy/demo.yaml")
+
+
+# The demo's models plus a pattern: any gpt-4o-<anything> goes to the gpt-4o-mini route.
+MODELS = [*demo_models(), {"name": "gpt-4o-*", "route": "gpt-4o-mini"}]
+
 CANARIES = [*CANARY_ENV.values(), BYOK_A, BYOK_B, *(K(k["id"]) for k in AUTH["keys"])]
 MOCK_HEADERS = ("x-mock-openai", "x-mock-anthropic", "x-mock-more")
 
@@ -119,7 +133,7 @@ def sec(tmp_path_factory):
     try:
         with mock.patch.dict(harness.ENVOY_ENV, CANARY_ENV):
             g = KeysGateway.start(tmp_path_factory.mktemp("security"), AUTH, gateway_cls=OneWorker,
-                                  gateway_config={"limits": LIMITS})
+                                  gateway_config={"limits": LIMITS, "models": MODELS})
     except Exception as e:  # noqa: BLE001
         pytest.fail(f"could not start the security gateway: {e}", pytrace=False)
     g.seen = []          # every (status, headers, body) a client got from it
@@ -267,6 +281,23 @@ def test_configured_limits_apply(sec):
     assert (err["param"], err["code"]) == ("tools[1].function.parameters", "schema_too_large")
     assert "512" in err["message"]
     assert len(all_requests(sec)) == 2
+
+
+def test_names_a_pattern_lets_through_do_not_become_metric_names(sec):
+    """Through a `*` model pattern any name resolves; each made-up name must not define a new
+    stat (unbounded series, and VM memory kept for good): the pattern is the label."""
+    names = [f"gpt-4o-madeup-{i}" for i in range(3)]
+    for name in names:
+        r = chat(sec, name, key=K("open"))
+        assert r.status_code == 200, r.text
+    time.sleep(1.2)
+    prom = requests.get(sec.gw.admin_url + "/stats/prometheus", timeout=10).text
+    assert "madeup" not in prom and "madeup" not in sec.gw.stats_text()
+    served = [ln for ln in prom.splitlines() if ln.startswith("switchyard_requests{")
+              and 'gen_ai_request_model="gpt-4o-*"' in ln]
+    assert sum(float(ln.rsplit(" ", 1)[1]) for ln in served) == 3, served
+    logged = {ln["requested_model"] for ln in sec.log_lines("open", count=3)}
+    assert set(names) <= logged                  # the access log keeps the names as sent
 
 
 def test_spoofed_operation_header_does_not_turn_embeddings_into_chat(sec):
