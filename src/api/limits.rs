@@ -4,10 +4,10 @@
 //! inside the VM (whose memory never shrinks: wasm linear memory only grows).
 //!
 //! Every check is a comparison on something the parse already produced, except the count of JSON
-//! values, which needs a scan of the bytes; that scan runs only for bodies large enough to hold
-//! more values than the limit (a JSON value takes at least two bytes), so ordinary requests never
-//! pay for it. Nesting depth is bounded by serde_json's recursion limit (128), which turns deeper
-//! documents into a 400 before anything recurses further.
+//! values and the nesting depth, which need a scan of the bytes; that scan runs only for bodies
+//! large enough to hold more values than the limit (a JSON value takes at least two bytes), or when
+//! `max_json_depth` is set below what serde_json's own recursion limit allows (127 levels; deeper
+//! documents are a 400 before anything recurses further), so ordinary requests never pay for it.
 
 use serde::Deserialize;
 
@@ -43,6 +43,9 @@ pub struct RequestLimits {
     /// objects. Bounds the memory a body can expand into once parsed (a one-entry object costs
     /// hundreds of bytes of tree for 8 bytes of text).
     pub max_json_values: usize,
+    /// Nesting of arrays and objects (the body's own object is level 1). 127 is what serde_json's
+    /// recursion limit allows, enforced by the parse itself at no cost; a lower limit scans every body.
+    pub max_json_depth: usize,
 }
 
 pub const DEFAULT_LIMITS: RequestLimits = RequestLimits {
@@ -57,7 +60,12 @@ pub const DEFAULT_LIMITS: RequestLimits = RequestLimits {
     max_n: 128,
     max_embedding_inputs: 2048,
     max_json_values: 100_000,
+    max_json_depth: SERDE_JSON_DEPTH,
 };
+
+/// The deepest nesting serde_json parses (its recursion limit of 128 refuses the 128th level): deeper
+/// documents fail to parse, a 400.
+pub const SERDE_JSON_DEPTH: usize = 127;
 
 impl Default for RequestLimits {
     fn default() -> Self {
@@ -79,6 +87,7 @@ impl RequestLimits {
         max_n: u32::MAX,
         max_embedding_inputs: usize::MAX,
         max_json_values: usize::MAX,
+        max_json_depth: SERDE_JSON_DEPTH,
     };
 
     /// Configuration check: a limit of zero would refuse every request that has the field at all,
@@ -97,21 +106,31 @@ impl RequestLimits {
         ];
         match positive.iter().find(|(_, v)| *v == 0) {
             Some((name, _)) => Err(format!("limits.{name} must be positive")),
+            None if self.max_json_depth == 0 || self.max_json_depth > SERDE_JSON_DEPTH => {
+                Err(format!("limits.max_json_depth must be between 1 and {SERDE_JSON_DEPTH} (serde_json's recursion limit)"))
+            }
             None => Ok(()),
         }
     }
 
-    /// The body as bytes, before it is parsed: too many JSON values is a 413.
+    /// The body as bytes, before it is parsed: too many JSON values is a 413, nesting deeper than
+    /// a lowered `max_json_depth` a 400.
     pub fn check_body(&self, body: &[u8]) -> Result<(), ApiError> {
-        if json_values_exceed(body, self.max_json_values) {
-            return Err(ApiError::new(
+        let depth = if self.max_json_depth < SERDE_JSON_DEPTH { self.max_json_depth } else { usize::MAX };
+        match json_shape(body, self.max_json_values, depth) {
+            Shape::Within => Ok(()),
+            Shape::TooManyValues => Err(ApiError::new(
                 413,
                 "invalid_request_error",
                 format!("The request body holds more than {} JSON values (the gateway's limit).", self.max_json_values),
             )
-            .with_code("request_too_large"));
+            .with_code("request_too_large")),
+            Shape::TooDeep => Err(ApiError::invalid_request(format!(
+                "The request body nests arrays and objects deeper than {} levels (the gateway's limit).",
+                self.max_json_depth
+            ))
+            .with_code("json_too_deep")),
         }
-        Ok(())
     }
 
     pub fn check_len(&self, param: &str, len: usize, max: usize) -> Result<(), ApiError> {
@@ -200,13 +219,28 @@ impl std::io::Write for ByteCounter {
 
 /// Whether the JSON text `body` holds more than `limit` values: strings (object keys included),
 /// numbers, literals, arrays and objects. Nothing is built; malformed text is the parser's business.
-/// Each value takes at least one byte and is followed by a delimiter or a closing bracket, so a text
-/// of `n` bytes holds at most `(n + 1) / 2` values: short bodies are not even looked at.
 pub fn json_values_exceed(body: &[u8], limit: usize) -> bool {
-    if body.len().div_ceil(2) <= limit {
-        return false;
+    json_shape(body, limit, usize::MAX) == Shape::TooManyValues
+}
+
+/// What [`json_shape`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    Within,
+    TooManyValues,
+    TooDeep,
+}
+
+/// Counts the values of the JSON text `body` (see [`json_values_exceed`]) and the nesting of its
+/// arrays and objects, stopping at the first limit passed. Each value takes at least one byte and
+/// is followed by a delimiter or a closing bracket, so a text of `n` bytes holds at most
+/// `(n + 1) / 2` values and nests at most `n / 2` deep: short bodies are not even looked at.
+pub fn json_shape(body: &[u8], max_values: usize, max_depth: usize) -> Shape {
+    if body.len().div_ceil(2) <= max_values && body.len() / 2 <= max_depth {
+        return Shape::Within;
     }
     let mut count = 0usize;
+    let mut depth = 0usize;
     let mut i = 0usize;
     while let Some(&b) = body.get(i) {
         match b {
@@ -216,6 +250,14 @@ pub fn json_values_exceed(body: &[u8], limit: usize) -> bool {
             }
             b'{' | b'[' => {
                 count += 1;
+                depth += 1;
+                if depth > max_depth {
+                    return Shape::TooDeep;
+                }
+                i += 1;
+            }
+            b'}' | b']' => {
+                depth = depth.saturating_sub(1);
                 i += 1;
             }
             b'-' | b'0'..=b'9' | b't' | b'f' | b'n' => {
@@ -227,11 +269,11 @@ pub fn json_values_exceed(body: &[u8], limit: usize) -> bool {
             }
             _ => i += 1,
         }
-        if count > limit {
-            return true;
+        if count > max_values {
+            return Shape::TooManyValues;
         }
     }
-    false
+    Shape::Within
 }
 
 /// Index just past the closing quote of the string whose contents start at `i` (or the end).
@@ -390,6 +432,28 @@ mod tests {
         // Below serde_json's limit of 128 (the metadata sits at depth 1) it parses.
         let ok = format!(r#"{{"model":"m","messages":[{{"role":"user","content":"hi"}}],"metadata":{}{}}}"#, "[".repeat(126), "]".repeat(126));
         assert!(crate::api::chat::parse_chat_request_with(ok.as_bytes(), &DEFAULT_LIMITS).is_ok());
+    }
+
+    #[test]
+    fn a_lowered_depth_limit_scans_every_body() {
+        let l = RequestLimits { max_json_depth: 4, ..DEFAULT_LIMITS };
+        let body = |depth: usize| format!(r#"{{"model":"m","messages":[{{"role":"user","content":"hi"}}],"metadata":{}{}}}"#, "[".repeat(depth), "]".repeat(depth));
+        // The body is level 1, metadata's arrays 2, 3, 4…; brackets inside strings do not count.
+        assert_eq!(l.check_body(body(3).as_bytes()), Ok(()));
+        let e = l.check_body(body(4).as_bytes()).unwrap_err();
+        assert_eq!((e.status, e.code.as_deref()), (400, Some("json_too_deep")));
+        assert!(e.message.contains("4 levels"), "{}", e.message);
+        assert_eq!(l.check_body(br#"{"a":"[[[[[[[[[[{{{{{{"}"#), Ok(()));
+        assert_eq!(json_shape(br#"[[],[[]],[]]"#, 100, 3), Shape::Within);
+        assert_eq!(json_shape(br#"[[],[[[]]],[]]"#, 100, 3), Shape::TooDeep);
+        // The default (serde_json's own limit) scans nothing: the parse refuses deeper bodies.
+        assert_eq!(DEFAULT_LIMITS.check_body(body(500).as_bytes()), Ok(()));
+        // What serde_json itself accepts: 127 levels, not 128.
+        let at = |d: usize| format!("{}{}", "[".repeat(d), "]".repeat(d));
+        assert!(serde_json::from_str::<serde_json::Value>(&at(SERDE_JSON_DEPTH)).is_ok());
+        assert!(serde_json::from_str::<serde_json::Value>(&at(SERDE_JSON_DEPTH + 1)).is_err());
+        assert!(RequestLimits { max_json_depth: 129, ..DEFAULT_LIMITS }.validate().is_err());
+        assert!(RequestLimits { max_json_depth: 0, ..DEFAULT_LIMITS }.validate().is_err());
     }
 
     #[test]

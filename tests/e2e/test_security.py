@@ -103,7 +103,7 @@ AUTH = {
     },
 }
 
-LIMITS = {"max_messages": 64, "max_tool_schema_bytes": 512}
+LIMITS = {"max_messages": 64, "max_tool_schema_bytes": 512, "max_json_depth": 32}
 
 
 def demo_models() -> list[dict]:
@@ -259,8 +259,8 @@ def test_a_cost_cap_header_cannot_raise_a_budget(sec):
 
 
 def test_configured_limits_apply(sec):
-    """The gateway's own "limits" (here max_messages 64, max_tool_schema_bytes 512) replace the
-    defaults end to end."""
+    """The gateway's own "limits" (here max_messages 64, max_tool_schema_bytes 512, max_json_depth
+    32) replace the defaults end to end."""
     r = chat(sec, key=K("open"), body={"messages": HELLO * 64})
     assert r.status_code == 200, r.text
     r = chat(sec, key=K("open"), body={"messages": HELLO * 65})
@@ -281,6 +281,16 @@ def test_configured_limits_apply(sec):
     assert (err["param"], err["code"]) == ("tools[1].function.parameters", "schema_too_large")
     assert "512" in err["message"]
     assert len(all_requests(sec)) == 2
+    # max_json_depth 32: the body is level 1, so metadata may hold 30 more levels, not 31.
+    r = chat(sec, key=K("open"), body={"metadata": {"deep": nested(29)}})
+    assert r.status_code == 200, r.text
+    r = chat(sec, key=K("open"), body={"metadata": {"deep": nested(30)}})
+    assert r.status_code == 400
+    err = openai_error(r)
+    assert err["code"] == "json_too_deep" and "32 levels" in err["message"], err
+    r = chat(sec, key=K("open"), body={"messages": [{"role": "user", "content": "[" * 100}]})
+    assert r.status_code == 200, "brackets in a string are text"
+    assert len(all_requests(sec)) == 4
 
 
 def test_names_a_pattern_lets_through_do_not_become_metric_names(sec):
