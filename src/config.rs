@@ -53,6 +53,9 @@ pub struct GatewayConfig {
     /// Limits on what a client controls in a body (counts, string lengths, JSON values).
     #[serde(default)]
     pub limits: crate::api::limits::RequestLimits,
+    /// Rules on the request and meta-models (`crate::policy::rules`).
+    #[serde(default)]
+    pub routing: crate::policy::rules::RoutingConfig,
 }
 
 /// Telemetry options. Per-key and per-team labels multiply the number of series: off by default.
@@ -436,6 +439,8 @@ pub struct Gateway {
     /// Virtual keys, limits and budgets; `None` when the gateway is open.
     pub policy: Option<crate::policy::Policy>,
     pub router: ModelRouter,
+    /// Routing rules and meta-models; `None` when none are configured.
+    pub routing: Option<crate::policy::rules::RoutingTable>,
 }
 
 impl PluginConfig {
@@ -477,8 +482,13 @@ impl Gateway {
             label_options: crate::telemetry::LabelOptions { key_labels: cfg.metrics.key_labels },
             emit_metrics: cfg.metrics.enabled,
             publish_log_fields: cfg.metrics.access_log_fields,
+            routing: None,
             router: ModelRouter::new(cfg.models)?,
             policy,
+        })
+        .and_then(|mut g| {
+            g.routing = crate::policy::rules::RoutingTable::new(cfg.routing, |m| g.router.resolve(m).is_some())?;
+            Ok(g)
         })
     }
 

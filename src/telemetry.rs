@@ -109,6 +109,8 @@ pub struct RequestRecord {
     pub duration_ms: u64,
     pub ttfb_ms: Option<u64>,
     pub ttft_ms: Option<u64>,
+    /// The routing rule (or `meta:<name>` default) that chose the model, if one did.
+    pub routing_rule: Option<String>,
     /// The route's first-token deadline and what it did (`None` on routes without one).
     pub deadline: Option<DeadlineRecord>,
     /// The configured `*` pattern the requested model matched (its metric label; the access log
@@ -288,6 +290,7 @@ pub fn log_fields(r: &RequestRecord) -> Vec<(&'static str, String)> {
         ("key_id", opt(&r.key_id)),
         ("team", opt(&r.team)),
         ("route", opt(&r.route)),
+        ("routing_rule", opt(&r.routing_rule)),
         ("requested_model", opt(&r.requested_model)),
         ("response_model", opt(&r.response_model)),
         ("backend", opt(&r.backend)),

@@ -17,7 +17,9 @@ use crate::api::embeddings::parse_embeddings_request_with;
 use crate::api::error::kind_for_status;
 use crate::api::{models, ApiError};
 use crate::config::{Gateway, MODEL_HEADER, OP_HEADER, ROUTE_HEADER};
+use crate::api::chat::ChatRequest;
 use crate::policy::deadline;
+use crate::policy::rules::{self, RoutingTable};
 use crate::policy::estimate::{estimate_text_tokens, RequestEstimate};
 use crate::policy::gate::MAX_COST_HEADER;
 use crate::policy::headers as header_policy;
@@ -71,6 +73,8 @@ pub struct GatewayFilter {
     max_cost: Option<String>,
     /// Output counted on a stream that ended without usage.
     streamed_tokens: u64,
+    /// Request headers the routing rules look at (only when some rule does).
+    rule_headers: Vec<(String, String)>,
 }
 
 impl Drop for GatewayFilter {
@@ -104,17 +108,22 @@ impl GatewayFilter {
             admission: None,
             max_cost: None,
             streamed_tokens: 0,
+            rule_headers: Vec::new(),
         }
     }
 
     fn on_body(&mut self, op: Operation, body: &[u8]) -> Result<(), Refusal> {
         let invalid = |e: ApiError| (e, Rejection::Validation, Vec::new());
+        let mut target = None;
         let (model, estimate) = match op {
             Operation::Chat => {
                 let req = parse_chat_request_with(body, &self.cfg.limits).map_err(invalid)?;
                 self.stream = req.is_stream();
                 self.wants_usage = req.wants_stream_usage();
                 let est = self.principal.as_ref().map(|_| RequestEstimate::from_chat(&req));
+                if let Some(rt) = self.cfg.routing.as_ref() {
+                    target = self.choose_by_rules(rt, &req, est.as_ref());
+                }
                 (req.model, est)
             }
             Operation::Embeddings => {
@@ -130,10 +139,19 @@ impl GatewayFilter {
         self.record.requested_model = Some(model);
         let cfg = self.cfg.clone();
         let model = self.record.requested_model.as_deref().unwrap_or_default();
-        let resolved = cfg.router.resolve(model).ok_or_else(|| invalid(ApiError::model_not_found(model)))?;
+        let resolved = match &target {
+            // A rule (or a meta-model's default) chose the model; the key's model list applies to
+            // the name the client asked for.
+            Some((chosen, label)) => {
+                self.record.routing_rule = Some(label.clone());
+                cfg.router.resolve(chosen).ok_or_else(|| invalid(ApiError::model_not_found(model)))?
+            }
+            None => cfg.router.resolve(model).ok_or_else(|| invalid(ApiError::model_not_found(model)))?,
+        };
         let mut byok = None;
         if let (Some(policy), Some(principal), Some(est)) = (cfg.policy.as_ref(), self.principal.as_ref(), estimate) {
-            policy.authorize_model(principal, model, resolved.model).map_err(|e| (e, Rejection::Scope, Vec::new()))?;
+            let asked = if target.is_some() { cfg.router.resolve(model).map_or(model, |r| r.model) } else { resolved.model };
+            policy.authorize_model(principal, model, asked).map_err(|e| (e, Rejection::Scope, Vec::new()))?;
             match policy.admit(principal, &est, resolved.model, self.max_cost.as_deref(), now_ms(), &EnvoyStore) {
                 Ok(admission) => self.admission = Some(admission),
                 Err(rej) => {
@@ -176,6 +194,28 @@ impl GatewayFilter {
             log::warn!("switchyard: clear_route_cache failed: {e:?}");
         }
         Ok(())
+    }
+
+    /// The model the routing rules choose for a chat request (and the rule's label), if any. Rules
+    /// apply only to names the gateway knows: an unknown model stays a 404.
+    fn choose_by_rules(&self, rt: &RoutingTable, req: &ChatRequest, est: Option<&RequestEstimate>) -> Option<(String, String)> {
+        if !rt.is_meta(&req.model) && self.cfg.router.resolve(&req.model).is_none() {
+            return None;
+        }
+        let mut facts = rules::chat_facts(req);
+        facts.headers = &self.rule_headers;
+        if let Some(p) = self.principal.as_ref() {
+            facts.key_id = Some(p.key_id());
+            facts.team = p.team();
+            facts.metadata = Some(p.metadata());
+        }
+        if rt.needs_prompt_tokens() {
+            facts.prompt_tokens = est.map_or_else(|| RequestEstimate::from_chat(req).prompt_tokens, |e| e.prompt_tokens);
+        }
+        if rt.needs_last_user_message() {
+            facts.last_user_message = rules::last_user_message(req);
+        }
+        rt.choose(&facts).map(|c| (c.model.to_string(), c.label.to_string()))
     }
 
     /// Publishes the request's state for its backend attempts, under a request id unique on this
@@ -329,6 +369,9 @@ impl HttpContext for GatewayFilter {
             }
         }
         self.request_id = header(&headers, "x-request-id").filter(|v| !v.is_empty()).map(str::to_string);
+        if let Some(rt) = self.cfg.routing.as_ref().filter(|rt| !rt.header_names().is_empty()) {
+            self.rule_headers = headers.iter().filter(|(n, _)| rt.header_names().contains(n)).cloned().collect();
+        }
         self.record.request_id = self.request_id.clone().unwrap_or_default();
         let method = header(&headers, ":method").unwrap_or("");
         let full_path = header(&headers, ":path").unwrap_or("/");
@@ -394,11 +437,13 @@ impl HttpContext for GatewayFilter {
                 _ => true,
             };
             if path == "/v1/models" {
-                let body = models::model_list_json(cfg.router.listed().filter(|(name, _)| allowed(name)), now);
+                let metas = cfg.routing.iter().flat_map(|rt| rt.listed());
+                let body = models::model_list_json(cfg.router.listed().chain(metas).filter(|(name, _)| allowed(name)), now);
                 return self.answer(200, &body);
             }
             let id = &path["/v1/models/".len()..];
-            let owner = cfg.router.owner_of(id).filter(|_| allowed(id));
+            let meta_owner = || cfg.routing.as_ref().and_then(|rt| rt.listed().find(|(n, _)| *n == id).map(|(_, o)| o));
+            let owner = cfg.router.owner_of(id).or_else(meta_owner).filter(|_| allowed(id));
             return match owner {
                 Some(owner) => {
                     let body = models::model_json(id, owner, now);

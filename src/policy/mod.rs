@@ -1,5 +1,6 @@
 //! Pure decisions: routing, keys, limits.
 pub mod routing;
+pub mod rules;
 
 // Virtual keys, rate limits, budgets and cost (host-testable; the filter wires them to Envoy).
 pub mod budget;

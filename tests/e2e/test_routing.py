@@ -14,6 +14,7 @@ own mocks and Envoy.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import tempfile
 import time
@@ -45,6 +46,27 @@ ROUTES = {
 
 LOG_FIELDS = ("first_token_timeout_ms", "hedge", "deadlines_fired", "winner_attempt",
               "winner_ttft_ms")
+
+KEYS = {"sk-research": ("researcher", "research"), "sk-apps": ("app", "apps")}
+AUTH = {"keys": [{"id": kid, "team": team, "sha256": hashlib.sha256(k.encode()).hexdigest()}
+                 for k, (kid, team) in KEYS.items()],
+        "teams": [{"id": "research"}, {"id": "apps"}]}
+
+# Rules on the request and the meta-model `auto` (README "Routing").
+ROUTING = {
+    "meta_models": [{"name": "auto", "default": "gpt-4o-mini"}],
+    "rules": [
+        {"name": "summaries", "model": "claude-haiku",
+         "when": {"model": ["auto"], "last_user_message_contains": ["summarize", "summarise", "tl;dr"]}},
+        {"name": "classification", "model": "claude-haiku",
+         "when": {"headers": {"x-task": "classify"}}},
+        {"name": "vision", "model": "gemini-flash", "when": {"model": ["auto"], "images": True}},
+        {"name": "research-frontier", "model": "magistral",
+         "when": {"model": ["auto"], "team": ["research"]}},
+        {"name": "long-prompts", "model": "command-r",
+         "when": {"model": ["auto"], "prompt_tokens": {"min": 3000}}},
+    ],
+}
 
 
 def _plugins(doc, role):
@@ -79,7 +101,7 @@ class RoutingGateway(harness.Gateway):
         listener = doc["static_resources"]["listeners"][0]
         hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
         fmt = hcm["access_log"][0]["typed_config"]["log_format"]["json_format"]
-        for f in LOG_FIELDS:
+        for f in LOG_FIELDS + ("routing_rule",):
             fmt[f] = f"%FILTER_STATE(wasm.switchyard.{f}:PLAIN)%"
         routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
         template = next(r for r in routes
@@ -111,7 +133,7 @@ def rgw():
     workdir = Path(tempfile.mkdtemp(prefix="switchyard-routing-"))
     wasm = harness.build_wasm()
     mocks = harness.Mocks(workdir).start()
-    gw = RoutingGateway(workdir, mocks)
+    gw = RoutingGateway(workdir, mocks, gateway_config={"auth": AUTH, "routing": ROUTING})
     gw.envoy_args = ["--file-flush-interval-msec", "50"]
     try:
         gw.start(wasm)
@@ -126,7 +148,12 @@ def rgw():
 
 @pytest.fixture(scope="module")
 def rclient(rgw):
-    return openai.OpenAI(base_url=rgw.base_url, api_key="sk-client", max_retries=0, timeout=30)
+    return openai.OpenAI(base_url=rgw.base_url, api_key="sk-apps", max_retries=0, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def research(rgw):
+    return openai.OpenAI(base_url=rgw.base_url, api_key="sk-research", max_retries=0, timeout=30)
 
 
 @pytest.fixture(autouse=True)
@@ -297,3 +324,102 @@ def test_without_hedging_the_same_timings_fail(rgw, rclient):
         rclient.chat.completions.create(model="ft-chat", messages=MSG, stream=True,
                                         extra_headers=delay(openai=1400, anthropic=2500))
     assert e.value.status_code == 504
+
+
+# -- rules on the request, meta-model `auto`
+
+
+def ask(client, rid, model="auto", content="Hello", headers=None, **kw):
+    return client.chat.completions.with_raw_response.create(
+        model=model, messages=[{"role": "user", "content": content}],
+        extra_headers={"x-request-id": rid, **(headers or {})}, **kw)
+
+
+def test_auto_without_a_matching_rule_is_its_default(rgw, rclient):
+    raw = ask(rclient, "rule-default")
+    resp = raw.parse()
+    assert raw.headers["x-switchyard-backend"] == "openai-demo"
+    assert raw.headers["x-switchyard-model"] == "gpt-4o-mini"
+    assert resp.model != "auto" and resp.choices[0].message.content == recorded.openai_text()["choices"][0]["message"]["content"]
+    rec = log_line(rgw, "rule-default")
+    assert (rec["requested_model"], rec["routing_rule"], rec["route"]) == ("auto", "meta:auto", "gpt-4o-mini")
+
+
+def test_a_summarisation_request_goes_to_the_small_model(rgw, rclient):
+    raw = ask(rclient, "rule-summary", content="Please summarize the following report: ...")
+    resp = raw.parse()
+    assert raw.headers["x-switchyard-backend"] == "anthropic-demo"
+    assert resp.choices[0].message.content == recorded.anthropic_text()["content"][0]["text"]
+    # What served: the provider's own model name in the answer, the name sent to it in the header.
+    assert resp.model == recorded.anthropic_text()["model"]
+    assert raw.headers["x-switchyard-model"] == "claude-3-5-haiku-latest"
+    assert len(rgw.mock_requests("openai")) == 0 and len(rgw.mock_requests("anthropic")) == 1
+    rec = log_line(rgw, "rule-summary")
+    assert (rec["requested_model"], rec["routing_rule"], rec["route"]) == ("auto", "summaries", "claude-haiku")
+
+
+def test_only_the_last_user_message_is_read(rgw, rclient):
+    raw = rclient.chat.completions.with_raw_response.create(
+        model="auto", extra_headers={"x-request-id": "rule-last"},
+        messages=[{"role": "user", "content": "summarize this"}, {"role": "assistant", "content": "ok"},
+                  {"role": "user", "content": "Now translate it to French"}])
+    assert raw.headers["x-switchyard-backend"] == "openai-demo"
+    assert log_line(rgw, "rule-last")["routing_rule"] == "meta:auto"
+
+
+def test_a_summarisation_stream_is_served_by_the_rule_s_model(rgw, rclient):
+    raw = rclient.chat.completions.with_raw_response.create(
+        model="auto", stream=True, messages=[{"role": "user", "content": "TL;DR of this thread please"}])
+    text = "".join((c.choices[0].delta.content or "") for c in raw.parse() if c.choices)
+    assert raw.headers["x-switchyard-backend"] == "anthropic-demo"
+    assert text == recorded.anthropic_stream_text()["text"]
+
+
+def test_a_header_rule_applies_to_a_configured_model(rgw, rclient):
+    raw = ask(rclient, "rule-header", model="gpt-4o-mini", headers={"x-task": "classify"})
+    assert raw.headers["x-switchyard-backend"] == "anthropic-demo"
+    rec = log_line(rgw, "rule-header")
+    assert (rec["requested_model"], rec["routing_rule"]) == ("gpt-4o-mini", "classification")
+    # Another value of the header: no rule, the model asked for.
+    raw = ask(rclient, "rule-header-2", model="gpt-4o-mini", headers={"x-task": "chat"})
+    assert raw.headers["x-switchyard-backend"] == "openai-demo"
+    assert log_line(rgw, "rule-header-2").get("routing_rule") in (None, "")
+
+
+def test_an_image_request_goes_to_the_vision_model(rgw, rclient):
+    raw = rclient.chat.completions.with_raw_response.create(
+        model="auto", extra_headers={"x-request-id": "rule-image"},
+        messages=[{"role": "user", "content": [
+            {"type": "text", "text": "What is in this picture?"},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]}])
+    assert raw.headers["x-switchyard-backend"] == "gemini-demo"
+    assert raw.parse().choices[0].message.content == rp.gemini_text_of(rp.gemini_text())
+    sent = rgw.mock_requests("more")[-1]["body"]
+    assert any("inlineData" in p for c in sent["contents"] for p in c["parts"])
+    assert log_line(rgw, "rule-image")["routing_rule"] == "vision"
+
+
+def test_team_research_gets_the_frontier_model_everyone_else_the_default(rgw, rclient, research):
+    raw = ask(research, "rule-research")
+    assert raw.headers["x-switchyard-backend"] == "mistral-demo"
+    rec = log_line(rgw, "rule-research")
+    assert (rec["team"], rec["routing_rule"]) == ("research", "research-frontier")
+    raw = ask(rclient, "rule-apps")
+    assert raw.headers["x-switchyard-backend"] == "openai-demo"
+    assert log_line(rgw, "rule-apps")["team"] == "apps"
+
+
+def test_a_long_prompt_goes_to_the_long_context_model(rgw, rclient):
+    raw = ask(rclient, "rule-long", content="lorem ipsum dolor sit amet " * 700)
+    assert raw.headers["x-switchyard-backend"] == "cohere-demo"
+    assert log_line(rgw, "rule-long")["routing_rule"] == "long-prompts"
+
+
+def test_meta_models_are_listed_and_unknown_models_stay_404(rgw, rclient):
+    ids = {m.id for m in rclient.models.list()}
+    assert {"auto", "gpt-4o-mini", "ft-chat"} <= ids
+    assert rclient.models.retrieve("auto").owned_by == "switchyard"
+    # A rule without a model condition does not make an unknown name servable.
+    with pytest.raises(openai.NotFoundError) as e:
+        ask(rclient, "rule-unknown", model="no-such-model", headers={"x-task": "classify"})
+    assert e.value.body["code"] == "model_not_found"

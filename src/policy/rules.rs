@@ -1,0 +1,436 @@
+//! Rules on the request and meta-models: which configured model serves a chat request.
+//!
+//! The gateway configuration's `routing` holds an ordered list of rules; the first whose every
+//! condition holds picks the model. A meta-model (`auto`, or any configured name) is a name clients
+//! may ask for that only rules resolve, with a default when none matches. Rules apply only to names
+//! the gateway knows (a configured model, alias, pattern or meta-model): an unknown name is still a
+//! 404. The facts a rule can look at are computed once from the parsed request, and only those the
+//! rules use (a prompt estimate, the last user message, a header) are computed at all.
+
+use std::collections::HashMap;
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::api::chat::{ChatRequest, Content, ContentPart, ResponseFormat, Role};
+use crate::policy::routing::glob_match;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingConfig {
+    /// Names clients may ask for that rules resolve (`auto`).
+    #[serde(default)]
+    pub meta_models: Vec<MetaModel>,
+    /// Tried in order; the first that matches picks the model.
+    #[serde(default)]
+    pub rules: Vec<Rule>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetaModel {
+    pub name: String,
+    /// The model that serves it when no rule matches.
+    pub default: String,
+    #[serde(default)]
+    pub owned_by: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// Shown in the access log (`routing_rule`); defaults to `rules[<index>]`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Every condition must hold; an empty `when` always matches.
+    #[serde(default)]
+    pub when: Conditions,
+    /// A configured model or alias.
+    pub model: String,
+}
+
+/// An inclusive range; either end may be absent.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Range {
+    #[serde(default)]
+    pub min: Option<u64>,
+    #[serde(default)]
+    pub max: Option<u64>,
+}
+
+impl Range {
+    fn contains(&self, v: u64) -> bool {
+        self.min.is_none_or(|m| v >= m) && self.max.is_none_or(|m| v <= m)
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Conditions {
+    /// The requested model name (or alias, or meta-model); `*` patterns allowed.
+    #[serde(default)]
+    pub model: Option<Vec<String>>,
+    /// The gateway's estimate of the prompt's tokens.
+    #[serde(default)]
+    pub prompt_tokens: Option<Range>,
+    /// `max_completion_tokens` or `max_tokens`; a request without either does not match.
+    #[serde(default)]
+    pub max_tokens: Option<Range>,
+    #[serde(default)]
+    pub tools: Option<bool>,
+    /// Any `image_url` part in any message.
+    #[serde(default)]
+    pub images: Option<bool>,
+    /// `response_format` of type `json_schema`.
+    #[serde(default)]
+    pub json_schema: Option<bool>,
+    #[serde(default)]
+    pub stream: Option<bool>,
+    /// Request headers (names in any case) and the values they must have (`*` patterns allowed).
+    #[serde(default)]
+    pub headers: Option<HashMap<String, String>>,
+    /// The virtual key's id (a gateway with `auth`).
+    #[serde(default)]
+    pub key_id: Option<Vec<String>>,
+    #[serde(default)]
+    pub team: Option<Vec<String>>,
+    /// Entries of the virtual key's `metadata`, equal as JSON values.
+    #[serde(default)]
+    pub metadata: Option<Map<String, Value>>,
+    /// Case-insensitive substrings, any of which the last user message contains.
+    #[serde(default)]
+    pub last_user_message_contains: Option<Vec<String>>,
+}
+
+/// What rules may look at, computed once per request.
+#[derive(Debug, Default)]
+pub struct RequestFacts<'a> {
+    pub requested: &'a str,
+    pub prompt_tokens: u64,
+    pub max_tokens: Option<u32>,
+    pub tools: bool,
+    pub images: bool,
+    pub json_schema: bool,
+    pub stream: bool,
+    /// The headers some rule names (lower-case names), as the client sent them.
+    pub headers: &'a [(String, String)],
+    pub key_id: Option<&'a str>,
+    pub team: Option<&'a str>,
+    pub metadata: Option<&'a Map<String, Value>>,
+    /// The last user message's text, lower-cased (only when a rule looks at it).
+    pub last_user_message: String,
+}
+
+/// The rules, validated against the configured models and indexed.
+#[derive(Debug)]
+pub struct RoutingTable {
+    rules: Vec<Rule>,
+    labels: Vec<String>,
+    metas: HashMap<String, usize>,
+    meta_models: Vec<MetaModel>,
+    /// Lower-cased header names some rule looks at.
+    header_names: Vec<String>,
+    needs_prompt_tokens: bool,
+    needs_last_user_message: bool,
+}
+
+/// The model a rule (or a meta-model's default) chose.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Choice<'a> {
+    pub model: &'a str,
+    /// The rule's name, or `meta:<name>` for a meta-model's default.
+    pub label: &'a str,
+}
+
+impl RoutingTable {
+    /// `None` when nothing is configured (no cost on the request path). `resolves` says whether a
+    /// name is a configured model or alias (rule targets and defaults must be).
+    pub fn new(cfg: RoutingConfig, resolves: impl Fn(&str) -> bool) -> Result<Option<RoutingTable>, String> {
+        if cfg.rules.is_empty() && cfg.meta_models.is_empty() {
+            return Ok(None);
+        }
+        let mut metas = HashMap::new();
+        let mut labels = Vec::with_capacity(cfg.rules.len() + cfg.meta_models.len());
+        for (i, m) in cfg.meta_models.iter().enumerate() {
+            if m.name.is_empty() || m.name.contains('*') {
+                return Err(format!("routing.meta_models[{i}]: a meta-model needs a plain name"));
+            }
+            if resolves(&m.name) {
+                return Err(format!("routing.meta_models[{i}] ({}): already a configured model or alias", m.name));
+            }
+            if !resolves(&m.default) {
+                return Err(format!("routing.meta_models[{i}] ({}): default {} is not a configured model", m.name, m.default));
+            }
+            if metas.insert(m.name.clone(), i).is_some() {
+                return Err(format!("meta-model {} is configured twice", m.name));
+            }
+        }
+        let mut header_names: Vec<String> = Vec::new();
+        let (mut needs_prompt_tokens, mut needs_last_user_message) = (false, false);
+        let mut rules = cfg.rules;
+        for (i, r) in rules.iter_mut().enumerate() {
+            let label = r.name.clone().unwrap_or_else(|| format!("rules[{i}]"));
+            if !resolves(&r.model) {
+                return Err(format!("routing {label}: model {} is not a configured model or alias", r.model));
+            }
+            let w = &mut r.when;
+            for range in [w.prompt_tokens, w.max_tokens].iter().flatten() {
+                if let (Some(a), Some(b)) = (range.min, range.max) {
+                    if a > b {
+                        return Err(format!("routing {label}: a range with min {a} above max {b}"));
+                    }
+                }
+            }
+            if let Some(h) = w.headers.take() {
+                let mut lower = HashMap::with_capacity(h.len());
+                for (k, v) in h {
+                    let k = k.to_ascii_lowercase();
+                    if k.is_empty() || k.starts_with(crate::config::INTERNAL_HEADER_PREFIX) {
+                        return Err(format!("routing {label}: header {k:?} cannot be matched (internal headers are removed first)"));
+                    }
+                    if !header_names.contains(&k) {
+                        header_names.push(k.clone());
+                    }
+                    lower.insert(k, v);
+                }
+                w.headers = Some(lower);
+            }
+            if let Some(words) = w.last_user_message_contains.as_mut() {
+                if words.is_empty() || words.iter().any(String::is_empty) {
+                    return Err(format!("routing {label}: last_user_message_contains needs non-empty strings"));
+                }
+                for s in words.iter_mut() {
+                    *s = s.to_lowercase();
+                }
+                needs_last_user_message = true;
+            }
+            needs_prompt_tokens |= w.prompt_tokens.is_some();
+            labels.push(label);
+        }
+        for m in &cfg.meta_models {
+            labels.push(format!("meta:{}", m.name));
+        }
+        Ok(Some(RoutingTable {
+            rules,
+            labels,
+            metas,
+            meta_models: cfg.meta_models,
+            header_names,
+            needs_prompt_tokens,
+            needs_last_user_message,
+        }))
+    }
+
+    pub fn is_meta(&self, name: &str) -> bool {
+        self.metas.contains_key(name)
+    }
+
+    /// Meta-models with their `owned_by`, for `/v1/models`.
+    pub fn listed(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.meta_models.iter().map(|m| (m.name.as_str(), m.owned_by.as_deref().unwrap_or("switchyard")))
+    }
+
+    /// Header names (lower case) the rules look at: the gateway keeps only these.
+    pub fn header_names(&self) -> &[String] {
+        &self.header_names
+    }
+
+    pub fn needs_prompt_tokens(&self) -> bool {
+        self.needs_prompt_tokens
+    }
+
+    pub fn needs_last_user_message(&self) -> bool {
+        self.needs_last_user_message
+    }
+
+    /// The first matching rule's model, else the meta-model's default, else `None` (the requested
+    /// name is served as it is).
+    pub fn choose(&self, facts: &RequestFacts) -> Option<Choice<'_>> {
+        for (i, r) in self.rules.iter().enumerate() {
+            if r.when.matches(facts) {
+                return Some(Choice { model: &r.model, label: self.labels.get(i).map_or("", String::as_str) });
+            }
+        }
+        let &i = self.metas.get(facts.requested)?;
+        let m = self.meta_models.get(i)?;
+        Some(Choice { model: &m.default, label: self.labels.get(self.rules.len() + i).map_or("", String::as_str) })
+    }
+}
+
+impl Conditions {
+    pub fn matches(&self, f: &RequestFacts) -> bool {
+        let any_glob = |pats: &Vec<String>, v: &str| pats.iter().any(|p| glob_match(p, v));
+        self.model.as_ref().is_none_or(|m| any_glob(m, f.requested))
+            && self.prompt_tokens.is_none_or(|r| r.contains(f.prompt_tokens))
+            && self.max_tokens.is_none_or(|r| f.max_tokens.is_some_and(|m| r.contains(u64::from(m))))
+            && self.tools.is_none_or(|b| b == f.tools)
+            && self.images.is_none_or(|b| b == f.images)
+            && self.json_schema.is_none_or(|b| b == f.json_schema)
+            && self.stream.is_none_or(|b| b == f.stream)
+            && self.headers.as_ref().is_none_or(|hs| {
+                hs.iter().all(|(name, want)| f.headers.iter().any(|(n, v)| n == name && glob_match(want, v)))
+            })
+            && self.key_id.as_ref().is_none_or(|ids| f.key_id.is_some_and(|k| any_glob(ids, k)))
+            && self.team.as_ref().is_none_or(|ts| f.team.is_some_and(|t| any_glob(ts, t)))
+            && self.metadata.as_ref().is_none_or(|want| {
+                f.metadata.is_some_and(|have| want.iter().all(|(k, v)| have.get(k) == Some(v)))
+            })
+            && self.last_user_message_contains.as_ref().is_none_or(|words| words.iter().any(|w| f.last_user_message.contains(w.as_str())))
+    }
+}
+
+/// Facts of a chat request that need no estimate: tools, images, JSON schema, stream, max tokens.
+pub fn chat_facts<'a>(req: &'a ChatRequest) -> RequestFacts<'a> {
+    let images = req.messages.iter().any(|m| match &m.content {
+        Some(Content::Parts(parts)) => parts.iter().any(|p| matches!(p, ContentPart::ImageUrl { .. })),
+        _ => false,
+    });
+    RequestFacts {
+        requested: &req.model,
+        max_tokens: req.output_token_limit(),
+        tools: req.tools.as_ref().is_some_and(|t| !t.is_empty()),
+        images,
+        json_schema: matches!(req.response_format, Some(ResponseFormat::JsonSchema { .. })),
+        stream: req.is_stream(),
+        ..Default::default()
+    }
+}
+
+/// The text of the last user message, lower-cased.
+pub fn last_user_message(req: &ChatRequest) -> String {
+    req.messages
+        .iter()
+        .rev()
+        .find(|m| m.role == Role::User)
+        .and_then(|m| m.content.as_ref())
+        .map(|c| c.joined_text().to_lowercase())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::chat::parse_chat_request;
+
+    fn table(json: &str) -> Result<Option<RoutingTable>, String> {
+        let cfg: RoutingConfig = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        RoutingTable::new(cfg, |m| ["small", "mid", "frontier", "vision", "fast"].contains(&m))
+    }
+
+    fn req(body: &str) -> ChatRequest {
+        parse_chat_request(body.as_bytes()).expect("valid request")
+    }
+
+    const RULES: &str = r#"{
+        "meta_models": [{"name": "auto", "default": "mid"}],
+        "rules": [
+          {"name": "summaries", "when": {"model": ["auto"], "last_user_message_contains": ["summarize", "tl;dr"]}, "model": "small"},
+          {"name": "task-header", "when": {"headers": {"X-Task": "classif*"}}, "model": "small"},
+          {"name": "images", "when": {"images": true}, "model": "vision"},
+          {"name": "research", "when": {"team": ["research"], "model": ["auto"]}, "model": "frontier"},
+          {"name": "long", "when": {"model": ["auto"], "prompt_tokens": {"min": 2000}}, "model": "frontier"},
+          {"name": "short-answers", "when": {"model": ["auto"], "max_tokens": {"max": 64}, "tools": false}, "model": "fast"}
+        ]}"#;
+
+    fn choose<'a>(t: &'a RoutingTable, f: &RequestFacts) -> Option<&'a str> {
+        t.choose(f).map(|c| c.label)
+    }
+
+    #[test]
+    fn first_matching_rule_wins_and_meta_default_otherwise() {
+        let t = table(RULES).unwrap().unwrap();
+        let r = req(r#"{"model":"auto","messages":[{"role":"user","content":"Please SUMMARIZE this text"}]}"#);
+        let mut f = chat_facts(&r);
+        f.last_user_message = last_user_message(&r);
+        assert_eq!(t.choose(&f), Some(Choice { model: "small", label: "summaries" }));
+        // The same words for another requested model: that rule does not apply.
+        f.requested = "mid";
+        assert_eq!(choose(&t, &f), None);
+        // Nothing matches `auto`: its default.
+        let r = req(r#"{"model":"auto","messages":[{"role":"user","content":"Hello"}]}"#);
+        let mut f = chat_facts(&r);
+        f.last_user_message = last_user_message(&r);
+        assert_eq!(t.choose(&f), Some(Choice { model: "mid", label: "meta:auto" }));
+    }
+
+    #[test]
+    fn only_the_last_user_message_counts() {
+        let r = req(r#"{"model":"auto","messages":[{"role":"user","content":"summarize"},{"role":"assistant","content":"ok"},
+                     {"role":"user","content":[{"type":"text","text":"now translate"}]}]}"#);
+        assert_eq!(last_user_message(&r), "now translate");
+    }
+
+    #[test]
+    fn headers_images_team_tokens_and_max_tokens() {
+        let t = table(RULES).unwrap().unwrap();
+        assert_eq!(t.header_names(), ["x-task"]);
+        assert!(t.needs_prompt_tokens() && t.needs_last_user_message());
+        let r = req(r#"{"model":"mid","messages":[{"role":"user","content":"Hi"}]}"#);
+        let headers = vec![("x-task".to_string(), "classification".to_string())];
+        let mut f = chat_facts(&r);
+        f.headers = &headers;
+        assert_eq!(choose(&t, &f), Some("task-header"));
+        let other = vec![("x-task".to_string(), "summarize".to_string())];
+        f.headers = &other;
+        assert_eq!(choose(&t, &f), None);
+
+        let r = req(r#"{"model":"mid","messages":[{"role":"user","content":[{"type":"text","text":"what is this"},
+                     {"type":"image_url","image_url":{"url":"data:image/png;base64,AAAA"}}]}]}"#);
+        assert_eq!(choose(&t, &chat_facts(&r)), Some("images"));
+
+        let r = req(r#"{"model":"auto","messages":[{"role":"user","content":"Hi"}]}"#);
+        let mut f = chat_facts(&r);
+        f.team = Some("research");
+        assert_eq!(choose(&t, &f), Some("research"));
+        f.team = Some("apps");
+        f.prompt_tokens = 2500;
+        assert_eq!(choose(&t, &f), Some("long"));
+        f.prompt_tokens = 10;
+        assert_eq!(choose(&t, &f), Some("meta:auto"), "no max_tokens: the range does not match");
+        let r = req(r#"{"model":"auto","max_tokens":32,"messages":[{"role":"user","content":"Hi"}]}"#);
+        assert_eq!(choose(&t, &chat_facts(&r)), Some("short-answers"));
+        let r = req(r#"{"model":"auto","max_completion_tokens":65,"messages":[{"role":"user","content":"Hi"}]}"#);
+        assert_eq!(choose(&t, &chat_facts(&r)), Some("meta:auto"));
+        let r = req(r#"{"model":"auto","max_tokens":32,"tools":[{"type":"function","function":{"name":"f"}}],"messages":[{"role":"user","content":"Hi"}]}"#);
+        assert_eq!(choose(&t, &chat_facts(&r)), Some("meta:auto"), "tools: false excludes it");
+    }
+
+    #[test]
+    fn key_metadata_stream_and_json_schema() {
+        let t = table(
+            r#"{"rules":[{"when":{"metadata":{"tier":"gold"},"stream":true},"model":"frontier"},
+                          {"when":{"json_schema":true,"key_id":["batch-*"]},"model":"small"}]}"#,
+        )
+        .unwrap()
+        .unwrap();
+        let r = req(r#"{"model":"mid","stream":true,"messages":[{"role":"user","content":"Hi"}]}"#);
+        let gold: Map<String, Value> = serde_json::from_str(r#"{"tier":"gold","owner":"x"}"#).unwrap();
+        let mut f = chat_facts(&r);
+        assert_eq!(choose(&t, &f), None, "no key, no metadata");
+        f.metadata = Some(&gold);
+        assert_eq!(choose(&t, &f), Some("rules[0]"));
+        let r = req(r#"{"model":"mid","response_format":{"type":"json_schema","json_schema":{"name":"n","schema":{}}},"messages":[{"role":"user","content":"Hi"}]}"#);
+        let mut f = chat_facts(&r);
+        f.key_id = Some("batch-7");
+        assert_eq!(choose(&t, &f), Some("rules[1]"));
+        f.key_id = Some("web");
+        assert_eq!(choose(&t, &f), None);
+    }
+
+    #[test]
+    fn nothing_configured_costs_nothing_and_mistakes_are_errors() {
+        assert!(table("{}").unwrap().is_none());
+        assert!(table(r#"{"rules":[{"model":"nope"}]}"#).unwrap_err().contains("nope"));
+        assert!(table(r#"{"meta_models":[{"name":"auto","default":"nope"}]}"#).is_err());
+        assert!(table(r#"{"meta_models":[{"name":"mid","default":"small"}]}"#).is_err(), "shadows a model");
+        assert!(table(r#"{"meta_models":[{"name":"a*","default":"small"}]}"#).is_err());
+        assert!(table(r#"{"rules":[{"when":{"prompt_tokens":{"min":5,"max":1}},"model":"small"}]}"#).is_err());
+        assert!(table(r#"{"rules":[{"when":{"headers":{"x-switchyard-route":"x"}},"model":"small"}]}"#).is_err());
+        assert!(table(r#"{"rules":[{"when":{"last_user_message_contains":[]},"model":"small"}]}"#).is_err());
+        assert!(table(r#"{"rules":[{"when":{"typo":1},"model":"small"}]}"#).is_err());
+        // An empty `when` always matches.
+        let t = table(r#"{"rules":[{"model":"small"}]}"#).unwrap().unwrap();
+        assert_eq!(t.choose(&RequestFacts { requested: "mid", ..Default::default() }).map(|c| c.model), Some("small"));
+    }
+}
