@@ -133,11 +133,23 @@ pub fn write_json_event<T: Serialize>(out: &mut Vec<u8>, value: &T) {
     out.extend_from_slice(b"\n\n");
 }
 
-/// Appends an already-serialised event: `data: <raw>\n\n`.
+/// Appends an already-serialised event: `data: <raw>\n\n`. Data of several lines (an upstream
+/// event with several `data:` fields, joined by `\n`, or holding a bare `\r`) is written one
+/// `data:` field per line, so that the client's parser, which ends lines at `\n`, `\r\n` and
+/// `\r`, reassembles the same event instead of reading the second line as a field name.
 pub fn write_raw_event(out: &mut Vec<u8>, data: &[u8]) {
-    out.extend_from_slice(b"data: ");
-    out.extend_from_slice(data);
-    out.extend_from_slice(b"\n\n");
+    if memchr::memchr2(b'\n', b'\r', data).is_none() {
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(data);
+        out.extend_from_slice(b"\n\n");
+        return;
+    }
+    for line in data.split(|&b| b == b'\n' || b == b'\r') {
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(line);
+        out.push(b'\n');
+    }
+    out.push(b'\n');
 }
 
 /// The OpenAI end-of-stream marker.
@@ -176,6 +188,19 @@ mod tests {
     #[test]
     fn unterminated_last_event_is_delivered_on_finish() {
         assert_eq!(collect(&[b"data: [DONE]"]), vec![("".into(), "[DONE]".into())]);
+    }
+
+    #[test]
+    fn multi_line_data_is_written_one_data_field_per_line() {
+        // Found by the `decoders` fuzz target: the usage tap re-wrote an upstream event with two
+        // `data:` lines as `data: a\nb\n\n`, whose second line a client reads as a field `b`.
+        let mut out = Vec::new();
+        write_raw_event(&mut out, b"a\nb\rc");
+        assert_eq!(out, b"data: a\ndata: b\ndata: c\n\n");
+        assert_eq!(collect(&[&out]), vec![("".into(), "a\nb\nc".into())]);
+        let mut out = Vec::new();
+        write_raw_event(&mut out, b"{\"x\":1}");
+        assert_eq!(out, b"data: {\"x\":1}\n\n");
     }
 
     #[test]

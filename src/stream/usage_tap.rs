@@ -190,6 +190,20 @@ data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}],\
 data: {\"id\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1,\"total_tokens\":4}}\n\n\
 data: [DONE]\n\n";
 
+    #[test]
+    fn an_event_of_several_data_lines_reaches_the_client_whole() {
+        // Found by the `decoders` fuzz target: the second data line lost its `data:` field name.
+        let mut tap = UsageTap::new(false);
+        let mut out = Vec::new();
+        tap.push(b"data: {\"choices\":\ndata: []}\n\ndata: [DONE]\n\n", &mut out);
+        tap.finish(&mut out);
+        assert_eq!(out, b"data: {\"choices\":\ndata: []}\n\ndata: [DONE]\n\n");
+        let mut events = Vec::new();
+        let mut p = SseParser::new();
+        p.push(&out, |_, d| events.push(d.to_string()));
+        assert_eq!(events, vec!["{\"choices\":\n[]}".to_string(), "[DONE]".to_string()]);
+    }
+
     fn run(forward: bool, chunk: usize) -> (String, UsageTap) {
         let mut tap = UsageTap::new(forward);
         let mut out = Vec::new();
