@@ -30,20 +30,26 @@ pub fn scrub<'a>(body: &'a [u8], secrets: &[&str]) -> Cow<'a, [u8]> {
 }
 
 fn replace_all(haystack: &[u8], needle: &[u8]) -> Option<Vec<u8>> {
-    let mut found = memchr::memmem::find_iter(haystack, needle).peekable();
-    found.peek()?;
+    // A plain search: error bodies are small and this runs on errors only (memchr's memmem would
+    // add kilobytes to the module for nothing).
+    let mut next = Some(find(haystack, needle, 0)?);
     let mut out = Vec::with_capacity(haystack.len());
     let mut at = 0;
-    for i in found {
-        if i < at {
-            continue;
-        }
+    while let Some(i) = next {
         out.extend_from_slice(haystack.get(at..i).unwrap_or_default());
         out.extend_from_slice(REDACTED.as_bytes());
         at = i + needle.len();
+        next = find(haystack, needle, at);
     }
     out.extend_from_slice(haystack.get(at..).unwrap_or_default());
     Some(out)
+}
+
+fn find(haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
+    if needle.is_empty() {
+        return None;
+    }
+    haystack.get(from..)?.windows(needle.len()).position(|w| w == needle).map(|p| p + from)
 }
 
 /// The secret as it appears inside a JSON string written with `/` escaped (as PHP and some Java
