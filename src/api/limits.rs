@@ -457,6 +457,24 @@ mod tests {
     }
 
     #[test]
+    fn the_gateway_configuration_carries_and_checks_limits() {
+        use crate::config::{Gateway, PluginConfig};
+        let gateway = |limits: &str| {
+            let json = format!(r#"{{"role":"gateway","models":[{{"name":"m"}}]{limits}}}"#);
+            match PluginConfig::parse(json.as_bytes()) {
+                Ok(PluginConfig::Gateway(g)) => Gateway::new(g).map(|g| g.limits),
+                Ok(_) => Err("not a gateway".into()),
+                Err(e) => Err(e),
+            }
+        };
+        assert_eq!(gateway(""), Ok(DEFAULT_LIMITS));
+        assert_eq!(gateway(r#","limits":{"max_tools":4,"max_json_depth":20}"#), Ok(RequestLimits { max_tools: 4, max_json_depth: 20, ..DEFAULT_LIMITS }));
+        assert!(gateway(r#","limits":{"max_messages":0}"#).unwrap_err().contains("max_messages"));
+        assert!(gateway(r#","limits":{"max_json_depth":500}"#).unwrap_err().contains("max_json_depth"));
+        assert!(gateway(r#","limits":{"max_tokens":5}"#).is_err(), "an unknown limit is a mistake");
+    }
+
+    #[test]
     fn configuration() {
         let l: RequestLimits = serde_json::from_str(r#"{"max_messages": 10}"#).unwrap();
         assert_eq!(l, RequestLimits { max_messages: 10, ..DEFAULT_LIMITS });
