@@ -368,7 +368,7 @@ impl HttpContext for GatewayFilter {
                 set_request_header(name, None);
             }
         }
-        self.request_id = header(&headers, "x-request-id").filter(|v| !v.is_empty()).map(str::to_string);
+        self.request_id = header(&headers, "x-request-id").filter(|v| header_policy::usable_request_id(v)).map(str::to_string);
         if let Some(rt) = self.cfg.routing.as_ref().filter(|rt| !rt.header_names().is_empty()) {
             self.rule_headers = headers.iter().filter(|(n, _)| rt.header_names().contains(n)).cloned().collect();
         }

@@ -46,6 +46,16 @@ pub fn withheld_from_client(name: &str) -> bool {
     name.starts_with(INTERNAL_HEADER_PREFIX) || PROVIDER_ACCOUNT_HEADERS.contains(&name)
 }
 
+/// Longest client `x-request-id` kept: it keys the request's shared state and goes into the access
+/// log, trace spans and every upstream request; a longer one (up to Envoy's 60 KiB of headers) is
+/// replaced by one the gateway makes.
+pub const MAX_REQUEST_ID_LEN: usize = 200;
+
+/// Whether a client's `x-request-id` is kept (else the gateway makes one).
+pub fn usable_request_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= MAX_REQUEST_ID_LEN
+}
+
 /// Whether an attempt to `backend` may carry the client's own provider credential: only the
 /// backend of the request's first attempt may (the credential is for that provider).
 pub fn byok_allowed(first_backend: Option<&str>, backend: &str) -> bool {
@@ -86,6 +96,14 @@ mod tests {
         for name in ["content-type", "retry-after", "x-ratelimit-remaining-requests", "x-request-id", "openai-processing-ms"] {
             assert!(!withheld_from_client(name), "{name}");
         }
+    }
+
+    #[test]
+    fn request_ids_kept_and_replaced() {
+        assert!(usable_request_id("9f1c1d2e-7c1b-4c55-9d1e-2f8f1a0b3c4d"));
+        assert!(usable_request_id(&"a".repeat(MAX_REQUEST_ID_LEN)));
+        assert!(!usable_request_id(&"a".repeat(MAX_REQUEST_ID_LEN + 1)));
+        assert!(!usable_request_id(""));
     }
 
     #[test]

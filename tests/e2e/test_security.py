@@ -188,6 +188,13 @@ def chat(g, model="gpt-4o-mini", **kw) -> requests.Response:
     return send(g, "/v1/chat/completions", {"model": model, "messages": HELLO, **extra}, **kw)
 
 
+def log_count(g, key_id: str) -> int:
+    """Access-log lines of a key so far, once the lines of earlier requests are written (the log
+    is flushed every 50 ms)."""
+    time.sleep(0.15)
+    return len(g.log_lines(key_id, count=0))
+
+
 def all_requests(g) -> list[dict]:
     return [q for w in ("openai", "anthropic", "more") for q in g.mocks.requests(w)]
 
@@ -209,7 +216,7 @@ SPOOFED = {
 def test_spoofed_internal_headers_change_no_routing_translation_or_accounting(sec, stream):
     """A client sets every internal header (route, model, operation, backend, cost, budget, a
     provider key): the request is routed, translated and charged exactly as without them."""
-    n0 = len(sec.log_lines("alice", count=0))
+    n0 = log_count(sec, "alice")
     before = chat(sec, key=K("alice"), body={"max_tokens": 300})
     assert before.status_code == 200, before.text
     spent = micros("gpt-4o-mini", rec.openai_text()["usage"])
@@ -300,6 +307,7 @@ def test_names_a_pattern_lets_through_do_not_become_metric_names(sec):
     """Through a `*` model pattern any name resolves; each made-up name must not define a new
     stat (unbounded series, and VM memory kept for good): the pattern is the label."""
     names = [f"gpt-4o-madeup-{i}" for i in range(3)]
+    n = log_count(sec, "open")
     for name in names:
         r = chat(sec, name, key=K("open"))
         assert r.status_code == 200, r.text
@@ -309,8 +317,23 @@ def test_names_a_pattern_lets_through_do_not_become_metric_names(sec):
     served = [ln for ln in prom.splitlines() if ln.startswith("switchyard_requests{")
               and 'gen_ai_request_model="gpt-4o-*"' in ln]
     assert sum(float(ln.rsplit(" ", 1)[1]) for ln in served) == 3, served
-    logged = {ln["requested_model"] for ln in sec.log_lines("open", count=3)}
+    logged = {ln["requested_model"] for ln in sec.log_lines("open", count=n + 3)}
     assert set(names) <= logged                  # the access log keeps the names as sent
+
+
+def test_an_overlong_request_id_is_replaced(sec):
+    """x-request-id keys the shared state and goes to the access log, spans and providers: a
+    client's is kept up to 200 bytes; a longer one is replaced by the gateway's own."""
+    for rid, kept in (("r" * 200, True), ("r" * 5000, False)):
+        sec.mocks.clear()
+        n = log_count(sec, "open")
+        r = chat(sec, key=K("open"), headers={"x-request-id": rid})
+        assert r.status_code == 200, r.text
+        [q] = sec.mocks.requests("openai")
+        sent = q["headers"]["x-request-id"]
+        assert (sent == rid) == kept and len(sent) <= 200, len(sent)
+        line = sec.log_lines("open", count=n + 1)[-1]
+        assert line["request_id"] == sent
 
 
 def test_spoofed_operation_header_does_not_turn_embeddings_into_chat(sec):
@@ -415,6 +438,7 @@ def test_byok_credential_never_fails_over_to_another_provider(sec, model, failin
     the key) to Anthropic, Gemini or Bedrock, nor serves it on the gateway's key; the client gets
     OpenAI's own answer (a 401 says its key is wrong)."""
     status = int(failing["x-mock-openai"])
+    n = log_count(sec, "byok-c")
     r = chat(sec, model, key=K("byok-c"), headers={BYOK_HEADER: BYOK_A, **failing})
     assert r.status_code == status, r.text
     openai_error(r)
@@ -425,8 +449,9 @@ def test_byok_credential_never_fails_over_to_another_provider(sec, model, failin
     assert not [k for k in q["headers"] if k.startswith("x-envoy-")], q["headers"]
     assert r.headers["x-switchyard-backend"] == "openai-demo"
     # charged nothing (its budget of one micro-dollar would not cover a request either way)
-    line = sec.log_lines("byok-c")[-1]
+    line = sec.log_lines("byok-c", count=n + 1)[-1]
     assert line["cost_micros"] in ("", "0", None), line
+    assert line["status"] == str(status) and line["attempts"] == "1", line
     # Without BYOK the same failure fails over as usual.
     if status == 503:
         sec.mocks.clear()
@@ -460,6 +485,7 @@ def test_same_request_id_concurrently_keeps_every_request_its_own(sec):
         return name, r, time.time()
 
     done = {}
+    logged = {name: log_count(sec, name) for name, _, _ in clients}
     with ThreadPoolExecutor(len(clients)) as ex:
         for name, r, finished in ex.map(lambda c: run(*c), clients):
             results[name], done[name] = r, finished
@@ -505,11 +531,11 @@ def test_same_request_id_concurrently_keeps_every_request_its_own(sec):
     assert usage["carol"] != usage["dave"]
     # Accounting: one access-log line per client, under its own key, with its own cost.
     for name, model, own in clients:
-        line = sec.log_lines(name)[-1]
+        line = sec.log_lines(name, count=logged[name] + 1)[-1]
         assert line["requested_model"] == model and line["status"] == "200", line
         assert line["backend"] == ("openai-demo" if model == "gpt-4o-mini" else "anthropic-demo")
         assert int(line["cost_micros"]) == micros(model, usage[name]), (name, line)
-    lines = [sec.log_lines(n)[-1] for n, _, _ in clients]
+    lines = [sec.log_lines(n, count=logged[n] + 1)[-1] for n, _, _ in clients]
     assert len({ln["request_id"] for ln in lines}) == 4, [ln["request_id"] for ln in lines]
     # Budgets: each budgeted key (untouched before) was charged its own stream, and only that.
     for name, model, _ in clients[:2]:
