@@ -368,6 +368,8 @@ def test_cell(matrix, cell):
         {k: v for k, v in logged_tokens.items() if v}, f"tokens: metric {tokens_delta}{ctx}"
     assert cost_delta == int(log["cost_micros"] or 0), ctx
     assert log["route"] == route, ctx
+    # every cell is charged for exactly the tokens it counts (prices: 1 and 2 micro-dollars)
+    assert cost_delta == logged_tokens["input"] + 2 * logged_tokens["output"], ctx
 
     if outcome == fm.FAILOVER:
         text, usage = fallback_answer(schema_name, stream)
@@ -461,6 +463,8 @@ def test_a_refused_credential_is_never_sent_twice(matrix):
             model="fm-openai", messages=HELLO,
             extra_headers={"x-request-id": rid, "x-mock-openai": "401", "x-mock-anthropic": "401"})
     assert exc.value.status_code == 401
+    # the answer is the refusal of the provider the last attempt was for, replayed without asking
+    assert exc.value.body["message"] == "mock provider error 401", exc.value.body
     assert len(gw.mock_requests("openai")) == 1
     assert len(gw.mock_requests("anthropic")) == 1
     log = access_log_line(gw, rid)
