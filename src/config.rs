@@ -19,6 +19,10 @@ pub const ROUTE_HEADER: &str = "x-switchyard-route";
 pub const MODEL_HEADER: &str = "x-switchyard-model";
 /// Header carrying the operation (`chat`, `embeddings`) from the gateway to the backend filter.
 pub const OP_HEADER: &str = "x-switchyard-op";
+/// Request headers the gateway sets for each capability a request needs (`vision`, `tools`,
+/// `json_schema`, `reasoning`), value `true`; Envoy's header_to_metadata filter turns them into
+/// `envoy.lb` metadata so that a cluster's subset load balancer only picks capable endpoints.
+pub const NEEDS_HEADER_PREFIX: &str = "x-switchyard-needs-";
 /// Every header with this prefix is internal: stripped from clients and from providers.
 pub const INTERNAL_HEADER_PREFIX: &str = "x-switchyard-";
 /// Endpoint metadata namespace read by the backend filter.
@@ -56,6 +60,10 @@ pub struct GatewayConfig {
     /// Rules on the request and meta-models (`crate::policy::rules`).
     #[serde(default)]
     pub routing: crate::policy::rules::RoutingConfig,
+    /// What each model can serve, by model name (`crate::policy::capabilities`); defaults from the
+    /// price table's model fields. Empty: no capability checks.
+    #[serde(default)]
+    pub capabilities: HashMap<String, crate::policy::capabilities::Capabilities>,
 }
 
 /// Telemetry options. Per-key and per-team labels multiply the number of series: off by default.
@@ -441,6 +449,8 @@ pub struct Gateway {
     pub router: ModelRouter,
     /// Routing rules and meta-models; `None` when none are configured.
     pub routing: Option<crate::policy::rules::RoutingTable>,
+    /// Model capabilities, shared with every backend attempt of a request; `None`: no checks.
+    pub capabilities: Option<std::rc::Rc<crate::policy::capabilities::CapabilityTable>>,
 }
 
 impl PluginConfig {
@@ -471,6 +481,8 @@ impl Gateway {
             return Err("max_request_body_bytes must be positive".into());
         }
         cfg.limits.validate()?;
+        let capabilities = crate::policy::capabilities::CapabilityTable::new(cfg.capabilities, cfg.auth.as_ref().map(|a| &a.pricing.models))?
+            .map(std::rc::Rc::new);
         let policy = match cfg.auth {
             Some(p) => Some(crate::policy::Policy::new(p).map_err(|e| format!("auth: {e}"))?),
             None => None,
@@ -483,6 +495,7 @@ impl Gateway {
             emit_metrics: cfg.metrics.enabled,
             publish_log_fields: cfg.metrics.access_log_fields,
             routing: None,
+            capabilities,
             router: ModelRouter::new(cfg.models)?,
             policy,
         })

@@ -109,6 +109,8 @@ pub struct RequestRecord {
     pub duration_ms: u64,
     pub ttfb_ms: Option<u64>,
     pub ttft_ms: Option<u64>,
+    /// Candidates skipped because their model lacks a capability the request needs.
+    pub skipped_candidates: u32,
     /// The routing rule (or `meta:<name>` default) that chose the model, if one did.
     pub routing_rule: Option<String>,
     /// The route's first-token deadline and what it did (`None` on routes without one).
@@ -291,6 +293,7 @@ pub fn log_fields(r: &RequestRecord) -> Vec<(&'static str, String)> {
         ("team", opt(&r.team)),
         ("route", opt(&r.route)),
         ("routing_rule", opt(&r.routing_rule)),
+        ("skipped_candidates", if r.skipped_candidates > 0 { r.skipped_candidates.to_string() } else { String::new() }),
         ("requested_model", opt(&r.requested_model)),
         ("response_model", opt(&r.response_model)),
         ("backend", opt(&r.backend)),

@@ -256,6 +256,23 @@ impl HttpContext for BackendFilter {
                 return Action::Pause;
             }
         }
+        // A candidate whose model lacks what the request needs (images, tools, context…) never
+        // sees the request: the client gets a 400 naming the capability, not the provider's error.
+        // (Envoy does not retry an upstream filter's local reply: steering around such candidates
+        // is the subset load balancer's job, fed by the gateway's `x-switchyard-needs-*` headers.)
+        if let Some(state) = &self.state {
+            let missing = state.borrow().needs.as_ref().and_then(|(needs, caps)| caps.missing(&self.model, needs));
+            if let Some(m) = missing {
+                state.borrow_mut().skipped += 1;
+                let (msg, param) = m.describe(&self.model);
+                let e = ApiError::new(400, "invalid_request_error", format!("{msg} (backend `{}` was skipped)", backend.name))
+                    .with_param(param)
+                    .with_code("model_capability_missing");
+                log::debug!("switchyard: skipping backend {}: {msg}", backend.name);
+                send_json(400, &e.to_json(), &[]);
+                return Action::Pause;
+            }
+        }
         for (k, _) in &headers {
             if header_policy::withheld_from_provider(k) {
                 set_request_header(k, None);

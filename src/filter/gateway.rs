@@ -16,8 +16,9 @@ use crate::api::chat::{parse_chat_request_with, ResponseSummary, Usage};
 use crate::api::embeddings::parse_embeddings_request_with;
 use crate::api::error::kind_for_status;
 use crate::api::{models, ApiError};
-use crate::config::{Gateway, MODEL_HEADER, OP_HEADER, ROUTE_HEADER};
+use crate::config::{Gateway, NEEDS_HEADER_PREFIX, MODEL_HEADER, OP_HEADER, ROUTE_HEADER};
 use crate::api::chat::ChatRequest;
+use crate::policy::capabilities::{self, Needs};
 use crate::policy::deadline;
 use crate::policy::rules::{self, RoutingTable};
 use crate::policy::estimate::{estimate_text_tokens, RequestEstimate};
@@ -115,6 +116,7 @@ impl GatewayFilter {
     fn on_body(&mut self, op: Operation, body: &[u8]) -> Result<(), Refusal> {
         let invalid = |e: ApiError| (e, Rejection::Validation, Vec::new());
         let mut target = None;
+        let mut needs = None;
         let (model, estimate) = match op {
             Operation::Chat => {
                 let req = parse_chat_request_with(body, &self.cfg.limits).map_err(invalid)?;
@@ -123,6 +125,10 @@ impl GatewayFilter {
                 let est = self.principal.as_ref().map(|_| RequestEstimate::from_chat(&req));
                 if let Some(rt) = self.cfg.routing.as_ref() {
                     target = self.choose_by_rules(rt, &req, est.as_ref());
+                }
+                if let Some(caps) = self.cfg.capabilities.as_ref() {
+                    let prompt = est.as_ref().map_or_else(|| RequestEstimate::from_chat(&req).prompt_tokens, |e| e.prompt_tokens);
+                    needs = Some((Needs::of_chat(&req, prompt), caps.clone()));
                 }
                 (req.model, est)
             }
@@ -178,6 +184,19 @@ impl GatewayFilter {
         }
         let mut state = RequestState::new(resolved.model.to_string(), op);
         state.byok = byok;
+        if let Some((n, _)) = &needs {
+            // For Envoy's subset load balancer (header_to_metadata → `envoy.lb`): only endpoints
+            // whose metadata says they can are chosen, first try and failover alike.
+            for (need, name) in [(n.vision, "vision"), (n.tools, "tools"), (n.json_schema, "json_schema"), (n.reasoning, "reasoning")] {
+                if need {
+                    set_request_header(&format!("{NEEDS_HEADER_PREFIX}{name}"), Some("true"));
+                }
+            }
+            if let Some(class) = capabilities::context_class(n.prompt_tokens) {
+                set_request_header(&format!("{NEEDS_HEADER_PREFIX}context-{class}"), Some("true"));
+            }
+        }
+        state.needs = needs;
         if let Some(d) = resolved.deadline {
             // Envoy's router reads (and removes) these: its per-try timeout becomes the deadline,
             // because the backend filter holds each answer until its first token.
@@ -333,6 +352,7 @@ impl GatewayFilter {
             if self.record.response_model.is_none() {
                 self.record.response_model = st.served_model.clone();
             }
+            self.record.skipped_candidates = st.skipped;
             if let Some(d) = self.record.deadline.as_mut() {
                 let r = deadline::report(&st.timings, d.timeout_ms, now);
                 (d.fired, d.winner, d.winner_ttft_ms) = (r.fired, r.winner, r.winner_ttft_ms);

@@ -39,6 +39,11 @@ pub struct RequestState {
     pub deadline_ms: Option<u32>,
     /// Timings of the attempts, in start order (only with a deadline).
     pub timings: Vec<crate::policy::deadline::AttemptTiming>,
+    /// What the request needs of a model, and what each model can do (only with capabilities
+    /// configured): an attempt to a model that lacks something is skipped.
+    pub needs: Option<(crate::policy::capabilities::Needs, Rc<crate::policy::capabilities::CapabilityTable>)>,
+    /// Candidates skipped because they lack a capability.
+    pub skipped: u32,
 }
 
 #[derive(Debug)]
@@ -51,7 +56,7 @@ pub struct Refused {
 
 impl RequestState {
     pub fn new(model: String, op: Operation) -> Self {
-        RequestState { model, op, attempts: 0, first_backend: None, served_backend: None, served_provider: None, served_model: None, provider_headers: Vec::new(), byok: None, refused: Vec::new(), deadline_ms: None, timings: Vec::new() }
+        RequestState { model, op, attempts: 0, first_backend: None, served_backend: None, served_provider: None, served_model: None, provider_headers: Vec::new(), byok: None, refused: Vec::new(), deadline_ms: None, timings: Vec::new(), needs: None, skipped: 0 }
     }
 
     /// How a provider refused `backend`'s credential in this request, if it did.

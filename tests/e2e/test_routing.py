@@ -42,6 +42,23 @@ ROUTES = {
     "ft-gemini": ({"first_token_timeout_ms": DEADLINE_MS},
                   [("more", "gemini-demo", "gemini-2.5-flash"),
                    ("openai", "openai-demo", "gpt-4o-mini")]),
+    # OpenAI, then a text-only Cohere model, then Anthropic.
+    "cap-fallback": ({}, [("openai", "openai-demo", "gpt-4o-mini"),
+                          ("more", "cohere-demo", "command-r7b-12-2024"),
+                          ("anthropic", "anthropic-demo", "claude-3-5-haiku-latest")]),
+    "cap-text": ({}, [("more", "cohere-demo", "command-r7b-12-2024")]),
+}
+
+SUBSET_ROUTES = ("cap-fallback",)
+# src/policy/capabilities.rs CONTEXT_CLASSES
+CONTEXT_CLASSES = [("8k", 8192), ("16k", 16384), ("32k", 32768), ("128k", 131072), ("200k", 200000),
+                   ("1m", 1000000)]
+
+# What the models can do (README "Routing"): the Cohere model takes no images and 8k tokens.
+CAPABILITIES = {
+    "command-r7b-12-2024": {"vision": False, "tools": True, "context_window": 8192},
+    "gpt-4o-mini": {"vision": True, "tools": True, "json_schema": True, "context_window": 128000},
+    "claude-3-5-haiku-latest": {"vision": True, "tools": True, "context_window": 200000},
 }
 
 LOG_FIELDS = ("first_token_timeout_ms", "hedge", "deadlines_fired", "winner_attempt",
@@ -101,13 +118,28 @@ class RoutingGateway(harness.Gateway):
         listener = doc["static_resources"]["listeners"][0]
         hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
         fmt = hcm["access_log"][0]["typed_config"]["log_format"]["json_format"]
-        for f in LOG_FIELDS + ("routing_rule",):
+        for f in LOG_FIELDS + ("routing_rule", "skipped_candidates"):
             fmt[f] = f"%FILTER_STATE(wasm.switchyard.{f}:PLAIN)%"
         routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
         template = next(r for r in routes
                         if r["match"].get("headers", [{}])[0].get("string_match", {}).get("exact") == "gpt-4o-mini")
         clusters = doc["static_resources"]["clusters"]
         cluster_template = next(c for c in clusters if c["name"] == "route_gpt-4o-mini")
+        # The gateway's x-switchyard-needs-* headers become `envoy.lb` metadata for the subset
+        # load balancer of the capability-aware clusters (README "Routing").
+        filters = hcm["http_filters"]
+        at = next(i for i, f in enumerate(filters) if f["name"] == "envoy.filters.http.router")
+        filters.insert(at, {
+            "name": "envoy.filters.http.header_to_metadata",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.header_to_metadata.v3.Config",
+                "request_rules": [
+                    {"header": f"x-switchyard-needs-{cap}", "remove": True,
+                     "on_header_present": {"metadata_namespace": "envoy.lb", "key": cap, "type": "STRING"}}
+                    for cap in ("vision", "tools", "json_schema")] + [
+                    {"header": f"x-switchyard-needs-context-{c}", "remove": True,
+                     "on_header_present": {"metadata_namespace": "envoy.lb", "key": f"context_{c}", "type": "STRING"}}
+                    for c, _ in CONTEXT_CLASSES]}})
         for name, (_, endpoints) in ROUTES.items():
             r = copy.deepcopy(template)
             r["match"]["headers"][0]["string_match"]["exact"] = name
@@ -123,7 +155,19 @@ class RoutingGateway(harness.Gateway):
                 ep = e["lb_endpoints"][0]
                 ep["endpoint"]["address"]["socket_address"]["port_value"] = ports[mock]
                 ep["metadata"]["filter_metadata"]["switchyard"] = {"backend": backend, "model": model}
+                if name in SUBSET_ROUTES:
+                    caps = CAPABILITIES.get(model, {})
+                    lb = {cap: "true" if caps.get(cap) else "false" for cap in ("vision", "tools", "json_schema")}
+                    for cls, w in CONTEXT_CLASSES:
+                        lb[f"context_{cls}"] = "true" if caps.get("context_window", 0) >= w else "false"
+                    ep["metadata"]["filter_metadata"]["envoy.lb"] = lb
                 c["load_assignment"]["endpoints"].append(e)
+            if name in SUBSET_ROUTES:
+                c["lb_subset_config"] = {
+                    "fallback_policy": "ANY_ENDPOINT",
+                    "subset_selectors": [{"keys": ["vision"]}, {"keys": ["tools"]}, {"keys": ["json_schema"]},
+                                         {"keys": ["tools", "vision"]}]
+                    + [{"keys": [f"context_{c}"]} for c, _ in CONTEXT_CLASSES]}
             clusters.append(c)
         return yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)
 
@@ -133,7 +177,8 @@ def rgw():
     workdir = Path(tempfile.mkdtemp(prefix="switchyard-routing-"))
     wasm = harness.build_wasm()
     mocks = harness.Mocks(workdir).start()
-    gw = RoutingGateway(workdir, mocks, gateway_config={"auth": AUTH, "routing": ROUTING})
+    gw = RoutingGateway(workdir, mocks, gateway_config={"auth": AUTH, "routing": ROUTING,
+                                                         "capabilities": CAPABILITIES})
     gw.envoy_args = ["--file-flush-interval-msec", "50"]
     try:
         gw.start(wasm)
@@ -410,7 +455,7 @@ def test_team_research_gets_the_frontier_model_everyone_else_the_default(rgw, rc
 
 
 def test_a_long_prompt_goes_to_the_long_context_model(rgw, rclient):
-    raw = ask(rclient, "rule-long", content="lorem ipsum dolor sit amet " * 700)
+    raw = ask(rclient, "rule-long", content="lorem ipsum dolor sit amet " * 500)
     assert raw.headers["x-switchyard-backend"] == "cohere-demo"
     assert log_line(rgw, "rule-long")["routing_rule"] == "long-prompts"
 
@@ -423,3 +468,53 @@ def test_meta_models_are_listed_and_unknown_models_stay_404(rgw, rclient):
     with pytest.raises(openai.NotFoundError) as e:
         ask(rclient, "rule-unknown", model="no-such-model", headers={"x-task": "classify"})
     assert e.value.body["code"] == "model_not_found"
+
+
+# -- capabilities: incompatible candidates are skipped, also during failover
+
+IMAGE_MSG = [{"role": "user", "content": [
+    {"type": "text", "text": "What is in this picture?"},
+    {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]}]
+
+
+def test_an_image_request_skips_a_text_only_fallback(rgw, rclient):
+    raw = rclient.chat.completions.with_raw_response.create(
+        model="cap-fallback", messages=IMAGE_MSG,
+        extra_headers={"x-mock-openai": "503", "x-request-id": "cap-image"})
+    assert raw.headers["x-switchyard-backend"] == "anthropic-demo"
+    assert raw.parse().choices[0].message.content == recorded.anthropic_text()["content"][0]["text"]
+    # The text-only candidate never saw the request; the vision-capable ones did.
+    assert [r["provider"] for r in rgw.mock_requests("more")] == []
+    assert len(rgw.mock_requests("openai")) == 1 and len(rgw.mock_requests("anthropic")) == 1
+    rec = log_line(rgw, "cap-image")
+    # Envoy's subset load balancer never picked the text-only endpoint: two attempts, none skipped.
+    assert (rec["attempts"], rec["status"], rec.get("skipped_candidates")) == ("2", "200", None)
+
+
+def test_the_text_only_fallback_serves_what_it_can(rgw, rclient):
+    # The same route and failure without an image: the Cohere candidate answers.
+    raw = rclient.chat.completions.with_raw_response.create(
+        model="cap-fallback", messages=MSG, extra_headers={"x-mock-openai": "503", "x-request-id": "cap-text-ok"})
+    assert raw.headers["x-switchyard-backend"] == "cohere-demo"
+    assert [r["provider"] for r in rgw.mock_requests("more")] == ["cohere"]
+    assert log_line(rgw, "cap-text-ok").get("skipped_candidates") in (None, "")
+
+
+def test_a_prompt_longer_than_the_context_window_skips_the_candidate(rgw, rclient):
+    long = [{"role": "user", "content": "lorem ipsum dolor sit amet " * 2000}]
+    raw = rclient.chat.completions.with_raw_response.create(
+        model="cap-fallback", messages=long, extra_headers={"x-mock-openai": "503"})
+    assert raw.headers["x-switchyard-backend"] == "anthropic-demo"
+    assert rgw.mock_requests("more") == []
+
+
+def test_no_compatible_candidate_is_a_400_naming_the_capability(rgw, rclient):
+    with pytest.raises(openai.BadRequestError) as e:
+        rclient.chat.completions.create(model="cap-text", messages=IMAGE_MSG,
+                                        extra_headers={"x-request-id": "cap-none"})
+    body = e.value.body
+    assert body["code"] == "model_capability_missing" and body["param"] == "messages"
+    assert "command-r7b-12-2024" in body["message"] and "images" in body["message"]
+    assert rgw.mock_requests("more") == []
+    rec = log_line(rgw, "cap-none")
+    assert rec["status"] == "400" and rec["skipped_candidates"] == "1"
