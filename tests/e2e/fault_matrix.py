@@ -125,7 +125,8 @@ LEGEND = {
     FAILOVER: "failover: the healthy backend's complete answer (HTTP 200), `x-switchyard-attempts: 2`; "
               "the faulty backend got exactly one request (a 401/403 credential is never tried "
               "again); tokens and cost are the healthy answer's; `switchyard_failovers` +1",
-    ANSWER: "the faulty backend's own complete answer (HTTP 200), one attempt, its tokens counted",
+    ANSWER: "the faulty backend's own complete answer (HTTP 200), one attempt, its tokens counted "
+            "(Bedrock's oversize stream: its 5 MiB event is within an event-stream frame's 16 MiB bound)",
     STREAM_ERROR: "the stream (HTTP 200) delivers what arrived, then ends with an OpenAI error event "
                   "(the SDK raises `openai.APIError`); no `[DONE]`; tokens of what was delivered and "
                   "a non-zero cost are counted, `error_type` `stream_error`",
@@ -191,7 +192,9 @@ def render() -> str:
     return "\n".join([
         BEGIN,
         f"Each cell is *non-stream / stream*; **—** does not apply. {n} cells, each a test of "
-        "`test_fault_matrix.py`.",
+        "`test_fault_matrix.py`. In every cell the access-log record and the metric deltas agree, the "
+        "cost is exactly the counted tokens at the configured prices, and the VM neither failed nor "
+        "logged a crash.",
         "",
         *lines,
         "",
