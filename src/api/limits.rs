@@ -316,6 +316,55 @@ mod tests {
         assert_eq!(count("\\\\\\"), 0);
     }
 
+    /// Values and depth of a parsed document, the way `json_shape` counts them.
+    fn reference(v: &serde_json::Value) -> (usize, usize) {
+        match v {
+            serde_json::Value::Array(a) => a.iter().map(reference).fold((1, 1), |(n, d), (cn, cd)| (n + cn, d.max(cd + 1))),
+            serde_json::Value::Object(o) => o.values().map(reference).fold((1, 1), |(n, d), (cn, cd)| (n + 1 + cn, d.max(cd + 1))),
+            _ => (1, 0),
+        }
+    }
+
+    #[test]
+    fn the_scan_agrees_with_the_parser_on_generated_documents() {
+        // A small deterministic generator: nested arrays and objects, keys and strings with
+        // brackets, quotes, backslashes and escapes, numbers in every notation.
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut rnd = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        fn gen(rnd: &mut dyn FnMut(u64) -> u64, depth: u32) -> serde_json::Value {
+            use serde_json::json;
+            let texts = ["", "a", "[{", "}]", "q\"uote", "back\\slash", "\u{e9}t\u{e9} \u{1}", ",:", "\n\t"];
+            match if depth > 6 { rnd(5) } else { rnd(7) } {
+                0 => json!(null),
+                1 => json!(rnd(2) == 0),
+                2 => json!(-(rnd(1000) as i64) * 7),
+                3 => json!(rnd(1000) as f64 / 8.0 + 1e21),
+                4 => json!(texts[rnd(texts.len() as u64) as usize]),
+                5 => serde_json::Value::Array((0..rnd(4)).map(|_| gen(rnd, depth + 1)).collect()),
+                _ => serde_json::Value::Object((0..rnd(4)).map(|i| (format!("{}{i}", texts[rnd(texts.len() as u64) as usize]), gen(rnd, depth + 1))).collect()),
+            }
+        }
+        for _ in 0..2000 {
+            let v = gen(&mut rnd, 0);
+            let (values, depth) = reference(&v);
+            for text in [serde_json::to_string(&v).unwrap(), serde_json::to_string_pretty(&v).unwrap()] {
+                let b = text.as_bytes();
+                assert_eq!(json_shape(b, values, depth.max(1)), Shape::Within, "{text}");
+                if values > 1 {
+                    assert_eq!(json_shape(b, values - 1, usize::MAX), Shape::TooManyValues, "{text}");
+                }
+                if depth > 1 {
+                    assert_eq!(json_shape(b, usize::MAX, depth - 1), Shape::TooDeep, "{text}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn short_bodies_are_not_scanned_and_the_bound_holds() {
         // The densest texts: n bytes, (n + 1) / 2 values. The shortcut must never hide a value.
