@@ -41,7 +41,7 @@ MODEL = {"gemini": "gemini-flash", "vertex": "gemini-vertex", "bedrock": "bedroc
 CHAT = list(MODEL)
 # schemas whose tools / JSON mode / images are translated (presets pass OpenAI's bodies through)
 TOOLS = ["gemini", "vertex", "bedrock", "cohere", "ollama", "azure", "mistral"]
-STREAM_TOOLS = ["gemini", "vertex", "bedrock", "cohere", "ollama", "azure"]
+STREAM_TOOLS = ["gemini", "vertex", "bedrock", "cohere", "ollama", "azure", "mistral"]
 JSON_MODE = ["gemini", "vertex", "bedrock", "cohere", "ollama", "azure", "mistral"]
 IMAGES = ["gemini", "vertex", "bedrock", "cohere", "ollama", "azure", "mistral"]
 
@@ -57,8 +57,12 @@ TOOL_OF = {
     "ollama": ("get_weather", {"type": "object", "properties": {"city": {"type": "string"}},
                                "required": ["city"]}),
     "azure": ("get_current_weather", WEATHER_PARAMS),
-    "mistral": ("get_current_weather", WEATHER_PARAMS),
+    "mistral": ("retrieve_payment_status", {"type": "object", "properties": {
+        "transaction_id": {"type": "string"}}, "required": ["transaction_id"]}),
 }
+# Mistral's tool calls lack `type` and number every call 0 (tests/fixtures/README.md says where
+# this fixture comes from): the gateway must hand them to the client in OpenAI's exact shape.
+MISTRAL_TOOLS = json.loads((rec.FIXTURES / "mistral/tool-calls-without-type.json").read_text())
 TOOL_OF["vertex"] = TOOL_OF["gemini"]
 
 # the image of Ollama's documented multimodal example (a real PNG)
@@ -384,6 +388,15 @@ def expected_tool_calls(kind: str, stream: bool) -> list[dict]:
             rp.ollama("#### Chat request (No streaming, with tools)")[0]
         return [{"id": None, "name": c["function"]["name"], "arguments": c["function"]["arguments"]}
                 for c in doc["message"]["tool_calls"]]
+    if kind == "mistral":
+        if stream:
+            calls = [c for ch in MISTRAL_TOOLS["stream"] for choice in ch["choices"]
+                     for c in choice["delta"].get("tool_calls") or []]
+        else:
+            calls = MISTRAL_TOOLS["answer"]["choices"][0]["message"]["tool_calls"]
+        assert all("type" not in c and c["index"] == 0 for c in calls), "the fixture is Mistral's shape"
+        return [{"id": c["id"], "name": c["function"]["name"],
+                 "arguments": json.loads(c["function"]["arguments"])} for c in calls]
     if stream:  # azure: the OpenAI mock's streamed tool call (name = the request's tool)
         s = rec.openai_stream_summary(rec.openai_stream_tools_chunks())
         return [{"id": c["id"], "name": name, "arguments": json.loads(c["arguments"])}
@@ -511,6 +524,10 @@ def test_tools_stream(client, gateway, kind):
     got = stream_text(chunks)
     check_calls(got["calls"], expected_tool_calls(kind, stream=True))
     assert got["finish"] == "tool_calls"
+    # OpenAI's delta shape: a call's first delta has its id and type, later ones neither.
+    firsts = [tc for c in chunks for ch in c.get("choices") or [] for tc in (ch.get("delta") or {}).get("tool_calls") or []
+              if tc.get("id")]
+    assert len(firsts) == len(got["calls"]) and all(tc["type"] == "function" for tc in firsts), firsts
     if kind == "cohere":
         assert got["reasoning"] == rp.cohere_docs_summary(0)["plan"]
     req = only(more_requests(gateway))

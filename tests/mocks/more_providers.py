@@ -454,6 +454,15 @@ class MoreFixtures:
         self.deepseek_text = _body_string(_inter(self.deepseek_text_rel))
         self.deepseek_stream_rel = "deepseek/test_deepseek_model_thinking_stream.yaml"
         self.deepseek_stream = _body_string(_inter(self.deepseek_stream_rel))
+        # Mistral's tool calls without `type` (written from Mistral's docs and OpenAPI schema).
+        self.mistral_tools_rel = "mistral/tool-calls-without-type.json"
+        self.mistral_tools = json.loads((FIXTURES / self.mistral_tools_rel).read_text("utf-8"))
+        # Ollama's OpenAI-compatible /v1 (ollama.com cloud): tool calls with `index`, `reasoning`.
+        self.ollama_v1_tools_rel = "ollama/test_ollama_cloud_tool_output.yaml"
+        self.ollama_v1_tools = _body_string(_inter(self.ollama_v1_tools_rel, 1))
+        self.ollama_v1_text_rel = "ollama/test_ollama_local_native_output_uses_json_schema.yaml"
+        self.ollama_v1_text = _body_string(_inter(self.ollama_v1_text_rel))
+        assert "index" in self.ollama_v1_tools["choices"][0]["message"]["tool_calls"][0]
         # The JSON every provider answers in JSON mode: the documented Ollama structured output.
         self.json_answer = self.ollama_structured["message"]["content"]
         json.loads(self.json_answer)
@@ -1054,16 +1063,22 @@ class Mistral(Sub):
                 {"type": "extra_forbidden", "loc": ["body", k], "msg": "Extra inputs are not "
                  "permitted", "input": body[k]} for k in extra]},
                 "type": "invalid_request_message_error", "param": None, "code": None})
+        wants_tool = body.get("tools") and not any(m.get("role") == "tool" for m in body["messages"])
         if body.get("stream") is True:
+            if wants_tool:  # two tool calls, both numbered 0 by Mistral, no `type`
+                stream = "".join(f"data: {json.dumps(c)}\n\n" for c in self.fx.mistral_tools["stream"])
+                return base.Reply(headers={"content-type": "text/event-stream; charset=utf-8"},
+                                  stream=(stream + "data: [DONE]\n\n").encode())
             return base.Reply(headers={"content-type": "text/event-stream; charset=utf-8"},
                               stream=self.fx.mistral_stream)
         rf = body.get("response_format") or {}
         doc = self.folded()
         if rf.get("type") in ("json_object", "json_schema"):
             doc["choices"][0]["message"]["content"] = self.fx.json_answer
-        elif body.get("tools") and not any(m.get("role") == "tool" for m in body["messages"]):
-            return base.OpenAIProvider(self.fx.base).answer(body, False)
+        elif wants_tool:  # a tool call without `type`, with `index`, and `prefix` on the message
+            return _json(200, self.fx.mistral_tools["answer"])
         return _json(200, doc)
+
 
     def error(self, status):
         h = {"retry-after": "0"} if status == 429 else {}
@@ -1072,6 +1087,27 @@ class Mistral(Sub):
             status, f"mock provider error {status}"), "type": "invalid_request_error"
             if status < 500 and status != 429 else "service_error", "param": None,
             "code": str(status)}, h)
+
+class Compat(Sub):
+    """The other OpenAI-compatible presets, told apart by the `host` the gateway sets for them:
+    Ollama's /v1 replays its real recordings (tool calls with `index`, `reasoning`); the others are
+    OpenAI-compatible and replay the OpenAI mock's recordings."""
+
+    kind = "compat"
+    HOSTS = {"dashscope-intl.aliyuncs.com": "qwen", "api.groq.com": "groq", "api.x.ai": "xai",
+             "api.together.xyz": "together", "api.fireworks.ai": "fireworks",
+             "openrouter.ai": "openrouter", "vllm.test": "vllm", "ollama.test": "ollama-v1"}
+
+    def answer(self, req):
+        body = req.body
+        who = self.HOSTS.get(req.headers.get("host", "").split(":")[0], "")
+        wants_tool = body.get("tools") and not any(m.get("role") == "tool" for m in body["messages"])
+        if who == "ollama-v1" and not body.get("stream"):
+            return _json(200, self.fx.ollama_v1_tools if wants_tool else self.fx.ollama_v1_text)
+        return base.OpenAIProvider(self.fx.base).answer(body, body.get("stream") is True)
+
+    def error(self, status):
+        return base.OpenAIProvider(self.fx.base).error(status)
 
 
 class DeepSeek(Sub):
@@ -1095,7 +1131,9 @@ class DeepSeek(Sub):
 # the server
 
 
-def classify(path: str) -> str:
+def classify(path: str, host: str = "") -> str:
+    if host.split(":")[0] in Compat.HOSTS and path.endswith("/chat/completions"):
+        return "compat"
     if re.match(r"^/v1beta/(models|tunedModels)/[^:/]+:\w+$", path):
         return "gemini"
     if re.match(r"^/v1/projects/[^/]+/locations/[^/]+/publishers/google/models/[^:/]+:\w+$", path):
@@ -1126,7 +1164,7 @@ class MoreProvider(base.Provider):
         gemini = Gemini(fx)
         self.subs = {"gemini": gemini, "vertex": gemini, "bedrock": Bedrock(fx),
                      "cohere": Cohere(fx), "ollama": Ollama(fx), "azure": Azure(fx),
-                     "mistral": Mistral(fx), "deepseek": DeepSeek(fx)}
+                     "mistral": Mistral(fx), "deepseek": DeepSeek(fx), "compat": Compat(fx)}
 
     def scenario_for(self, kind: str, headers: dict) -> str | None:
         raw = (headers.get(self.scenario_header) or "").strip().lower()
@@ -1169,6 +1207,14 @@ class MoreProvider(base.Provider):
             return base.Reply(reset=True)
         if scenario == "echo-auth":
             return base.echo_auth(sub.error(401), req.headers)
+        if scenario in base.ANSWER_FAULTS:
+            reply = sub.answer(req)
+            reply.fault = scenario
+            return reply
+        if scenario == "429-no-retry-after":
+            return base.without_retry_after(sub.error(429))
+        if scenario == "html":
+            return base.html_error()
         if scenario == "error-mid-stream":
             return sub.mid_stream_error(req)
         if scenario == "truncate":
@@ -1208,14 +1254,6 @@ class MoreHandler(base.Handler):
         except (ConnectionError, ValueError, OSError):
             self.close_connection = True
             return
-        if scenario in base.ANSWER_FAULTS:
-            reply = sub.answer(req)
-            reply.fault = scenario
-            return reply
-        if scenario == "429-no-retry-after":
-            return base.without_retry_after(sub.error(429))
-        if scenario == "html":
-            return base.html_error()
         url = urlsplit(self.path)
         path = url.path
         try:
@@ -1230,7 +1268,7 @@ class MoreHandler(base.Handler):
                 body = json.loads(raw) if raw else None
             except ValueError:
                 body = None
-            kind = classify(url.path)
+            kind = classify(url.path, headers.get("host", ""))
             scenario = provider.scenario_for(kind, headers)
             entry = {"method": self.command, "path": path, "raw_path": url.path,
                      "query": dict(parse_qsl(url.query, keep_blank_values=True)),
