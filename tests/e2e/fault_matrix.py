@@ -76,6 +76,7 @@ class Fault:
     scenario: str | None  # None: no scenario header (connection refused: the route's dead port)
     streams_only: bool = False
     schemas: tuple[str, ...] | None = None   # None: every schema
+    mock_headers: tuple[tuple[str, str], ...] = ()   # more mock headers for the faulty backend
 
     def applies(self, schema: str, stream: bool) -> bool:
         if self.streams_only and not stream:
@@ -88,7 +89,8 @@ FAULTS = [
     Fault("502", "HTTP 502", "502"),
     Fault("503", "HTTP 503", "503"),
     Fault("529", "HTTP 529 (overloaded)", "529"),
-    Fault("429", "HTTP 429 with `retry-after`", "429"),
+    # The failover must not wait for the faulty provider's retry-after (2 s): the cell asserts it.
+    Fault("429", "HTTP 429 with `retry-after: 2`", "429", mock_headers=(("x-mock-retry-after", "2"),)),
     Fault("429-no-retry-after", "HTTP 429 without `retry-after`", "429-no-retry-after"),
     Fault("401", "HTTP 401 (credential refused)", "401"),
     Fault("403", "HTTP 403 (credential not allowed)", "403"),
@@ -124,7 +126,8 @@ CODES = {FAILOVER: "F", ANSWER: "A", STREAM_ERROR: "E", STREAM_ABORT: "X", ERROR
 LEGEND = {
     FAILOVER: "failover: the healthy backend's complete answer (HTTP 200), `x-switchyard-attempts: 2`; "
               "the faulty backend got exactly one request (a 401/403 credential is never tried "
-              "again); tokens and cost are the healthy answer's; `switchyard_failovers` +1",
+              "again; a 429's `retry-after` does not delay the failover); tokens and cost are the "
+              "healthy answer's; `switchyard_failovers` +1",
     ANSWER: "the faulty backend's own complete answer (HTTP 200), one attempt, its tokens counted "
             "(Bedrock's oversize stream: its 5 MiB event is within an event-stream frame's 16 MiB bound)",
     STREAM_ERROR: "the stream (HTTP 200) delivers what arrived, then ends with an OpenAI error event "

@@ -330,6 +330,7 @@ def test_cell(matrix, cell):
         headers.update(schema.scenario_header(fault.scenario))
         headers["x-mock-stall-seconds"] = str(STALL_SECONDS)
         headers["x-mock-size"] = str(OVERSIZE_EVENT_BYTES if stream else OVERSIZE_BYTES)
+        headers.update(dict(fault.mock_headers))
 
     gw.clear_mocks()
     offset = gw.log_offset()
@@ -377,6 +378,9 @@ def test_cell(matrix, cell):
         assert o.text == text, ctx
         assert o.headers.get("x-switchyard-attempts") == "2", ctx
         assert o.headers.get("x-switchyard-backend") == fb_backend, ctx
+        retry_after = dict(fault.mock_headers).get("x-mock-retry-after")
+        if retry_after:
+            assert o.seconds < float(retry_after), f"the failover waited for retry-after{ctx}"
         # the faulty backend saw exactly one request (a refused credential is never sent again)
         if fault_name != "refused":
             assert len(faulty_reqs) == 1, ctx
@@ -470,3 +474,23 @@ def test_a_refused_credential_is_never_sent_twice(matrix):
     log = access_log_line(gw, rid)
     assert log["attempts"] == "2", log
     assert log["status"] == "401", log
+
+
+def test_a_429_from_every_candidate_reaches_the_client_with_its_retry_after(matrix):
+    """Both candidates are rate-limited (429, `retry-after: 2`): the retries do not wait for it (the
+    next candidate is tried at once), and the client gets an OpenAI-shaped 429 that still carries
+    the provider's `retry-after`, which the SDKs honour."""
+    gw, client = matrix
+    rid = f"fm-429-everywhere-{uuid.uuid4().hex[:12]}"
+    t0 = time.monotonic()
+    with pytest.raises(openai.RateLimitError) as exc:
+        client.chat.completions.create(
+            model="fm-openai", messages=HELLO,
+            extra_headers={"x-request-id": rid, "x-mock-openai": "429", "x-mock-anthropic": "429",
+                           "x-mock-retry-after": "2"})
+    assert time.monotonic() - t0 < 2
+    assert exc.value.status_code == 429
+    assert exc.value.response.headers.get("retry-after") == "2"
+    assert exc.value.body["code"] == "rate_limit_exceeded", exc.value.body
+    log = access_log_line(gw, rid)
+    assert log["attempts"] == "3" and log["status"] == "429", log

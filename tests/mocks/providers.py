@@ -708,6 +708,10 @@ def not_applicable(fault: str, why: str) -> Reply:
 def apply_fault(reply: Reply, headers: dict, stall_seconds: float) -> Reply:
     """Completes an answer fault (``reply.fault``) once the request headers are known: edits the
     body for the content faults, sets the pause of ``stall-mid-stream``; the Handler sends it."""
+    if reply.status == 429 and headers.get("x-mock-retry-after") and any(
+            k.lower() == "retry-after" for k in reply.headers):
+        reply.headers = {k: v for k, v in reply.headers.items() if k.lower() != "retry-after"}
+        reply.headers["retry-after"] = headers["x-mock-retry-after"]
     fault = reply.fault
     if fault is None or reply.status != 200:
         reply.fault = None
