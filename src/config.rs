@@ -449,6 +449,8 @@ pub struct Gateway {
     pub router: ModelRouter,
     /// Routing rules and meta-models; `None` when none are configured.
     pub routing: Option<crate::policy::rules::RoutingTable>,
+    /// Prices for routing policies (`cheapest`) when the gateway has no `auth` (the built-in table).
+    pub routing_prices: Option<crate::policy::pricing::PriceTable>,
     /// Model capabilities, shared with every backend attempt of a request; `None`: no checks.
     pub capabilities: Option<std::rc::Rc<crate::policy::capabilities::CapabilityTable>>,
 }
@@ -495,12 +497,17 @@ impl Gateway {
             emit_metrics: cfg.metrics.enabled,
             publish_log_fields: cfg.metrics.access_log_fields,
             routing: None,
+            routing_prices: None,
             capabilities,
             router: ModelRouter::new(cfg.models)?,
             policy,
         })
         .and_then(|mut g| {
             g.routing = crate::policy::rules::RoutingTable::new(cfg.routing, |m| g.router.resolve(m).is_some())?;
+            if g.policy.is_none() && g.routing.as_ref().is_some_and(|r| r.uses_cost()) {
+                let builtin = crate::policy::pricing::PricingConfig::default();
+                g.routing_prices = Some(crate::policy::pricing::PriceTable::from_config(&builtin)?);
+            }
             Ok(g)
         })
     }

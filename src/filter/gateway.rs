@@ -123,12 +123,12 @@ impl GatewayFilter {
                 self.stream = req.is_stream();
                 self.wants_usage = req.wants_stream_usage();
                 let est = self.principal.as_ref().map(|_| RequestEstimate::from_chat(&req));
-                if let Some(rt) = self.cfg.routing.as_ref() {
-                    target = self.choose_by_rules(rt, &req, est.as_ref());
-                }
                 if let Some(caps) = self.cfg.capabilities.as_ref() {
                     let prompt = est.as_ref().map_or_else(|| RequestEstimate::from_chat(&req).prompt_tokens, |e| e.prompt_tokens);
                     needs = Some((Needs::of_chat(&req, prompt), caps.clone()));
+                }
+                if let Some(rt) = self.cfg.routing.as_ref() {
+                    target = self.choose_by_rules(rt, &req, est.as_ref(), needs.as_ref().map(|(n, _)| n));
                 }
                 (req.model, est)
             }
@@ -217,7 +217,7 @@ impl GatewayFilter {
 
     /// The model the routing rules choose for a chat request (and the rule's label), if any. Rules
     /// apply only to names the gateway knows: an unknown model stays a 404.
-    fn choose_by_rules(&self, rt: &RoutingTable, req: &ChatRequest, est: Option<&RequestEstimate>) -> Option<(String, String)> {
+    fn choose_by_rules(&self, rt: &RoutingTable, req: &ChatRequest, est: Option<&RequestEstimate>, needs: Option<&Needs>) -> Option<(String, String)> {
         if !rt.is_meta(&req.model) && self.cfg.router.resolve(&req.model).is_none() {
             return None;
         }
@@ -234,7 +234,19 @@ impl GatewayFilter {
         if rt.needs_last_user_message() {
             facts.last_user_message = rules::last_user_message(req);
         }
-        rt.choose(&facts).map(|c| (c.model.to_string(), c.label.to_string()))
+        // Candidates of a policy are gateway model names: capabilities and prices are looked up
+        // under the name they resolve to.
+        let router = &self.cfg.router;
+        let canonical = |m: &str| router.resolve(m).map_or_else(|| m.to_string(), |r| r.model.to_string());
+        let caps = self.cfg.capabilities.as_deref();
+        let compatible = |m: &str| match (caps, needs) {
+            (Some(t), Some(n)) => t.missing(&canonical(m), n).is_none(),
+            _ => true,
+        };
+        let prices = self.cfg.policy.as_ref().map(|p| p.prices()).or(self.cfg.routing_prices.as_ref());
+        let cost = |m: &str, prompt: u64, out: u64| prices.and_then(|t| t.lookup(&canonical(m))).map(|p| p.cost_of_tokens_femto(prompt, out));
+        let info = rules::CandidateInfo { compatible: &compatible, cost: &cost };
+        rt.choose(&facts, &info).map(|c| (c.model.to_string(), c.label.to_string()))
     }
 
     /// Publishes the request's state for its backend attempts, under a request id unique on this

@@ -30,10 +30,40 @@ pub struct RoutingConfig {
 #[serde(deny_unknown_fields)]
 pub struct MetaModel {
     pub name: String,
-    /// The model that serves it when no rule matches.
-    pub default: String,
+    /// The model that serves it when no rule matches (and, with a policy, no candidate qualifies).
+    #[serde(default)]
+    pub default: Option<String>,
+    /// How to choose among `candidates` when no rule matches.
+    #[serde(default)]
+    pub policy: Option<MetaPolicy>,
+    /// Configured models the policy chooses from.
+    #[serde(default)]
+    pub candidates: Vec<String>,
+    /// Output tokens expected when the request sets no `max_tokens` (for `cheapest`; default 256).
+    #[serde(default)]
+    pub expected_output_tokens: Option<u64>,
     #[serde(default)]
     pub owned_by: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum MetaPolicy {
+    /// Among the candidates that can serve the request, the lowest expected cost (prompt estimate
+    /// and expected output at the price table's prices); unpriced candidates come last.
+    Cheapest,
+}
+
+/// Output tokens `cheapest` expects of a request without `max_tokens`.
+pub const DEFAULT_EXPECTED_OUTPUT_TOKENS: u64 = 256;
+
+/// What a policy needs to know about candidates (the gateway supplies it from its capability and
+/// price tables).
+pub struct CandidateInfo<'a> {
+    /// The model can serve this request (capabilities).
+    pub compatible: &'a dyn Fn(&str) -> bool,
+    /// Expected cost of `(model, prompt_tokens, output_tokens)` in any unit; `None`: unpriced.
+    pub cost: &'a dyn Fn(&str, u64, u64) -> Option<u128>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -159,8 +189,18 @@ impl RoutingTable {
             if resolves(&m.name) {
                 return Err(format!("routing.meta_models[{i}] ({}): already a configured model or alias", m.name));
             }
-            if !resolves(&m.default) {
-                return Err(format!("routing.meta_models[{i}] ({}): default {} is not a configured model", m.name, m.default));
+            match (&m.default, m.policy) {
+                (None, None) => return Err(format!("routing.meta_models[{i}] ({}): needs a default or a policy", m.name)),
+                (Some(d), _) if !resolves(d) => {
+                    return Err(format!("routing.meta_models[{i}] ({}): default {d} is not a configured model", m.name))
+                }
+                _ => {}
+            }
+            if m.policy.is_some() && m.candidates.is_empty() {
+                return Err(format!("routing.meta_models[{i}] ({}): a policy needs candidates", m.name));
+            }
+            if let Some(c) = m.candidates.iter().find(|c| !resolves(c)) {
+                return Err(format!("routing.meta_models[{i}] ({}): candidate {c} is not a configured model", m.name));
             }
             if metas.insert(m.name.clone(), i).is_some() {
                 return Err(format!("meta-model {} is configured twice", m.name));
@@ -210,6 +250,7 @@ impl RoutingTable {
         }
         for m in &cfg.meta_models {
             labels.push(format!("meta:{}", m.name));
+            needs_prompt_tokens |= m.policy.is_some();
         }
         Ok(Some(RoutingTable {
             rules,
@@ -244,9 +285,14 @@ impl RoutingTable {
         self.needs_last_user_message
     }
 
-    /// The first matching rule's model, else the meta-model's default, else `None` (the requested
-    /// name is served as it is).
-    pub fn choose(&self, facts: &RequestFacts) -> Option<Choice<'_>> {
+    /// Some meta-model chooses by cost (the gateway then needs a price table).
+    pub fn uses_cost(&self) -> bool {
+        self.meta_models.iter().any(|m| m.policy == Some(MetaPolicy::Cheapest))
+    }
+
+    /// The first matching rule's model, else the meta-model's policy or default, else `None` (the
+    /// requested name is served as it is).
+    pub fn choose(&self, facts: &RequestFacts, info: &CandidateInfo) -> Option<Choice<'_>> {
         for (i, r) in self.rules.iter().enumerate() {
             if r.when.matches(facts) {
                 return Some(Choice { model: &r.model, label: self.labels.get(i).map_or("", String::as_str) });
@@ -254,7 +300,20 @@ impl RoutingTable {
         }
         let &i = self.metas.get(facts.requested)?;
         let m = self.meta_models.get(i)?;
-        Some(Choice { model: &m.default, label: self.labels.get(self.rules.len() + i).map_or("", String::as_str) })
+        let label = self.labels.get(self.rules.len() + i).map_or("", String::as_str);
+        let by_policy = match m.policy {
+            Some(MetaPolicy::Cheapest) => {
+                let out = facts.max_tokens.map(u64::from).unwrap_or(m.expected_output_tokens.unwrap_or(DEFAULT_EXPECTED_OUTPUT_TOKENS));
+                // The first of equals wins: candidates are listed in the operator's preference order.
+                m.candidates
+                    .iter()
+                    .filter(|c| (info.compatible)(c))
+                    .min_by_key(|c| (info.cost)(c, facts.prompt_tokens, out).unwrap_or(u128::MAX))
+            }
+            None => None,
+        };
+        let model = by_policy.or(m.default.as_ref()).or(m.candidates.first())?;
+        Some(Choice { model, label })
     }
 }
 
@@ -333,8 +392,10 @@ mod tests {
           {"name": "short-answers", "when": {"model": ["auto"], "max_tokens": {"max": 64}, "tools": false}, "model": "fast"}
         ]}"#;
 
+    const ANY: CandidateInfo = CandidateInfo { compatible: &|_| true, cost: &|_, _, _| None };
+
     fn choose<'a>(t: &'a RoutingTable, f: &RequestFacts) -> Option<&'a str> {
-        t.choose(f).map(|c| c.label)
+        t.choose(f, &ANY).map(|c| c.label)
     }
 
     #[test]
@@ -343,7 +404,7 @@ mod tests {
         let r = req(r#"{"model":"auto","messages":[{"role":"user","content":"Please SUMMARIZE this text"}]}"#);
         let mut f = chat_facts(&r);
         f.last_user_message = last_user_message(&r);
-        assert_eq!(t.choose(&f), Some(Choice { model: "small", label: "summaries" }));
+        assert_eq!(t.choose(&f, &ANY), Some(Choice { model: "small", label: "summaries" }));
         // The same words for another requested model: that rule does not apply.
         f.requested = "mid";
         assert_eq!(choose(&t, &f), None);
@@ -351,7 +412,7 @@ mod tests {
         let r = req(r#"{"model":"auto","messages":[{"role":"user","content":"Hello"}]}"#);
         let mut f = chat_facts(&r);
         f.last_user_message = last_user_message(&r);
-        assert_eq!(t.choose(&f), Some(Choice { model: "mid", label: "meta:auto" }));
+        assert_eq!(t.choose(&f, &ANY), Some(Choice { model: "mid", label: "meta:auto" }));
     }
 
     #[test]
@@ -419,6 +480,48 @@ mod tests {
     }
 
     #[test]
+    fn cheapest_compatible_candidate() {
+        let t = table(
+            r#"{"meta_models":[{"name":"cheap","policy":"cheapest","candidates":["frontier","mid","small","vision"]},
+                                {"name":"pick","policy":"cheapest","candidates":["mid"],"default":"small"}]}"#,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(t.uses_cost() && t.needs_prompt_tokens());
+        // Per-token prices: input, output (femto-anything); `vision` is unpriced.
+        let price = |m: &str| match m {
+            "frontier" => Some((30u128, 60u128)),
+            "mid" => Some((3, 12)),
+            "small" => Some((1, 40)),
+            _ => None,
+        };
+        let cost = |m: &str, p: u64, o: u64| price(m).map(|(i, out)| i * u128::from(p) + out * u128::from(o));
+        let all = CandidateInfo { compatible: &|_| true, cost: &cost };
+        let mut f = RequestFacts { requested: "cheap", prompt_tokens: 1000, ..Default::default() };
+        // 1000 prompt + 256 expected output: frontier 45360, mid 3000+3072=6072, small 1000+10240=11240.
+        assert_eq!(t.choose(&f, &all).map(|c| c.model), Some("mid"));
+        // Short answers make the model with cheap output dearer: max_tokens 10 → small 1400 < mid 3120.
+        f.max_tokens = Some(10);
+        assert_eq!(t.choose(&f, &all).map(|c| c.model), Some("small"));
+        // Capabilities first: without `small`, the next cheapest compatible one.
+        let no_small = CandidateInfo { compatible: &|m| m != "small", cost: &cost };
+        assert_eq!(t.choose(&f, &no_small).map(|c| c.model), Some("mid"));
+        // Unpriced comes last but still serves when nothing else can.
+        let only_vision = CandidateInfo { compatible: &|m| m == "vision", cost: &cost };
+        assert_eq!(t.choose(&f, &only_vision).map(|c| c.model), Some("vision"));
+        // No compatible candidate: the default (else the first candidate, whose backend refuses).
+        let none = CandidateInfo { compatible: &|_| false, cost: &cost };
+        f.requested = "pick";
+        assert_eq!(t.choose(&f, &none).map(|c| c.model), Some("small"));
+        f.requested = "cheap";
+        assert_eq!(t.choose(&f, &none).map(|c| c.model), Some("frontier"));
+        assert!(table(r#"{"meta_models":[{"name":"x","policy":"cheapest"}]}"#).is_err());
+        assert!(table(r#"{"meta_models":[{"name":"x"}]}"#).is_err());
+        assert!(table(r#"{"meta_models":[{"name":"x","policy":"cheapest","candidates":["nope"]}]}"#).is_err());
+        assert!(table(r#"{"meta_models":[{"name":"x","policy":"fastest","candidates":["mid"]}]}"#).is_err());
+    }
+
+    #[test]
     fn nothing_configured_costs_nothing_and_mistakes_are_errors() {
         assert!(table("{}").unwrap().is_none());
         assert!(table(r#"{"rules":[{"model":"nope"}]}"#).unwrap_err().contains("nope"));
@@ -431,6 +534,6 @@ mod tests {
         assert!(table(r#"{"rules":[{"when":{"typo":1},"model":"small"}]}"#).is_err());
         // An empty `when` always matches.
         let t = table(r#"{"rules":[{"model":"small"}]}"#).unwrap().unwrap();
-        assert_eq!(t.choose(&RequestFacts { requested: "mid", ..Default::default() }).map(|c| c.model), Some("small"));
+        assert_eq!(t.choose(&RequestFacts { requested: "mid", ..Default::default() }, &ANY).map(|c| c.model), Some("small"));
     }
 }

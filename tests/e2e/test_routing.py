@@ -67,11 +67,16 @@ LOG_FIELDS = ("first_token_timeout_ms", "hedge", "deadlines_fired", "winner_atte
 KEYS = {"sk-research": ("researcher", "research"), "sk-apps": ("app", "apps")}
 AUTH = {"keys": [{"id": kid, "team": team, "sha256": hashlib.sha256(k.encode()).hexdigest()}
                  for k, (kid, team) in KEYS.items()],
-        "teams": [{"id": "research"}, {"id": "apps"}]}
+        "teams": [{"id": "research"}, {"id": "apps"}],
+        # Prices for `cheapest`: the built-in table plus Cohere's model and a name for Claude.
+        "pricing": {"models": {"command-r": {"input_cost_per_token": 3.75e-08, "output_cost_per_token": 1.5e-07,
+                                             "supports_vision": False, "max_input_tokens": 8192}},
+                    "aliases": {"claude-haiku": "claude-3-5-haiku-latest"}}}
 
 # Rules on the request and the meta-model `auto` (README "Routing").
 ROUTING = {
-    "meta_models": [{"name": "auto", "default": "gpt-4o-mini"}],
+    "meta_models": [{"name": "auto", "default": "gpt-4o-mini"},
+                    {"name": "cheap", "policy": "cheapest", "candidates": ["claude-haiku", "gpt-4o-mini", "command-r"]}],
     "rules": [
         {"name": "summaries", "model": "claude-haiku",
          "when": {"model": ["auto"], "last_user_message_contains": ["summarize", "summarise", "tl;dr"]}},
@@ -518,3 +523,24 @@ def test_no_compatible_candidate_is_a_400_naming_the_capability(rgw, rclient):
     assert rgw.mock_requests("more") == []
     rec = log_line(rgw, "cap-none")
     assert rec["status"] == "400" and rec["skipped_candidates"] == "1"
+
+
+# -- policy `cheapest`
+
+
+def test_cheapest_picks_the_lowest_expected_cost(rgw, rclient):
+    # command-r (3.75e-8 / 1.5e-7 per token) < gpt-4o-mini (1.5e-7 / 6e-7) < claude-haiku (8e-7 / 4e-6).
+    raw = ask(rclient, "cheap-text", model="cheap")
+    assert raw.headers["x-switchyard-backend"] == "cohere-demo"
+    rec = log_line(rgw, "cheap-text")
+    assert (rec["routing_rule"], rec["route"]) == ("meta:cheap", "command-r")
+
+
+def test_cheapest_skips_a_candidate_that_cannot_serve_the_request(rgw, rclient):
+    # An image: command-r takes none (its price-table entry says supports_vision: false), so the
+    # next cheapest, gpt-4o-mini, serves; never the dearest.
+    raw = rclient.chat.completions.with_raw_response.create(
+        model="cheap", messages=IMAGE_MSG, extra_headers={"x-request-id": "cheap-image"})
+    assert raw.headers["x-switchyard-backend"] == "openai-demo"
+    assert rgw.mock_requests("more") == [] and rgw.mock_requests("anthropic") == []
+    assert log_line(rgw, "cheap-image")["route"] == "gpt-4o-mini"
