@@ -106,12 +106,14 @@ fn text_of(v: &Value) -> Option<String> {
 pub fn map_error(status: u16, body: &[u8]) -> Vec<u8> {
     if let Ok(mut env) = serde_json::from_slice::<ErrorEnvelope>(body) {
         if let Some(e) = env.error.as_object_mut().filter(|e| e.get("message").is_some_and(Value::is_string)) {
-            if e.get("type").is_some_and(Value::is_string) && ["param", "code"].iter().all(|k| matches!(e.get(*k), None | Some(Value::Null | Value::String(_)))) {
+            // OpenAI's own `type` may be null (Azure's content filter errors).
+            let text_or_null = |v: Option<&Value>| matches!(v, Some(Value::Null | Value::String(_)));
+            if text_or_null(e.get("type")) && ["param", "code"].iter().all(|k| e.get(*k).is_none() || text_or_null(e.get(*k))) {
                 return body.to_vec();
             }
             // An envelope that is almost OpenAI's (no `type`, a numeric `code`): the same fields,
             // made what the SDKs read.
-            if !e.get("type").is_some_and(Value::is_string) {
+            if !text_or_null(e.get("type")) {
                 e.insert("type".into(), Value::String(kind_for_status(status).into()));
             }
             for k in ["param", "code"] {
