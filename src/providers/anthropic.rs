@@ -17,7 +17,7 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::util::{overflow, s, truncated, write_error_event, write_chunk, write_usage_and_done, Phase, Str};
+use super::util::{overflow, s, too_many, truncated, MAX_STREAM_TOOL_CALLS, write_error_event, write_chunk, write_usage_and_done, Phase, Str};
 use super::{AttemptContext, ResponseHints, UpstreamRequest};
 use crate::api::chat::{
     parse_chat_request, ChatCompletion, ChatRequest, Choice,
@@ -1265,6 +1265,10 @@ impl StreamState {
                 }
             }
             Some("tool_use") => {
+                if self.tool_calls as usize >= MAX_STREAM_TOOL_CALLS {
+                    self.fail(out, too_many("tool calls", MAX_STREAM_TOOL_CALLS));
+                    return;
+                }
                 let k = self.tool_calls;
                 self.tool_calls = self.tool_calls.saturating_add(1);
                 if let Some(index) = ev.index {
@@ -1348,7 +1352,16 @@ mod tests {
     use super::*;
     use crate::stream::sse::DONE;
     use crate::api::chat::parse_chat_request;
-    use crate::providers::testutil::{events, interaction, payloads};
+    use crate::providers::testutil::{assert_tool_calls_capped, events, interaction, payloads};
+
+    #[test]
+    fn tool_calls_per_stream_are_capped() {
+        let head = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"model\":\"claude\",\"usage\":{\"input_tokens\":1,\"output_tokens\":1}}}\n\n";
+        let call = |i: usize| {
+            format!("event: content_block_start\ndata: {{\"type\":\"content_block_start\",\"index\":{i},\"content_block\":{{\"type\":\"tool_use\",\"id\":\"toolu_{i}\",\"name\":\"f\",\"input\":{{}}}}}}\n\n").into_bytes()
+        };
+        assert_tool_calls_capped(&|| Box::new(StreamTranslator::new(1)), head, &call);
+    }
     use serde_json::json;
 
     const BASIC: &str = include_str!("../../tests/fixtures/anthropic/basic_response.txt");

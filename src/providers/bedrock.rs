@@ -22,7 +22,7 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::util::{s, write_error_event, write_chunk, write_usage_and_done, Phase, Str};
+use super::util::{s, too_many, write_error_event, MAX_STREAM_TOOL_CALLS, write_chunk, write_usage_and_done, Phase, Str};
 use super::{sigv4, AttemptContext, Operation, ResponseHints, UpstreamRequest};
 use crate::api::chat::{
     parse_chat_request, ChatCompletion, ChatRequest, Choice, Content, ContentPart,
@@ -1301,6 +1301,10 @@ impl StreamState {
 
     fn on_block_start(&mut self, ev: &EventPayload<'_>, out: &mut Vec<u8>) {
         let Some(tool) = ev.start.as_ref().and_then(|st| st.tool_use.as_ref()) else { return };
+        if self.tool_calls as usize >= MAX_STREAM_TOOL_CALLS {
+            self.fail(out, too_many("tool calls", MAX_STREAM_TOOL_CALLS));
+            return;
+        }
         self.ensure_started(out);
         let k = self.tool_calls;
         self.tool_calls = self.tool_calls.saturating_add(1);
@@ -1369,7 +1373,17 @@ mod tests {
     use super::*;
     use crate::stream::eventstream::{encode_event, encode_message, HeaderValue};
     use base64::Engine;
-    use crate::providers::testutil::{events, interaction, payloads};
+    use crate::providers::testutil::{assert_tool_calls_capped, events, interaction, payloads};
+
+    #[test]
+    fn tool_calls_per_stream_are_capped() {
+        let head = encode_event("messageStart", br#"{"role":"assistant"}"#);
+        let call = |i: usize| {
+            let p = json!({"contentBlockIndex": i, "start": {"toolUse": {"toolUseId": format!("t{i}"), "name": "f"}}});
+            encode_event("contentBlockStart", p.to_string().as_bytes())
+        };
+        assert_tool_calls_capped(&|| Box::new(StreamTranslator::new("m", 1)), &head, &call);
+    }
     use serde_json::json;
 
     const MODEL_YAML: &str = include_str!("../../tests/fixtures/bedrock/test_bedrock_model.yaml");

@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::util::{
+    too_many, MAX_STREAM_TOOL_CALLS,
     check_single_choice, object_or_none, overflow, parse_data_url, parse_upstream, s, truncated, unreadable_event,
     unsupported_part, usage, write_error_event, ChunkWriter, Count, Phase, Str,
 };
@@ -933,6 +934,10 @@ impl State {
                 }
             }
             "tool-call-start" => {
+                if self.tool_index.len() >= MAX_STREAM_TOOL_CALLS {
+                    self.fail(out, too_many("tool calls", MAX_STREAM_TOOL_CALLS));
+                    return;
+                }
                 let call = message.and_then(|m| m.tool_calls.as_ref());
                 let k = u32::try_from(self.tool_index.len()).unwrap_or(u32::MAX);
                 self.tool_index.push((ev.index.unwrap_or(k), k));
@@ -1027,6 +1032,16 @@ mod tests {
         assert_split_invariant, assert_terminates, error_json, events, interaction, payloads, run_chunks, summarize, CREATED,
     };
     use serde_json::json;
+
+    #[test]
+    fn tool_calls_per_stream_are_capped() {
+        let head = b"event: message-start\ndata: {\"type\":\"message-start\",\"id\":\"x\",\"delta\":{\"message\":{\"role\":\"assistant\"}}}\n\n";
+        let call = |i: usize| {
+            let c = json!({"type":"tool-call-start","index":i,"delta":{"message":{"tool_calls":{"id":format!("c_{i}"),"type":"function","function":{"name":"f","arguments":""}}}}});
+            format!("event: tool-call-start\ndata: {c}\n\n").into_bytes()
+        };
+        crate::providers::testutil::assert_tool_calls_capped(&|| Box::new(StreamTranslator::new(CREATED, "m")), head, &call);
+    }
 
     const SIMPLE: &str = include_str!("../../tests/fixtures/cohere/test_request_simple_success_with_vcr.yaml");
     const TOOL_DOCS: &str = include_str!("../../tests/fixtures/cohere/tool-use-streaming.mdx");

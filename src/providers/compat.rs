@@ -35,7 +35,7 @@
 
 use serde_json::{Map, Value};
 
-use super::util::{overflow, truncated, unreadable_event, write_error_event, Phase};
+use super::util::{overflow, too_many, truncated, MAX_STREAM_TOOL_CALLS, unreadable_event, write_error_event, Phase};
 use super::StreamTranslate;
 use crate::api::chat::Usage;
 use crate::api::error::{kind_for_status, ApiError};
@@ -515,6 +515,10 @@ impl State {
             return;
         }
         let mut changed = normalise_chunk(&mut v, &mut self.tool_calls);
+        if self.tool_calls.calls.len() > MAX_STREAM_TOOL_CALLS {
+            self.fail(out, too_many("tool calls", MAX_STREAM_TOOL_CALLS));
+            return;
+        }
         let mut has_choices = false;
         if let Some(Value::Array(choices)) = v.get("choices") {
             has_choices = !choices.is_empty();
@@ -597,6 +601,18 @@ fn stream_error(v: &Map<String, Value>, provider: &str) -> Option<ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::testutil::assert_tool_calls_capped;
+
+    #[test]
+    fn tool_calls_per_stream_are_capped() {
+        let call = |i: usize| {
+            let c = json!({"id":"x","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,
+                "delta":{"tool_calls":[{"id":format!("c{i}"),"index":i,"type":"function","function":{"name":"f","arguments":"{}"}}]}}]});
+            format!("data: {c}\n\n").into_bytes()
+        };
+        assert_tool_calls_capped(&|| Box::new(StreamTranslator::for_provider("Mistral")), b"", &call);
+    }
+
     use crate::providers::testutil::{assert_split_invariant, assert_terminates, interaction, payloads, run_chunks, summarize};
     use serde_json::json;
 

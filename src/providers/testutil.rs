@@ -31,6 +31,33 @@ pub fn run_chunks<'a>(make: &dyn Fn() -> Box<dyn StreamTranslate>, chunks: impl 
     (out, t.usage().cloned())
 }
 
+/// Feeds `head`, then `call(i)` for the first [`MAX_STREAM_TOOL_CALLS`](super::util::MAX_STREAM_TOOL_CALLS)
+/// tool calls (all translated, no error), then one more: that one ends the stream with a single
+/// `stream_overflow` error event, after which nothing more is written.
+pub fn assert_tool_calls_capped(make: &dyn Fn() -> Box<dyn StreamTranslate>, head: &[u8], call: &dyn Fn(usize) -> Vec<u8>) {
+    let limit = super::util::MAX_STREAM_TOOL_CALLS;
+    let mut t = make();
+    let mut out = Vec::new();
+    t.push(head, &mut out);
+    for i in 0..limit {
+        t.push(&call(i), &mut out);
+    }
+    let before = payloads(&out);
+    assert!(!before.iter().any(|d| d.starts_with("{\"error\"")), "no error up to the limit");
+    let calls = before.iter().filter(|d| d.contains("\"tool_calls\"")).count();
+    assert!(calls >= limit, "{calls} tool-call chunks for {limit} calls");
+    let n = out.len();
+    t.push(&call(limit), &mut out);
+    let after = payloads(&out[n..]);
+    assert_eq!(after.len(), 1, "one error event: {after:?}");
+    let e: Value = serde_json::from_str(&after[0]).expect("JSON");
+    assert_eq!(e["error"]["code"], "stream_overflow", "{e}");
+    let m = out.len();
+    t.push(&call(limit + 1), &mut out);
+    t.finish(&mut out);
+    assert_eq!(out.len(), m, "nothing after the error");
+}
+
 /// Output for every two-way split, 1-byte and 7-byte chunks must equal the whole-body output
 /// (two-way splits at every offset for inputs up to 4 KB; above that ~300 evenly spread offsets,
 /// the 1-byte run covering every boundary at once, to keep debug runs quick).

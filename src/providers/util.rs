@@ -242,6 +242,17 @@ pub(crate) fn overflow() -> ApiError {
     ApiError::new(502, "api_error", "An upstream stream event exceeded the gateway's size limit.").with_code("stream_overflow")
 }
 
+/// Most tool calls one streamed answer may carry. The stream translators remember each call (its
+/// upstream block index and OpenAI index) and look them up per delta, so an upstream that opened
+/// calls without end would grow memory and make every delta slower.
+pub(crate) const MAX_STREAM_TOOL_CALLS: usize = 1024;
+
+/// The stream error for an answer past [`MAX_STREAM_TOOL_CALLS`].
+pub(crate) fn too_many(what: &str, limit: usize) -> ApiError {
+    ApiError::new(502, "api_error", format!("The upstream stream opened more than {limit} {what}, the gateway's limit."))
+        .with_code("stream_overflow")
+}
+
 pub(crate) fn unreadable_event(provider: &str, e: &serde_json::Error) -> ApiError {
     ApiError::new(502, "api_error", format!("The {provider} backend sent an unreadable stream event: {e}."))
         .with_code("invalid_upstream_event")
