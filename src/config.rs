@@ -118,6 +118,18 @@ pub struct ModelEntry {
     /// On the deadline, start the next candidate without cancelling the first; the first token wins.
     #[serde(default)]
     pub hedge: bool,
+    /// Model versions must be pinned on this route: `switchyard check` warns (`warn`) about, or
+    /// rejects (`forbid`) floating names (`*-latest`, undated) among its candidates; with `forbid`
+    /// the backend filter also refuses to send one.
+    #[serde(default)]
+    pub pin_versions: Option<PinVersions>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PinVersions {
+    Warn,
+    Forbid,
 }
 
 #[derive(Debug, Deserialize)]

@@ -11,6 +11,10 @@ use switchyard::config::{Gateway, PluginConfig};
 
 fn check(path: &str) -> Result<String, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
+    let is_plugin = serde_json::from_slice::<serde_json::Value>(&bytes).ok().is_some_and(|v| v.get("role").is_some());
+    if !is_plugin {
+        return check_envoy(path, &bytes);
+    }
     match PluginConfig::parse(&bytes).map_err(|e| format!("{path}: {e}"))? {
         PluginConfig::Gateway(g) => {
             let models = g.models.len();
@@ -23,6 +27,20 @@ fn check(path: &str) -> Result<String, String> {
         PluginConfig::Backend(b) => Ok(format!("{path}: backend configuration with {} backends is valid", b.backends.len())),
         PluginConfig::Noop => Ok(format!("{path}: no-op (pass-through) configuration is valid")),
     }
+}
+
+/// A whole Envoy configuration (YAML or JSON): its plugin configurations, and each route's
+/// candidates against the gateway's capabilities and version pinning.
+fn check_envoy(path: &str, bytes: &[u8]) -> Result<String, String> {
+    let doc: serde_json::Value = serde_yaml::from_slice(bytes).map_err(|e| format!("{path}: not a plugin configuration, nor Envoy YAML/JSON: {e}"))?;
+    let findings = switchyard::policy::route_check::check_envoy(&doc).map_err(|e| format!("{path}: {e}"))?;
+    for w in &findings.warnings {
+        eprintln!("{path}: warning: {w}");
+    }
+    if !findings.errors.is_empty() {
+        return Err(findings.errors.iter().map(|e| format!("{path}: error: {e}")).collect::<Vec<_>>().join("\n"));
+    }
+    Ok(format!("{path}: Envoy configuration is valid ({} warnings)", findings.warnings.len()))
 }
 
 /// `hash-key`: the key from the argument, else the first line of stdin (keeps it out of shell history).

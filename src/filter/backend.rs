@@ -256,6 +256,16 @@ impl HttpContext for BackendFilter {
                 return Action::Pause;
             }
         }
+        if let Some(state) = &self.state {
+            if state.borrow().forbid_floating && crate::policy::route_check::is_floating(&self.model) {
+                log::error!("switchyard: backend {} sends the floating model name {} on a route that forbids it", backend.name, self.model);
+                send_error(&ApiError::gateway(
+                    500,
+                    format!("Gateway misconfiguration: this route pins model versions, and backend `{}` would send the floating name `{}`.", backend.name, self.model),
+                ));
+                return Action::Pause;
+            }
+        }
         // A candidate whose model lacks what the request needs (images, tools, context…) never
         // sees the request: the client gets a 400 naming the capability, not the provider's error.
         // (Envoy does not retry an upstream filter's local reply: steering around such candidates

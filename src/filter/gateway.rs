@@ -197,6 +197,7 @@ impl GatewayFilter {
             }
         }
         state.needs = needs;
+        state.forbid_floating = resolved.forbid_floating;
         if let Some(d) = resolved.deadline {
             // Envoy's router reads (and removes) these: its per-try timeout becomes the deadline,
             // because the backend filter holds each answer until its first token.

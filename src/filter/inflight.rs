@@ -44,6 +44,8 @@ pub struct RequestState {
     pub needs: Option<(crate::policy::capabilities::Needs, Rc<crate::policy::capabilities::CapabilityTable>)>,
     /// Candidates skipped because they lack a capability.
     pub skipped: u32,
+    /// The route forbids floating model names (`pin_versions: "forbid"`).
+    pub forbid_floating: bool,
 }
 
 #[derive(Debug)]
@@ -56,7 +58,7 @@ pub struct Refused {
 
 impl RequestState {
     pub fn new(model: String, op: Operation) -> Self {
-        RequestState { model, op, attempts: 0, first_backend: None, served_backend: None, served_provider: None, served_model: None, provider_headers: Vec::new(), byok: None, refused: Vec::new(), deadline_ms: None, timings: Vec::new(), needs: None, skipped: 0 }
+        RequestState { model, op, attempts: 0, first_backend: None, served_backend: None, served_provider: None, served_model: None, provider_headers: Vec::new(), byok: None, refused: Vec::new(), deadline_ms: None, timings: Vec::new(), needs: None, skipped: 0, forbid_floating: false }
     }
 
     /// How a provider refused `backend`'s credential in this request, if it did.

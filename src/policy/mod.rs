@@ -12,6 +12,7 @@ pub mod headers;
 pub mod keys;
 pub mod limits;
 pub mod pricing;
+pub mod route_check;
 pub mod store;
 
 pub use gate::{Admission, Outcome, Policy, PolicyConfig, Principal, Rejection, Settlement};

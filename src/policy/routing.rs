@@ -26,6 +26,8 @@ pub struct Resolved<'a> {
     /// The `*` entry that matched, if a pattern did: metrics label the model with it, never with
     /// the name a client made up (each new name would be a new stat, for good).
     pub pattern: Option<&'a str>,
+    /// The route forbids floating model names (`pin_versions: "forbid"`).
+    pub forbid_floating: bool,
 }
 
 impl ModelRouter {
@@ -63,7 +65,8 @@ impl ModelRouter {
         if let Some(&i) = self.exact.get(requested) {
             let e = self.entries.get(i)?;
             let deadline = self.deadlines.get(i).and_then(Option::as_ref);
-            return Some(Resolved { route: e.route.as_deref().unwrap_or(&e.name), model: &e.name, deadline, pattern: None });
+            let forbid_floating = e.pin_versions == Some(crate::config::PinVersions::Forbid);
+            return Some(Resolved { route: e.route.as_deref().unwrap_or(&e.name), model: &e.name, deadline, pattern: None, forbid_floating });
         }
         let i = self.patterns.iter().copied().find(|&i| self.entries.get(i).is_some_and(|e| glob_match(&e.name, requested)))?;
         let e = self.entries.get(i)?;
@@ -72,7 +75,13 @@ impl ModelRouter {
             model: requested,
             deadline: self.deadlines.get(i).and_then(Option::as_ref),
             pattern: Some(&e.name),
+            forbid_floating: e.pin_versions == Some(crate::config::PinVersions::Forbid),
         })
+    }
+
+    /// The configured entries, in order.
+    pub fn entries(&self) -> &[ModelEntry] {
+        &self.entries
     }
 
     /// Listable models: exact names and aliases, with their `owned_by`.
@@ -128,6 +137,7 @@ mod tests {
             owned_by: None,
             first_token_timeout_ms: None,
             hedge: false,
+            pin_versions: None,
         }
     }
 
@@ -139,9 +149,9 @@ mod tests {
             entry("*", &[], Some("catch-all")),
         ])
         .unwrap();
-        assert_eq!(r.resolve("gpt-4o-mini"), Some(Resolved { route: "gpt-4o-mini", model: "gpt-4o-mini", deadline: None, pattern: None }));
-        assert_eq!(r.resolve("fast"), Some(Resolved { route: "gpt-4o-mini", model: "gpt-4o-mini", deadline: None, pattern: None }));
-        assert_eq!(r.resolve("claude-3-haiku"), Some(Resolved { route: "anthropic", model: "claude-3-haiku", deadline: None, pattern: Some("claude-*") }));
+        assert_eq!(r.resolve("gpt-4o-mini"), Some(Resolved { route: "gpt-4o-mini", model: "gpt-4o-mini", deadline: None, pattern: None, forbid_floating: false }));
+        assert_eq!(r.resolve("fast"), Some(Resolved { route: "gpt-4o-mini", model: "gpt-4o-mini", deadline: None, pattern: None, forbid_floating: false }));
+        assert_eq!(r.resolve("claude-3-haiku"), Some(Resolved { route: "anthropic", model: "claude-3-haiku", deadline: None, pattern: Some("claude-*"), forbid_floating: false }));
         assert_eq!(r.resolve("llama").unwrap().route, "catch-all");
         let listed: Vec<_> = r.listed().map(|(n, _)| n).collect();
         assert_eq!(listed, vec!["gpt-4o-mini", "fast"]);

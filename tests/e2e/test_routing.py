@@ -47,6 +47,9 @@ ROUTES = {
                           ("more", "cohere-demo", "command-r7b-12-2024"),
                           ("anthropic", "anthropic-demo", "claude-3-5-haiku-latest")]),
     "cap-text": ({}, [("more", "cohere-demo", "command-r7b-12-2024")]),
+    # Version pinning: a floating name is refused, a dated one served.
+    "pinned-floating": ({"pin_versions": "forbid"}, [("openai", "openai-demo", "gpt-4o-mini")]),
+    "pinned-dated": ({"pin_versions": "forbid"}, [("openai", "openai-demo", "gpt-4o-mini-2024-07-18")]),
 }
 
 SUBSET_ROUTES = ("cap-fallback",)
@@ -544,3 +547,16 @@ def test_cheapest_skips_a_candidate_that_cannot_serve_the_request(rgw, rclient):
     assert raw.headers["x-switchyard-backend"] == "openai-demo"
     assert rgw.mock_requests("more") == [] and rgw.mock_requests("anthropic") == []
     assert log_line(rgw, "cheap-image")["route"] == "gpt-4o-mini"
+
+
+# -- version pinning
+
+
+def test_a_route_that_forbids_floating_names_never_sends_one(rgw, rclient):
+    with pytest.raises(openai.InternalServerError) as e:
+        rclient.chat.completions.create(model="pinned-floating", messages=MSG)
+    assert e.value.status_code == 500 and "floating name `gpt-4o-mini`" in e.value.body["message"]
+    assert rgw.mock_requests("openai") == []
+    raw = rclient.chat.completions.with_raw_response.create(model="pinned-dated", messages=MSG)
+    assert raw.headers["x-switchyard-model"] == "gpt-4o-mini-2024-07-18"
+    assert rgw.mock_requests("openai")[0]["body"]["model"] == "gpt-4o-mini-2024-07-18"

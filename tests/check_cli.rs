@@ -1,0 +1,46 @@
+//! `switchyard check` on whole Envoy configurations (the binary, as an operator runs it).
+
+use std::process::Command;
+
+fn check(path: &std::path::Path) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard")).arg("check").arg(path).output().expect("run switchyard");
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+#[test]
+fn the_demo_configuration_checks_clean() {
+    let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("envoy/demo.yaml");
+    let (ok, text) = check(&demo);
+    assert!(ok, "{text}");
+    assert!(text.contains("Envoy configuration is valid (0 warnings)"), "{text}");
+}
+
+#[test]
+fn capability_regressions_warn_and_forbidden_floating_names_fail() {
+    let demo = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("envoy/demo.yaml")).unwrap();
+    // The demo's gpt-4o-mini route fails over to claude-3-5-haiku-latest: say the fallback takes no
+    // images, and pin the route's versions.
+    let needle = r#""models": ["#;
+    assert!(demo.contains(needle), "demo.yaml's gateway models list moved");
+    let patched = demo.replacen(
+        needle,
+        r#""capabilities": {"gpt-4o-mini": {"vision": true}, "claude-3-5-haiku-latest": {"vision": false}},
+                    "models": ["#,
+        1,
+    );
+    let dir = std::env::temp_dir().join(format!("switchyard-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("envoy.yaml");
+    std::fs::write(&path, &patched).unwrap();
+    let (ok, text) = check(&path);
+    assert!(ok, "{text}");
+    assert!(text.contains("fallback claude-3-5-haiku-latest (priority 1) lacks vision that primary gpt-4o-mini has"), "{text}");
+
+    let pinned = patched.replacen(r#"{"name": "gpt-4o-mini""#, r#"{"name": "gpt-4o-mini", "pin_versions": "forbid""#, 1);
+    assert_ne!(pinned, patched, "demo.yaml's gpt-4o-mini entry moved");
+    std::fs::write(&path, &pinned).unwrap();
+    let (ok, text) = check(&path);
+    assert!(!ok, "{text}");
+    assert!(text.contains("error: route gpt-4o-mini") && text.contains("floating name gpt-4o-mini"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
