@@ -523,7 +523,7 @@ impl HttpContext for GatewayFilter {
         // Only the gateway speaks `x-switchyard-*` to clients; what a provider says about its own
         // account (organisation, project, cookies) is not the client's business either.
         for (name, _) in &headers {
-            if header_policy::withheld_from_client(name) {
+            if header_policy::withheld_from_client(name, self.cfg.policy.is_some()) {
                 set_response_header(name, None);
             }
         }

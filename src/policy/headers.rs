@@ -41,9 +41,13 @@ pub fn withheld_from_provider(name: &str) -> bool {
 }
 
 /// A provider's response header the gateway removes before the client sees the answer (it then
-/// sets its own `x-switchyard-*`).
-pub fn withheld_from_client(name: &str) -> bool {
-    name.starts_with(INTERNAL_HEADER_PREFIX) || PROVIDER_ACCOUNT_HEADERS.contains(&name)
+/// sets its own `x-switchyard-*`). With virtual keys (`keyed`), a client's limits are the gateway's:
+/// the provider's `x-ratelimit-*` (its account's quotas) would pass for them where the key has no
+/// limit of that kind.
+pub fn withheld_from_client(name: &str, keyed: bool) -> bool {
+    name.starts_with(INTERNAL_HEADER_PREFIX)
+        || PROVIDER_ACCOUNT_HEADERS.contains(&name)
+        || (keyed && name.starts_with("x-ratelimit-"))
 }
 
 /// Longest client `x-request-id` kept: it keys the request's shared state and goes into the access
@@ -90,11 +94,17 @@ mod tests {
 
     #[test]
     fn client_sees_no_provider_account_nor_foreign_switchyard_header() {
-        for name in ["x-switchyard-cost", "x-switchyard-budget-remaining", "x-switchyard-backend", "openai-organization", "set-cookie", "anthropic-organization-id"] {
-            assert!(withheld_from_client(name), "{name}");
+        for keyed in [false, true] {
+            for name in ["x-switchyard-cost", "x-switchyard-budget-remaining", "x-switchyard-backend", "openai-organization", "set-cookie", "anthropic-organization-id"] {
+                assert!(withheld_from_client(name, keyed), "{name}");
+            }
+            for name in ["content-type", "retry-after", "x-request-id", "openai-processing-ms"] {
+                assert!(!withheld_from_client(name, keyed), "{name}");
+            }
         }
-        for name in ["content-type", "retry-after", "x-ratelimit-remaining-requests", "x-request-id", "openai-processing-ms"] {
-            assert!(!withheld_from_client(name), "{name}");
+        // The provider's quotas: passed on by an open gateway, never next to a key's own limits.
+        for name in ["x-ratelimit-remaining-requests", "x-ratelimit-limit-tokens", "x-ratelimit-reset-tokens"] {
+            assert!(!withheld_from_client(name, false) && withheld_from_client(name, true), "{name}");
         }
     }
 

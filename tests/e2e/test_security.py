@@ -89,6 +89,7 @@ AUTH = {
         key("carol", budget={"amount_usd": BUDGET_USD, "window": "total"}),
         key("dave", budget={"amount_usd": BUDGET_USD, "window": "total"}),
         key("open"),
+        key("limited", limits={"rpm": 100}),
         key("byok-a", byok=True),
         key("byok-b", byok=True),
         key("byok-c", byok=True, budget={"amount_usd": 0.000001, "window": "total"}),
@@ -360,8 +361,17 @@ def test_provider_cannot_speak_for_the_gateway(sec):
     assert r.headers["x-switchyard-backend"] == "openai-demo"
     assert Decimal(r.headers["x-switchyard-budget-remaining"]) <= BUDGET_USD
     for name in ("x-switchyard-route", "openai-organization", "openai-project",
-                 "anthropic-organization-id", "set-cookie"):
+                 "anthropic-organization-id", "set-cookie", "x-ratelimit-remaining-requests",
+                 "x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens"):
         assert name not in r.headers, (name, dict(r.headers))
+    # A key with an rpm limit: the request headers are the gateway's; the provider's token quota
+    # (the gateway's provider account) does not pass for a limit the key does not have.
+    r = chat(sec, key=K("limited"), headers={"x-mock-openai": "spoof-headers"})
+    assert r.status_code == 200, r.text
+    assert r.headers["x-ratelimit-limit-requests"] == "100"
+    assert int(r.headers["x-ratelimit-remaining-requests"]) < 100
+    assert "x-ratelimit-limit-tokens" not in r.headers
+    assert "x-ratelimit-remaining-tokens" not in r.headers
     # a stream's headers leave before any cost is known: none may be made up by the provider
     r = chat(sec, key=K("bob"), body={"stream": True}, headers={"x-mock-openai": "spoof-headers"},
              stream=True)

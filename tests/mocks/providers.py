@@ -547,6 +547,8 @@ SPOOF_HEADERS = {
     "x-switchyard-backend": "spoofed-backend", "x-switchyard-route": "spoofed-route",
     "openai-organization": "org-mock-account", "openai-project": "proj_mock",
     "anthropic-organization-id": "mock-anthropic-org", "set-cookie": "__cf_bm=mock; path=/",
+    "x-ratelimit-limit-tokens": "150000000", "x-ratelimit-remaining-tokens": "149999990",
+    "x-ratelimit-remaining-requests": "29999",
 }
 
 # Request headers that carry a provider credential (SigV4's ``authorization`` quotes the key id).
