@@ -461,6 +461,8 @@ pub struct Gateway {
     pub router: ModelRouter,
     /// Routing rules and meta-models; `None` when none are configured.
     pub routing: Option<crate::policy::rules::RoutingTable>,
+    /// Models whose latency `fastest` measures (canonical names of its candidates).
+    pub latency_tracked: Vec<String>,
     /// Prices for routing policies (`cheapest`) when the gateway has no `auth` (the built-in table).
     pub routing_prices: Option<crate::policy::pricing::PriceTable>,
     /// Model capabilities, shared with every backend attempt of a request; `None`: no checks.
@@ -510,12 +512,21 @@ impl Gateway {
             publish_log_fields: cfg.metrics.access_log_fields,
             routing: None,
             routing_prices: None,
+            latency_tracked: Vec::new(),
             capabilities,
             router: ModelRouter::new(cfg.models)?,
             policy,
         })
         .and_then(|mut g| {
             g.routing = crate::policy::rules::RoutingTable::new(cfg.routing, |m| g.router.resolve(m).is_some())?;
+            if let Some(rt) = &g.routing {
+                for c in rt.latency_candidates() {
+                    let canonical = g.router.resolve(c).map_or(c, |r| r.model).to_string();
+                    if !g.latency_tracked.contains(&canonical) {
+                        g.latency_tracked.push(canonical);
+                    }
+                }
+            }
             if g.policy.is_none() && g.routing.as_ref().is_some_and(|r| r.uses_cost()) {
                 let builtin = crate::policy::pricing::PricingConfig::default();
                 g.routing_prices = Some(crate::policy::pricing::PriceTable::from_config(&builtin)?);

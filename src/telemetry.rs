@@ -39,6 +39,8 @@ pub const DEADLINES_FIRED: &str = "switchyard_first_token_deadlines";
 pub const DEADLINE_WINS: &str = "switchyard_deadline_winners";
 /// Histogram: the winning attempt's own time to first token (from its start), by route and backend.
 pub const ATTEMPT_TTFT: &str = "switchyard_attempt_ttft_ms";
+/// Gauge: a `fastest` candidate's latest score (ms; lower is better), by `route` = model.
+pub const CANDIDATE_SCORE: &str = "switchyard_candidate_score_ms";
 /// Gauge: requests whose state is registered for their backend attempts, summed over workers.
 /// Drains to zero when traffic stops; a value that keeps growing is a leak (scripts/soak watches it).
 pub const INFLIGHT: &str = "switchyard_inflight_requests";
@@ -47,6 +49,8 @@ pub const INFLIGHT: &str = "switchyard_inflight_requests";
 pub enum MetricKind {
     Counter,
     Histogram,
+    /// Set to the value (a gauge shared by every worker: the latest write wins).
+    Gauge,
 }
 
 /// One metric update: add `value` to a counter, or record it in a histogram.

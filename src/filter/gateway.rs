@@ -20,6 +20,7 @@ use crate::config::{Gateway, NEEDS_HEADER_PREFIX, MODEL_HEADER, OP_HEADER, ROUTE
 use crate::api::chat::ChatRequest;
 use crate::policy::capabilities::{self, Needs};
 use crate::policy::deadline;
+use crate::policy::latency;
 use crate::policy::rules::{self, RoutingTable};
 use crate::policy::estimate::{estimate_text_tokens, RequestEstimate};
 use crate::policy::gate::MAX_COST_HEADER;
@@ -76,6 +77,8 @@ pub struct GatewayFilter {
     streamed_tokens: u64,
     /// Request headers the routing rules look at (only when some rule does).
     rule_headers: Vec<(String, String)>,
+    /// The model whose latency this request measures (a `fastest` candidate).
+    latency_model: Option<String>,
 }
 
 impl Drop for GatewayFilter {
@@ -110,6 +113,7 @@ impl GatewayFilter {
             max_cost: None,
             streamed_tokens: 0,
             rule_headers: Vec::new(),
+            latency_model: None,
         }
     }
 
@@ -173,6 +177,9 @@ impl GatewayFilter {
             byok = principal.byok().map(|s| s.expose().to_string());
         }
         self.record.route = Some(resolved.route.to_string());
+        if !cfg.latency_tracked.is_empty() && cfg.latency_tracked.iter().any(|m| m == resolved.model) {
+            self.latency_model = Some(resolved.model.to_string());
+        }
         self.record.model_pattern = resolved.pattern.map(str::to_string);
         set_request_header(ROUTE_HEADER, Some(resolved.route));
         set_request_header(MODEL_HEADER, Some(resolved.model));
@@ -246,7 +253,16 @@ impl GatewayFilter {
         };
         let prices = self.cfg.policy.as_ref().map(|p| p.prices()).or(self.cfg.routing_prices.as_ref());
         let cost = |m: &str, prompt: u64, out: u64| prices.and_then(|t| t.lookup(&canonical(m))).map(|p| p.cost_of_tokens_femto(prompt, out));
-        let info = rules::CandidateInfo { compatible: &compatible, cost: &cost };
+        let latency = |m: &str| latency::score_ms(latency::load(&EnvoyStore, &canonical(m)).as_ref());
+        let roll = || {
+            let mut r = [0u8; 8];
+            if getrandom::getrandom(&mut r).is_err() {
+                return (1.0, 0);
+            }
+            let x = u64::from_le_bytes(r);
+            (((x >> 11) as f64) / ((1u64 << 53) as f64), (x & 0xffff_ffff) as u32)
+        };
+        let info = rules::CandidateInfo { compatible: &compatible, cost: &cost, latency: &latency, roll: &roll };
         rt.choose(&facts, &info).map(|c| (c.model.to_string(), c.label.to_string()))
     }
 
@@ -702,8 +718,31 @@ impl HttpContext for GatewayFilter {
             }
             self.publish_record();
         }
+        if let Some(model) = self.latency_model.take() {
+            self.record_latency(&model);
+        }
         if self.cfg.emit_metrics {
             emit_metrics(&telemetry::metric_updates(&self.record, self.cfg.label_options));
+        }
+    }
+}
+
+impl GatewayFilter {
+    /// Adds this request to its model's shared latency and error averages (policy `fastest`) and
+    /// publishes the model's new score.
+    fn record_latency(&self, model: &str) {
+        let r = &self.record;
+        if r.status == 499 || r.error_type.as_deref() == Some("client_closed") {
+            return; // the client went away: says nothing about the model
+        }
+        let error = r.status == 0 || r.status == 429 || r.status >= 500 || r.error_type.as_deref() == Some("stream_error");
+        let ttft = if r.stream { r.ttft_ms } else { r.ttfb_ms };
+        let sample = latency::Sample { ttft_ms: if error { None } else { ttft }, error };
+        if let Some(h) = latency::record(&EnvoyStore, model, sample, now_ms()) {
+            if self.cfg.emit_metrics {
+                let name = telemetry::stat_name(telemetry::CANDIDATE_SCORE, &[("route", model)]);
+                emit_metrics(&[telemetry::MetricUpdate { kind: telemetry::MetricKind::Gauge, name, value: h.score_ms().round() as u64 }]);
+            }
         }
     }
 }

@@ -190,6 +190,7 @@ fn emit_metrics(updates: &[crate::telemetry::MetricUpdate]) {
                     let ty = match u.kind {
                         MetricKind::Counter => MetricType::Counter,
                         MetricKind::Histogram => MetricType::Histogram,
+                        MetricKind::Gauge => MetricType::Gauge,
                     };
                     match hostcalls::define_metric(ty, &u.name) {
                         Ok(id) => {
@@ -205,7 +206,7 @@ fn emit_metrics(updates: &[crate::telemetry::MetricUpdate]) {
             };
             let res = match u.kind {
                 MetricKind::Counter => hostcalls::increment_metric(id, u.value.min(i64::MAX as u64) as i64),
-                MetricKind::Histogram => hostcalls::record_metric(id, u.value),
+                MetricKind::Histogram | MetricKind::Gauge => hostcalls::record_metric(id, u.value),
             };
             if let Err(e) = res {
                 log::warn!("switchyard: cannot update metric {}: {e:?}", u.name);

@@ -10,6 +10,7 @@ pub mod estimate;
 pub mod gate;
 pub mod headers;
 pub mod keys;
+pub mod latency;
 pub mod limits;
 pub mod pricing;
 pub mod route_check;

@@ -42,6 +42,9 @@ pub struct MetaModel {
     /// Output tokens expected when the request sets no `max_tokens` (for `cheapest`; default 256).
     #[serde(default)]
     pub expected_output_tokens: Option<u64>,
+    /// Share of requests `fastest` sends to a candidate other than the best (default 0.1).
+    #[serde(default)]
+    pub exploration: Option<f64>,
     #[serde(default)]
     pub owned_by: Option<String>,
 }
@@ -52,6 +55,10 @@ pub enum MetaPolicy {
     /// Among the candidates that can serve the request, the lowest expected cost (prompt estimate
     /// and expected output at the price table's prices); unpriced candidates come last.
     Cheapest,
+    /// Among the candidates that can serve the request, the best recent time to first token and
+    /// error rate as measured by the gateway (`crate::policy::latency`), exploring others now and
+    /// then.
+    Fastest,
 }
 
 /// Output tokens `cheapest` expects of a request without `max_tokens`.
@@ -64,6 +71,10 @@ pub struct CandidateInfo<'a> {
     pub compatible: &'a dyn Fn(&str) -> bool,
     /// Expected cost of `(model, prompt_tokens, output_tokens)` in any unit; `None`: unpriced.
     pub cost: &'a dyn Fn(&str, u64, u64) -> Option<u128>,
+    /// Recent latency score of a model (lower is better; `crate::policy::latency`).
+    pub latency: &'a dyn Fn(&str) -> f64,
+    /// A uniform number in [0, 1) and a random pick, for exploration.
+    pub roll: &'a dyn Fn() -> (f64, u32),
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -196,6 +207,9 @@ impl RoutingTable {
                 }
                 _ => {}
             }
+            if m.exploration.is_some_and(|e| !(0.0..=1.0).contains(&e)) {
+                return Err(format!("routing.meta_models[{i}] ({}): exploration must be between 0 and 1", m.name));
+            }
             if m.policy.is_some() && m.candidates.is_empty() {
                 return Err(format!("routing.meta_models[{i}] ({}): a policy needs candidates", m.name));
             }
@@ -250,7 +264,7 @@ impl RoutingTable {
         }
         for m in &cfg.meta_models {
             labels.push(format!("meta:{}", m.name));
-            needs_prompt_tokens |= m.policy.is_some();
+            needs_prompt_tokens |= m.policy == Some(MetaPolicy::Cheapest);
         }
         Ok(Some(RoutingTable {
             rules,
@@ -285,6 +299,11 @@ impl RoutingTable {
         self.needs_last_user_message
     }
 
+    /// Candidates of `fastest` meta-models (their latency is measured).
+    pub fn latency_candidates(&self) -> impl Iterator<Item = &str> {
+        self.meta_models.iter().filter(|m| m.policy == Some(MetaPolicy::Fastest)).flat_map(|m| m.candidates.iter().map(String::as_str))
+    }
+
     /// Some meta-model chooses by cost (the gateway then needs a price table).
     pub fn uses_cost(&self) -> bool {
         self.meta_models.iter().any(|m| m.policy == Some(MetaPolicy::Cheapest))
@@ -309,6 +328,13 @@ impl RoutingTable {
                     .iter()
                     .filter(|c| (info.compatible)(c))
                     .min_by_key(|c| (info.cost)(c, facts.prompt_tokens, out).unwrap_or(u128::MAX))
+            }
+            Some(MetaPolicy::Fastest) => {
+                let ok: Vec<&String> = m.candidates.iter().filter(|c| (info.compatible)(c)).collect();
+                let scores: Vec<f64> = ok.iter().map(|c| (info.latency)(c)).collect();
+                let (roll, pick) = if ok.len() > 1 { (info.roll)() } else { (1.0, 0) };
+                crate::policy::latency::choose(&scores, m.exploration.unwrap_or(crate::policy::latency::DEFAULT_EXPLORATION), roll, pick)
+                    .and_then(|i| ok.get(i).copied())
             }
             None => None,
         };
@@ -392,7 +418,7 @@ mod tests {
           {"name": "short-answers", "when": {"model": ["auto"], "max_tokens": {"max": 64}, "tools": false}, "model": "fast"}
         ]}"#;
 
-    const ANY: CandidateInfo = CandidateInfo { compatible: &|_| true, cost: &|_, _, _| None };
+    const ANY: CandidateInfo = CandidateInfo { compatible: &|_| true, cost: &|_, _, _| None, latency: &|_| 0.0, roll: &|| (0.5, 0) };
 
     fn choose<'a>(t: &'a RoutingTable, f: &RequestFacts) -> Option<&'a str> {
         t.choose(f, &ANY).map(|c| c.label)
@@ -496,7 +522,7 @@ mod tests {
             _ => None,
         };
         let cost = |m: &str, p: u64, o: u64| price(m).map(|(i, out)| i * u128::from(p) + out * u128::from(o));
-        let all = CandidateInfo { compatible: &|_| true, cost: &cost };
+        let all = CandidateInfo { compatible: &|_| true, cost: &cost, ..ANY };
         let mut f = RequestFacts { requested: "cheap", prompt_tokens: 1000, ..Default::default() };
         // 1000 prompt + 256 expected output: frontier 45360, mid 3000+3072=6072, small 1000+10240=11240.
         assert_eq!(t.choose(&f, &all).map(|c| c.model), Some("mid"));
@@ -504,13 +530,13 @@ mod tests {
         f.max_tokens = Some(10);
         assert_eq!(t.choose(&f, &all).map(|c| c.model), Some("small"));
         // Capabilities first: without `small`, the next cheapest compatible one.
-        let no_small = CandidateInfo { compatible: &|m| m != "small", cost: &cost };
+        let no_small = CandidateInfo { compatible: &|m| m != "small", cost: &cost, ..ANY };
         assert_eq!(t.choose(&f, &no_small).map(|c| c.model), Some("mid"));
         // Unpriced comes last but still serves when nothing else can.
-        let only_vision = CandidateInfo { compatible: &|m| m == "vision", cost: &cost };
+        let only_vision = CandidateInfo { compatible: &|m| m == "vision", cost: &cost, ..ANY };
         assert_eq!(t.choose(&f, &only_vision).map(|c| c.model), Some("vision"));
         // No compatible candidate: the default (else the first candidate, whose backend refuses).
-        let none = CandidateInfo { compatible: &|_| false, cost: &cost };
+        let none = CandidateInfo { compatible: &|_| false, cost: &cost, ..ANY };
         f.requested = "pick";
         assert_eq!(t.choose(&f, &none).map(|c| c.model), Some("small"));
         f.requested = "cheap";
@@ -518,7 +544,30 @@ mod tests {
         assert!(table(r#"{"meta_models":[{"name":"x","policy":"cheapest"}]}"#).is_err());
         assert!(table(r#"{"meta_models":[{"name":"x"}]}"#).is_err());
         assert!(table(r#"{"meta_models":[{"name":"x","policy":"cheapest","candidates":["nope"]}]}"#).is_err());
-        assert!(table(r#"{"meta_models":[{"name":"x","policy":"fastest","candidates":["mid"]}]}"#).is_err());
+        assert!(table(r#"{"meta_models":[{"name":"x","policy":"slowest","candidates":["mid"]}]}"#).is_err());
+        assert!(table(r#"{"meta_models":[{"name":"x","policy":"fastest","candidates":["mid"],"exploration":1.5}]}"#).is_err());
+    }
+
+    #[test]
+    fn fastest_compatible_candidate_with_exploration() {
+        let t = table(r#"{"meta_models":[{"name":"quick","policy":"fastest","candidates":["mid","small","frontier"],"exploration":0.2}]}"#)
+            .unwrap()
+            .unwrap();
+        assert_eq!(t.latency_candidates().collect::<Vec<_>>(), ["mid", "small", "frontier"]);
+        let latency = |m: &str| match m {
+            "mid" => 400.0,
+            "small" => 90.0,
+            _ => 150.0,
+        };
+        let f = RequestFacts { requested: "quick", ..Default::default() };
+        let steady = CandidateInfo { latency: &latency, roll: &|| (0.5, 0), ..ANY };
+        assert_eq!(t.choose(&f, &steady).map(|c| c.model), Some("small"));
+        // Exploring (roll below 0.2): another candidate.
+        let explore = CandidateInfo { latency: &latency, roll: &|| (0.1, 1), ..ANY };
+        assert_eq!(t.choose(&f, &explore).map(|c| c.model), Some("frontier"));
+        // The fastest cannot serve the request: the next best.
+        let no_small = CandidateInfo { compatible: &|m| m != "small", latency: &latency, roll: &|| (0.5, 0), ..ANY };
+        assert_eq!(t.choose(&f, &no_small).map(|c| c.model), Some("frontier"));
     }
 
     #[test]

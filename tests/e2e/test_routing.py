@@ -79,7 +79,9 @@ AUTH = {"keys": [{"id": kid, "team": team, "sha256": hashlib.sha256(k.encode()).
 # Rules on the request and the meta-model `auto` (README "Routing").
 ROUTING = {
     "meta_models": [{"name": "auto", "default": "gpt-4o-mini"},
-                    {"name": "cheap", "policy": "cheapest", "candidates": ["claude-haiku", "gpt-4o-mini", "command-r"]}],
+                    {"name": "cheap", "policy": "cheapest", "candidates": ["claude-haiku", "gpt-4o-mini", "command-r"]},
+                    {"name": "quick", "policy": "fastest", "candidates": ["gpt-4o-mini", "claude-haiku"],
+                     "exploration": 0.1}],
     "rules": [
         {"name": "summaries", "model": "claude-haiku",
          "when": {"model": ["auto"], "last_user_message_contains": ["summarize", "summarise", "tl;dr"]}},
@@ -560,3 +562,34 @@ def test_a_route_that_forbids_floating_names_never_sends_one(rgw, rclient):
     raw = rclient.chat.completions.with_raw_response.create(model="pinned-dated", messages=MSG)
     assert raw.headers["x-switchyard-model"] == "gpt-4o-mini-2024-07-18"
     assert rgw.mock_requests("openai")[0]["body"]["model"] == "gpt-4o-mini-2024-07-18"
+
+
+# -- policy `fastest`
+
+
+def quick(rclient, n, delays):
+    served = []
+    for _ in range(n):
+        raw = rclient.chat.completions.with_raw_response.create(model="quick", messages=MSG, extra_headers=delay(**delays))
+        served.append(raw.headers["x-switchyard-backend"])
+    return served
+
+
+def score(rgw, model):
+    return rgw.stats().get(f"wasmcustom.switchyard_candidate_score_ms;route={model}")
+
+
+def test_fastest_moves_away_from_a_slow_backend_and_comes_back(rgw, rclient):
+    # Anthropic answers in 150 ms throughout; OpenAI in 800 ms, then recovers.
+    served = quick(rclient, 30, {"openai": 800, "anthropic": 150})
+    last = served[-20:]
+    assert last.count("anthropic-demo") >= 14, served
+    assert score(rgw, "gpt-4o-mini") > score(rgw, "claude-haiku") >= 150, rgw.stats("candidate_score")
+    # Recovered: the exploration share (10%) samples OpenAI again, its average falls below
+    # Anthropic's, and the traffic comes back.
+    served = quick(rclient, 150, {"anthropic": 150})
+    last = served[-20:]
+    assert last.count("openai-demo") >= 14, served
+    assert score(rgw, "gpt-4o-mini") < score(rgw, "claude-haiku"), rgw.stats("candidate_score")
+    rec = access_log(rgw)[-1]
+    assert rec["routing_rule"] == "meta:quick"
