@@ -123,6 +123,10 @@ pub struct ModelEntry {
     /// the backend filter also refuses to send one.
     #[serde(default)]
     pub pin_versions: Option<PinVersions>,
+    /// A canary model taking a share of this route's traffic, with gates and automatic rollback
+    /// (`crate::policy::canary`).
+    #[serde(default)]
+    pub canary: Option<crate::policy::canary::CanaryConfig>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]

@@ -39,6 +39,10 @@ pub const DEADLINES_FIRED: &str = "switchyard_first_token_deadlines";
 pub const DEADLINE_WINS: &str = "switchyard_deadline_winners";
 /// Histogram: the winning attempt's own time to first token (from its start), by route and backend.
 pub const ATTEMPT_TTFT: &str = "switchyard_attempt_ttft_ms";
+/// Gauge: a canary's current share of its route (parts per million), by `route` = the route's model.
+pub const CANARY_SHARE: &str = "switchyard_canary_share_ppm";
+/// Counter: canary rollbacks, by `route` and `reason` (the gate that failed).
+pub const CANARY_ROLLBACKS: &str = "switchyard_canary_rollbacks";
 /// Gauge: a `fastest` candidate's latest score (ms; lower is better), by `route` = model.
 pub const CANDIDATE_SCORE: &str = "switchyard_candidate_score_ms";
 /// Gauge: requests whose state is registered for their backend attempts, summed over workers.
@@ -113,6 +117,8 @@ pub struct RequestRecord {
     pub duration_ms: u64,
     pub ttfb_ms: Option<u64>,
     pub ttft_ms: Option<u64>,
+    /// The arm of the route's canary this request took (`stable`, `canary`), if it has one.
+    pub canary_arm: Option<&'static str>,
     /// Candidates skipped because their model lacks a capability the request needs.
     pub skipped_candidates: u32,
     /// The routing rule (or `meta:<name>` default) that chose the model, if one did.
@@ -297,6 +303,7 @@ pub fn log_fields(r: &RequestRecord) -> Vec<(&'static str, String)> {
         ("team", opt(&r.team)),
         ("route", opt(&r.route)),
         ("routing_rule", opt(&r.routing_rule)),
+        ("canary_arm", r.canary_arm.unwrap_or_default().to_string()),
         ("skipped_candidates", if r.skipped_candidates > 0 { r.skipped_candidates.to_string() } else { String::new() }),
         ("requested_model", opt(&r.requested_model)),
         ("response_model", opt(&r.response_model)),

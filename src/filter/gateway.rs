@@ -19,6 +19,7 @@ use crate::api::{models, ApiError};
 use crate::config::{Gateway, NEEDS_HEADER_PREFIX, MODEL_HEADER, OP_HEADER, ROUTE_HEADER};
 use crate::api::chat::ChatRequest;
 use crate::policy::capabilities::{self, Needs};
+use crate::policy::canary;
 use crate::policy::deadline;
 use crate::policy::latency;
 use crate::policy::rules::{self, RoutingTable};
@@ -79,6 +80,8 @@ pub struct GatewayFilter {
     rule_headers: Vec<(String, String)>,
     /// The model whose latency this request measures (a `fastest` candidate).
     latency_model: Option<String>,
+    /// The route's model and the arm of its canary this request took.
+    canary: Option<(String, canary::Arm)>,
 }
 
 impl Drop for GatewayFilter {
@@ -114,6 +117,7 @@ impl GatewayFilter {
             streamed_tokens: 0,
             rule_headers: Vec::new(),
             latency_model: None,
+            canary: None,
         }
     }
 
@@ -158,9 +162,25 @@ impl GatewayFilter {
             }
             None => cfg.router.resolve(model).ok_or_else(|| invalid(ApiError::model_not_found(model)))?,
         };
+        let stable_model = resolved.model;
+        let resolved = match resolved.canary {
+            Some(c) => {
+                // The route's canary takes its current share (shared by every worker).
+                let now = now_ms();
+                let state = canary::load(&EnvoyStore, c, now);
+                let arm = if state.share_ppm == 0 { canary::Arm::Stable } else { state.pick(random_unit()) };
+                self.record.canary_arm = Some(arm.as_str());
+                self.canary = Some((resolved.model.to_string(), arm));
+                match arm {
+                    canary::Arm::Canary => cfg.router.resolve(&c.cfg.model).unwrap_or(resolved),
+                    canary::Arm::Stable => resolved,
+                }
+            }
+            None => resolved,
+        };
         let mut byok = None;
         if let (Some(policy), Some(principal), Some(est)) = (cfg.policy.as_ref(), self.principal.as_ref(), estimate) {
-            let asked = if target.is_some() { cfg.router.resolve(model).map_or(model, |r| r.model) } else { resolved.model };
+            let asked = if target.is_some() { cfg.router.resolve(model).map_or(model, |r| r.model) } else { stable_model };
             policy.authorize_model(principal, model, asked).map_err(|e| (e, Rejection::Scope, Vec::new()))?;
             match policy.admit(principal, &est, resolved.model, self.max_cost.as_deref(), now_ms(), &EnvoyStore) {
                 Ok(admission) => self.admission = Some(admission),
@@ -721,13 +741,66 @@ impl HttpContext for GatewayFilter {
         if let Some(model) = self.latency_model.take() {
             self.record_latency(&model);
         }
+        if let Some((model, arm)) = self.canary.take() {
+            self.record_canary(&model, arm);
+        }
         if self.cfg.emit_metrics {
             emit_metrics(&telemetry::metric_updates(&self.record, self.cfg.label_options));
         }
     }
 }
 
+/// A uniform number in [0, 1) (1.0 when no randomness is available: the stable arm).
+fn random_unit() -> f64 {
+    let mut r = [0u8; 8];
+    if getrandom::getrandom(&mut r).is_err() {
+        return 1.0;
+    }
+    ((u64::from_le_bytes(r) >> 11) as f64) / ((1u64 << 53) as f64)
+}
+
 impl GatewayFilter {
+    /// Adds this request to its route's canary window, judges the gates, and says what changed.
+    fn record_canary(&self, model: &str, arm: canary::Arm) {
+        let cfg = self.cfg.clone();
+        let Some(c) = cfg.router.resolve(model).and_then(|r| r.canary) else { return };
+        let r = &self.record;
+        if r.status == 499 || r.error_type.as_deref() == Some("client_closed") {
+            return;
+        }
+        let error = r.status == 0 || r.status == 429 || r.status >= 500 || r.error_type.as_deref() == Some("stream_error");
+        let latency = if r.stream { r.ttft_ms } else { r.ttfb_ms };
+        let sample = canary::Sample { latency_ms: if error { None } else { latency }, error, cost_micros: r.cost_micros.filter(|_| !error) };
+        let Some((event, share)) = canary::record(&EnvoyStore, c, arm, sample, now_ms()) else { return };
+        let route = r.route.as_deref().unwrap_or(model);
+        let mut updates = vec![telemetry::MetricUpdate {
+            kind: telemetry::MetricKind::Gauge,
+            name: telemetry::stat_name(telemetry::CANARY_SHARE, &[("route", model)]),
+            value: share,
+        }];
+        match event {
+            Some(canary::Event::RolledBack { gate, canary: cv, stable: sv }) => {
+                log::warn!(
+                    "switchyard: canary {} of route {route} rolled back to 0%: gate {} failed (canary {cv:.3}, stable {sv:.3})",
+                    c.cfg.model,
+                    gate.as_str()
+                );
+                updates.push(telemetry::MetricUpdate {
+                    kind: telemetry::MetricKind::Counter,
+                    name: telemetry::stat_name(telemetry::CANARY_ROLLBACKS, &[("route", model), ("reason", gate.as_str())]),
+                    value: 1,
+                });
+            }
+            Some(canary::Event::SteppedUp { share_ppm }) => {
+                log::info!("switchyard: canary {} of route {route} stepped up to {} ppm", c.cfg.model, share_ppm);
+            }
+            None => {}
+        }
+        if cfg.emit_metrics {
+            emit_metrics(&updates);
+        }
+    }
+
     /// Adds this request to its model's shared latency and error averages (policy `fastest`) and
     /// publishes the model's new score.
     fn record_latency(&self, model: &str) {

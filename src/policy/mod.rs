@@ -4,6 +4,7 @@ pub mod rules;
 
 // Virtual keys, rate limits, budgets and cost (host-testable; the filter wires them to Envoy).
 pub mod budget;
+pub mod canary;
 pub mod capabilities;
 pub mod deadline;
 pub mod estimate;

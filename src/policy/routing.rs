@@ -4,18 +4,21 @@
 use std::collections::HashMap;
 
 use crate::config::ModelEntry;
+use crate::policy::canary::Canary;
 use crate::policy::deadline::Deadline;
 
 pub struct ModelRouter {
     entries: Vec<ModelEntry>,
     /// Per entry: its first-token deadline, pre-rendered.
     deadlines: Vec<Option<Deadline>>,
+    /// Per entry: its canary, validated.
+    canaries: Vec<Option<Canary>>,
     exact: HashMap<String, usize>,
     patterns: Vec<usize>,
 }
 
 /// The outcome of resolving a requested model.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq)]
 pub struct Resolved<'a> {
     /// Envoy route name (`x-switchyard-route`).
     pub route: &'a str,
@@ -28,6 +31,8 @@ pub struct Resolved<'a> {
     pub pattern: Option<&'a str>,
     /// The route forbids floating model names (`pin_versions: "forbid"`).
     pub forbid_floating: bool,
+    /// The route's canary, if it has one.
+    pub canary: Option<&'a Canary>,
 }
 
 impl ModelRouter {
@@ -35,11 +40,16 @@ impl ModelRouter {
         let mut exact = HashMap::new();
         let mut patterns = Vec::new();
         let mut deadlines = Vec::with_capacity(entries.len());
+        let mut canaries = Vec::with_capacity(entries.len());
         for (i, e) in entries.iter().enumerate() {
             if e.name.is_empty() {
                 return Err(format!("models[{i}]: empty name"));
             }
             deadlines.push(Deadline::new(e.first_token_timeout_ms, e.hedge).map_err(|err| format!("models[{i}] ({}): {err}", e.name))?);
+            canaries.push(match &e.canary {
+                Some(c) => Some(Canary::new(e.route.as_deref().unwrap_or(&e.name), c.clone()).map_err(|err| format!("models[{i}] ({}): {err}", e.name))?),
+                None => None,
+            });
             let route = e.route.as_deref().unwrap_or(&e.name);
             if route.is_empty() || route.contains('*') {
                 return Err(format!("models[{i}] ({}): a wildcard entry needs an explicit route", e.name));
@@ -58,7 +68,16 @@ impl ModelRouter {
                 }
             }
         }
-        Ok(ModelRouter { entries, deadlines, exact, patterns })
+        let router = ModelRouter { entries, deadlines, canaries, exact, patterns };
+        for (e, c) in router.entries.iter().zip(&router.canaries) {
+            if let Some(c) = c {
+                let target = router.resolve(&c.cfg.model).ok_or_else(|| format!("model {}: canary {} is not a configured model", e.name, c.cfg.model))?;
+                if target.model == e.name || target.canary.is_some() {
+                    return Err(format!("model {}: canary {} must be another model, without a canary of its own", e.name, c.cfg.model));
+                }
+            }
+        }
+        Ok(router)
     }
 
     pub fn resolve<'a>(&'a self, requested: &'a str) -> Option<Resolved<'a>> {
@@ -66,7 +85,8 @@ impl ModelRouter {
             let e = self.entries.get(i)?;
             let deadline = self.deadlines.get(i).and_then(Option::as_ref);
             let forbid_floating = e.pin_versions == Some(crate::config::PinVersions::Forbid);
-            return Some(Resolved { route: e.route.as_deref().unwrap_or(&e.name), model: &e.name, deadline, pattern: None, forbid_floating });
+            let canary = self.canaries.get(i).and_then(Option::as_ref);
+            return Some(Resolved { route: e.route.as_deref().unwrap_or(&e.name), model: &e.name, deadline, pattern: None, forbid_floating, canary });
         }
         let i = self.patterns.iter().copied().find(|&i| self.entries.get(i).is_some_and(|e| glob_match(&e.name, requested)))?;
         let e = self.entries.get(i)?;
@@ -76,6 +96,7 @@ impl ModelRouter {
             deadline: self.deadlines.get(i).and_then(Option::as_ref),
             pattern: Some(&e.name),
             forbid_floating: e.pin_versions == Some(crate::config::PinVersions::Forbid),
+            canary: self.canaries.get(i).and_then(Option::as_ref),
         })
     }
 
@@ -138,6 +159,7 @@ mod tests {
             first_token_timeout_ms: None,
             hedge: false,
             pin_versions: None,
+            canary: None,
         }
     }
 
@@ -149,9 +171,9 @@ mod tests {
             entry("*", &[], Some("catch-all")),
         ])
         .unwrap();
-        assert_eq!(r.resolve("gpt-4o-mini"), Some(Resolved { route: "gpt-4o-mini", model: "gpt-4o-mini", deadline: None, pattern: None, forbid_floating: false }));
-        assert_eq!(r.resolve("fast"), Some(Resolved { route: "gpt-4o-mini", model: "gpt-4o-mini", deadline: None, pattern: None, forbid_floating: false }));
-        assert_eq!(r.resolve("claude-3-haiku"), Some(Resolved { route: "anthropic", model: "claude-3-haiku", deadline: None, pattern: Some("claude-*"), forbid_floating: false }));
+        assert_eq!(r.resolve("gpt-4o-mini"), Some(Resolved { route: "gpt-4o-mini", model: "gpt-4o-mini", deadline: None, pattern: None, forbid_floating: false, canary: None }));
+        assert_eq!(r.resolve("fast"), Some(Resolved { route: "gpt-4o-mini", model: "gpt-4o-mini", deadline: None, pattern: None, forbid_floating: false, canary: None }));
+        assert_eq!(r.resolve("claude-3-haiku"), Some(Resolved { route: "anthropic", model: "claude-3-haiku", deadline: None, pattern: Some("claude-*"), forbid_floating: false, canary: None }));
         assert_eq!(r.resolve("llama").unwrap().route, "catch-all");
         let listed: Vec<_> = r.listed().map(|(n, _)| n).collect();
         assert_eq!(listed, vec!["gpt-4o-mini", "fast"]);

@@ -31,6 +31,8 @@ import recorded_providers as rp
 
 DEADLINE_MS = 1000
 
+CANARY = {"share": 0.5, "min_samples": 5, "window_secs": 60, "gates": {"max_error_rate_increase": 0.2}}
+
 # model -> (gateway model entry fields, endpoints by priority: (mock, backend, upstream model))
 ROUTES = {
     "ft-chat": ({"first_token_timeout_ms": DEADLINE_MS},
@@ -50,6 +52,11 @@ ROUTES = {
     # Version pinning: a floating name is refused, a dated one served.
     "pinned-floating": ({"pin_versions": "forbid"}, [("openai", "openai-demo", "gpt-4o-mini")]),
     "pinned-dated": ({"pin_versions": "forbid"}, [("openai", "openai-demo", "gpt-4o-mini-2024-07-18")]),
+    # Canaries: the stable model on OpenAI, the canary on Anthropic, half the traffic each.
+    "canary-bad": ({"canary": {"model": "canary-bad-new", **CANARY}}, [("openai", "openai-demo", "gpt-4o-mini")]),
+    "canary-bad-new": ({}, [("anthropic", "anthropic-demo", "claude-3-5-haiku-latest")]),
+    "canary-ok": ({"canary": {"model": "canary-ok-new", **CANARY}}, [("openai", "openai-demo", "gpt-4o-mini")]),
+    "canary-ok-new": ({}, [("anthropic", "anthropic-demo", "claude-3-5-haiku-latest")]),
 }
 
 SUBSET_ROUTES = ("cap-fallback",)
@@ -128,7 +135,7 @@ class RoutingGateway(harness.Gateway):
         listener = doc["static_resources"]["listeners"][0]
         hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
         fmt = hcm["access_log"][0]["typed_config"]["log_format"]["json_format"]
-        for f in LOG_FIELDS + ("routing_rule", "skipped_candidates"):
+        for f in LOG_FIELDS + ("routing_rule", "skipped_candidates", "canary_arm"):
             fmt[f] = f"%FILTER_STATE(wasm.switchyard.{f}:PLAIN)%"
         routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
         template = next(r for r in routes
@@ -593,3 +600,42 @@ def test_fastest_moves_away_from_a_slow_backend_and_comes_back(rgw, rclient):
     assert score(rgw, "gpt-4o-mini") < score(rgw, "claude-haiku"), rgw.stats("candidate_score")
     rec = access_log(rgw)[-1]
     assert rec["routing_rule"] == "meta:quick"
+
+
+# -- canary rollouts
+
+
+def canary_round(rclient, model, n, headers=None):
+    served = []
+    for i in range(n):
+        try:
+            raw = rclient.chat.completions.with_raw_response.create(
+                model=model, messages=MSG, extra_headers={"x-request-id": f"{model}-{i}", **(headers or {})})
+            served.append(raw.headers["x-switchyard-backend"])
+        except openai.APIStatusError as e:
+            served.append(f"error {e.status_code}")
+    return served
+
+
+def test_a_canary_failing_its_error_rate_gate_is_rolled_back(rgw, rclient):
+    offset = rgw.log_offset()
+    # The canary's provider fails every request; the stable one is healthy.
+    served = canary_round(rclient, "canary-bad", 40, {"x-mock-anthropic": "500"})
+    assert "error 500" in served[:25], served
+    # Rolled back within the window: from then on the stable model serves everything.
+    assert served[-15:] == ["openai-demo"] * 15, served
+    stats = rgw.stats()
+    assert stats.get("wasmcustom.switchyard_canary_rollbacks;route=canary-bad;reason=error_rate") == 1, rgw.stats("canary")
+    assert stats.get("wasmcustom.switchyard_canary_share_ppm;route=canary-bad") == 0
+    assert "canary canary-bad-new of route canary-bad rolled back to 0%: gate error_rate failed" in rgw.log_since(offset)
+    arms = [log_line(rgw, f"canary-bad-{i}").get("canary_arm") for i in range(40)]
+    assert set(arms) == {"stable", "canary"} and arms[-15:] == ["stable"] * 15
+
+
+def test_a_canary_that_holds_its_gates_keeps_its_share(rgw, rclient):
+    served = canary_round(rclient, "canary-ok", 40)
+    assert 8 <= served.count("anthropic-demo") <= 32, served
+    assert served.count("anthropic-demo") + served.count("openai-demo") == 40, served
+    stats = rgw.stats()
+    assert not any(k.startswith("wasmcustom.switchyard_canary_rollbacks;route=canary-ok") for k in stats)
+    assert stats.get("wasmcustom.switchyard_canary_share_ppm;route=canary-ok") == 500000
