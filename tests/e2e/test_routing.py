@@ -639,3 +639,41 @@ def test_a_canary_that_holds_its_gates_keeps_its_share(rgw, rclient):
     stats = rgw.stats()
     assert not any(k.startswith("wasmcustom.switchyard_canary_rollbacks;route=canary-ok") for k in stats)
     assert stats.get("wasmcustom.switchyard_canary_share_ppm;route=canary-ok") == 500000
+
+
+def test_a_rolled_back_canary_stays_rolled_back_across_a_configuration_reload(tmp_path):
+    """The canary's state is in shared data, which belongs to the VM id: reloading the plugin
+    configuration (the listener comes from an LDS file) keeps the rollback."""
+    from keys_gateway import KeysGateway, LdsGateway
+
+    demo = yaml.safe_load(harness.DEMO_CONFIG.read_text(encoding="utf-8"))
+    plugin = next(p for _, p in _plugins(demo, "gateway"))
+    models = plugin["models"]
+    stable = next(m for m in models if m["name"] == "gpt-4o-mini")
+    stable["canary"] = {"model": "claude-haiku", **CANARY}
+    g = KeysGateway.start(tmp_path, gateway_config={"models": models}, gateway_cls=LdsGateway)
+    try:
+        gw: LdsGateway = g.gw
+        body = {"model": "gpt-4o-mini", "messages": MSG}
+        fail_canary = {"x-mock-anthropic": "500"}
+        served = [g.chat(None, body, headers=fail_canary).headers.get("x-switchyard-backend") for _ in range(40)]
+        assert served[-10:] == ["openai-demo"] * 10, served
+        key = "wasmcustom.switchyard_canary_rollbacks;route=gpt-4o-mini;reason=error_rate"
+        assert gw.stats().get(key) == 1
+        # Reload with a changed plugin configuration (same vm_id): still rolled back, even with the
+        # canary's provider healthy again.
+        new = gw.gateway_plugin_config()
+        new["max_request_body_bytes"] = 4 * 1024 * 1024
+        gw.update_gateway(new)
+        served = [g.chat(None, body).headers.get("x-switchyard-backend") for _ in range(20)]
+        assert served == ["openai-demo"] * 20, served
+        # Naming another canary model starts a new rollout at its configured share.
+        nxt = json.loads(json.dumps(new))
+        entry = next(m for m in nxt["models"] if m["name"] == "gpt-4o-mini")
+        entry["canary"]["model"] = "claude-3-5-haiku-latest"
+        gw.update_gateway(nxt)
+        served = [g.chat(None, body).headers.get("x-switchyard-backend") for _ in range(30)]
+        assert served.count("anthropic-demo") >= 5, served
+    finally:
+        problems = g.stop()
+    assert not problems, problems
