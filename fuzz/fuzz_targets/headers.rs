@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 use libfuzzer_sys::fuzz_target;
 use serde_json::{json, Value};
 use switchyard::policy::estimate::RequestEstimate;
-use switchyard::policy::keys::{extract_key, hash_key, parse_hex_hash};
+use switchyard::policy::keys::{extract_key, hash_key, parse_hex_hash, KeyError};
 use switchyard::policy::pricing::{format_usd, parse_usd_micros};
 use switchyard::policy::store::MemStore;
 use switchyard::policy::{Policy, PolicyConfig};
@@ -45,6 +45,11 @@ fn policy() -> &'static Policy {
     })
 }
 
+const FIXED_WORDING: &[KeyError] = &[
+    KeyError::Missing, KeyError::Empty, KeyError::NotBearer, KeyError::Ambiguous, KeyError::TooLong,
+    KeyError::InvalidCharacters, KeyError::Unknown, KeyError::Disabled, KeyError::Expired,
+];
+
 const MODELS: &[&str] = &["gpt-4o-mini", "claude-3-5-haiku-latest", "unpriced-model", "gpt-4o"];
 
 fn never_leaks(err: &[u8], headers: &[(String, String)]) {
@@ -58,7 +63,9 @@ fn never_leaks(err: &[u8], headers: &[(String, String)]) {
             && v.len() >= 12
         {
             let secret = v.rsplit([' ', '\t']).next().unwrap_or(v);
-            if secret.len() >= 12 {
+            // (A value that is part of the gateway's fixed wording, like `Authorization:`, is no
+            // credential the error could have echoed.)
+            if secret.len() >= 12 && !FIXED_WORDING.iter().any(|k| k.message().contains(secret)) {
                 assert!(!s.contains(secret), "an error echoes a client credential: {s}");
             }
         }

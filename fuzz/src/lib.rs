@@ -174,29 +174,33 @@ pub enum Event {
     Done,
 }
 
-/// Reads what the gateway sends to a client as SSE, strictly: only `data: <payload>\n\n` events,
-/// each payload one line that is JSON or `[DONE]`. Panics (a fuzz finding) otherwise.
+/// Reads what the gateway sends to a client as SSE, strictly: only events made of `data: ` lines
+/// and a blank line (the payload is the lines joined by `\n`, as an SSE client joins them), each
+/// payload JSON or `[DONE]`, no bare CR. Panics (a fuzz finding) otherwise.
 pub fn parse_client_sse(out: &[u8]) -> Vec<Event> {
+    assert!(!out.contains(&b'\r'), "client SSE: a bare CR (clients end lines at it)");
+    assert!(out.is_empty() || out.ends_with(b"\n\n"), "client SSE: the output does not end an event");
+    let text = String::from_utf8_lossy(out);
     let mut events = Vec::new();
-    let mut rest = out;
-    while !rest.is_empty() {
-        let Some(body) = rest.strip_prefix(b"data: ") else {
-            panic!("client SSE: an event does not start with `data: `: {:?}", String::from_utf8_lossy(&rest[..rest.len().min(200)]));
-        };
-        let Some(end) = body.windows(2).position(|w| w == b"\n\n") else {
-            panic!("client SSE: an event is not terminated by a blank line: {:?}", String::from_utf8_lossy(&body[..body.len().min(200)]));
-        };
-        let payload = &body[..end];
-        assert!(!payload.contains(&b'\n') && !payload.contains(&b'\r'), "client SSE: a data line holds a line break");
-        if payload == b"[DONE]" {
+    for block in text.split("\n\n").filter(|b| !b.is_empty()) {
+        let mut payload = String::new();
+        for (i, line) in block.split('\n').enumerate() {
+            let Some(d) = line.strip_prefix("data: ") else {
+                panic!("client SSE: a line is not a `data: ` field: {:?}", &line[..line.len().min(200)]);
+            };
+            if i > 0 {
+                payload.push('\n');
+            }
+            payload.push_str(d);
+        }
+        if payload == "[DONE]" {
             events.push(Event::Done);
         } else {
-            match serde_json::from_slice::<Value>(payload) {
+            match serde_json::from_str::<Value>(&payload) {
                 Ok(v) => events.push(Event::Json(v)),
-                Err(e) => panic!("client SSE: data is neither JSON nor [DONE] ({e}): {:?}", String::from_utf8_lossy(payload)),
+                Err(e) => panic!("client SSE: data is neither JSON nor [DONE] ({e}): {:?}", &payload[..payload.len().min(300)]),
             }
         }
-        rest = &body[end + 2..];
     }
     events
 }
