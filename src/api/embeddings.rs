@@ -134,8 +134,16 @@ pub struct EmbeddingsUsage {
     pub total_tokens: u64,
 }
 
-/// Builds the OpenAI list body from vectors in input order.
-pub fn embeddings_response_json(model: &str, vectors: Vec<Vec<f32>>, format: EncodingFormat, prompt_tokens: u64) -> Vec<u8> {
+/// Builds the OpenAI list body from vectors in input order. A value that is not a finite `f32`
+/// (an upstream number out of range, which JSON would carry as `null`) is a 502: clients expect
+/// numbers.
+pub fn embeddings_response_json(model: &str, vectors: Vec<Vec<f32>>, format: EncodingFormat, prompt_tokens: u64) -> Result<Vec<u8>, crate::api::ApiError> {
+    if vectors.iter().flatten().any(|x| !x.is_finite()) {
+        return Err(crate::api::ApiError::gateway(
+            502,
+            "The upstream provider returned an embedding value that is not a finite 32-bit floating-point number.",
+        ));
+    }
     let resp = EmbeddingsResponse {
         object: "list",
         data: vectors
@@ -146,7 +154,7 @@ pub fn embeddings_response_json(model: &str, vectors: Vec<Vec<f32>>, format: Enc
         model,
         usage: EmbeddingsUsage { prompt_tokens, total_tokens: prompt_tokens },
     };
-    serde_json::to_vec(&resp).unwrap_or_default()
+    Ok(serde_json::to_vec(&resp).unwrap_or_default())
 }
 
 #[cfg(test)]
@@ -186,8 +194,21 @@ mod tests {
     }
 
     #[test]
+    fn non_finite_values_are_refused_not_written_as_null() {
+        // Found by the `response` fuzz target: Cohere's `0.0466e086` overflows f32 and was
+        // answered as `null` inside the vector.
+        for format in [EncodingFormat::Float, EncodingFormat::Base64] {
+            for bad in [f32::INFINITY, f32::NEG_INFINITY, f32::NAN] {
+                let e = embeddings_response_json("m", vec![vec![0.5], vec![1.0, bad]], format, 1).unwrap_err();
+                assert_eq!((e.status, e.code.as_deref()), (502, Some("gateway_error")));
+            }
+        }
+        assert!(embeddings_response_json("m", vec![vec![f32::MAX, f32::MIN, 0.0]], EncodingFormat::Float, 1).is_ok());
+    }
+
+    #[test]
     fn base64_is_little_endian_f32() {
-        let out = embeddings_response_json("m", vec![vec![1.0, -2.5]], EncodingFormat::Base64, 3);
+        let out = embeddings_response_json("m", vec![vec![1.0, -2.5]], EncodingFormat::Base64, 3).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         let b64 = v["data"][0]["embedding"].as_str().unwrap();
         let bytes = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();

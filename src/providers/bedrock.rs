@@ -805,10 +805,10 @@ pub fn embeddings_response(body: &[u8], model: &str, encoding: EncodingFormat) -
             CohereVectors::Floats(v) | CohereVectors::ByType { float: v } => v,
         };
         // Bedrock reports Cohere's token count only in a response header; usage stays 0 here.
-        Ok(embeddings_response_json(model, vectors, encoding, 0))
+        embeddings_response_json(model, vectors, encoding, 0)
     } else {
         let r: TitanEmbedding = serde_json::from_slice(body).map_err(unreadable)?;
-        Ok(embeddings_response_json(model, vec![r.embedding], encoding, r.input_text_token_count.unwrap_or(0)))
+        embeddings_response_json(model, vec![r.embedding], encoding, r.input_text_token_count.unwrap_or(0))
     }
 }
 

@@ -700,7 +700,7 @@ pub fn embeddings_response_body(body: &[u8], model: &str, encoding: EncodingForm
         }
     };
     let prompt_tokens = resp.meta.and_then(|m| m.billed_units).and_then(|u| u.input_tokens).map_or(0, Count::get);
-    Ok(embeddings_response_json(model, vectors, encoding, prompt_tokens))
+    embeddings_response_json(model, vectors, encoding, prompt_tokens)
 }
 
 // =============================================================================================

@@ -1195,7 +1195,7 @@ pub fn embeddings_response_body(body: &[u8], hints: &ResponseHints) -> Result<Ve
         return Err(ApiError::gateway(502, "The Gemini backend returned no embeddings."));
     }
     let vectors = resp.embeddings.into_iter().map(|e| e.values).collect();
-    Ok(embeddings_response_json(&hints.model, vectors, hints.encoding, 0))
+    embeddings_response_json(&hints.model, vectors, hints.encoding, 0)
 }
 
 // =============================================================================================

@@ -552,7 +552,7 @@ struct EmbedResponse {
 /// Translates an `/api/embed` answer into the OpenAI embeddings list.
 pub fn embeddings_response_body(body: &[u8], model: &str, encoding: EncodingFormat) -> Result<Vec<u8>, ApiError> {
     let resp: EmbedResponse = parse_upstream(NAME, body)?;
-    Ok(embeddings_response_json(model, resp.embeddings, encoding, resp.prompt_eval_count.map_or(0, Count::get)))
+    embeddings_response_json(model, resp.embeddings, encoding, resp.prompt_eval_count.map_or(0, Count::get))
 }
 
 // =============================================================================================
