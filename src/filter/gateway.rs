@@ -229,11 +229,15 @@ impl GatewayFilter {
             // Envoy's router reads (and removes) these: its per-try timeout becomes the deadline,
             // because the backend filter holds each answer until its first token.
             set_request_header(deadline::PER_TRY_TIMEOUT_HEADER, Some(&d.header_value));
-            if d.hedge {
+            // A request with its own credential is not hedged: that credential is for the first
+            // attempt's backend only, and the backend filter's refusal of a second backend (a local
+            // reply) would end the whole request, the first attempt with it.
+            let hedge = d.hedge && state.byok.is_none();
+            if hedge {
                 set_request_header(deadline::HEDGE_HEADER, Some("true"));
             }
             state.deadline_ms = Some(d.timeout_ms);
-            self.record.deadline = Some(telemetry::DeadlineRecord { timeout_ms: d.timeout_ms, hedge: d.hedge, ..Default::default() });
+            self.record.deadline = Some(telemetry::DeadlineRecord { timeout_ms: d.timeout_ms, hedge, ..Default::default() });
         }
         self.share_state(state);
         // Make Envoy select the route again, now that the route header is set.
@@ -763,7 +767,10 @@ impl GatewayFilter {
     /// Adds this request to its route's canary window, judges the gates, and says what changed.
     fn record_canary(&self, model: &str, arm: canary::Arm) {
         let cfg = self.cfg.clone();
-        let Some(c) = cfg.router.resolve(model).and_then(|r| r.canary) else { return };
+        let Some(stable) = cfg.router.resolve(model) else { return };
+        let Some(c) = stable.canary else { return };
+        // The stable model's route (this request may have been served by the canary's own route).
+        let route = stable.route;
         let r = &self.record;
         if r.status == 499 || r.error_type.as_deref() == Some("client_closed") {
             return;
@@ -772,7 +779,6 @@ impl GatewayFilter {
         let latency = if r.stream { r.ttft_ms } else { r.ttfb_ms };
         let sample = canary::Sample { latency_ms: if error { None } else { latency }, error, cost_micros: r.cost_micros.filter(|_| !error) };
         let Some((event, share)) = canary::record(&EnvoyStore, c, arm, sample, now_ms()) else { return };
-        let route = r.route.as_deref().unwrap_or(model);
         let mut updates = vec![telemetry::MetricUpdate {
             kind: telemetry::MetricKind::Gauge,
             name: telemetry::stat_name(telemetry::CANARY_SHARE, &[("route", model)]),
