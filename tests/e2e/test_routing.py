@@ -662,25 +662,37 @@ def test_a_rolled_back_canary_stays_rolled_back_across_a_configuration_reload(tm
     g = KeysGateway.start(tmp_path, gateway_config={"models": models}, gateway_cls=LdsGateway)
     try:
         gw: LdsGateway = g.gw
-        body = {"model": "gpt-4o-mini", "messages": MSG}
-        fail_canary = {"x-mock-anthropic": "500"}
-        served = [g.chat(None, body, headers=fail_canary).headers.get("x-switchyard-backend") for _ in range(40)]
+        def chat(headers=None, model="gpt-4o-mini"):
+            # A new client (and connection) each time: a kept-alive connection would stay on the
+            # listener of the configuration before the reload.
+            client = openai.OpenAI(base_url=gw.base_url, api_key="sk-client", max_retries=0, timeout=30)
+            try:
+                raw = client.chat.completions.with_raw_response.create(
+                    model=model, messages=MSG, extra_headers=headers or {})
+                return raw.headers["x-switchyard-backend"]
+            except openai.APIStatusError as e:
+                return f"error {e.status_code}"
+
+        served = [chat({"x-mock-anthropic": "500"}) for _ in range(40)]
+        assert "error 500" in served, served
         assert served[-10:] == ["openai-demo"] * 10, served
         key = "wasmcustom.switchyard_canary_rollbacks;route=gpt-4o-mini;reason=error_rate"
         assert gw.stats().get(key) == 1
         # Reload with a changed plugin configuration (same vm_id): still rolled back, even with the
         # canary's provider healthy again.
         new = gw.gateway_plugin_config()
-        new["max_request_body_bytes"] = 4 * 1024 * 1024
+        entry = next(m for m in new["models"] if m["name"] == "gpt-4o-mini")
+        entry["aliases"] = entry.get("aliases", []) + ["gpt-reloaded"]
         gw.update_gateway(new)
-        served = [g.chat(None, body).headers.get("x-switchyard-backend") for _ in range(20)]
+        # The alias exists only in the new configuration: these requests ran under it.
+        served = [chat(model="gpt-reloaded") for _ in range(20)]
         assert served == ["openai-demo"] * 20, served
         # Naming another canary model starts a new rollout at its configured share.
         nxt = json.loads(json.dumps(new))
         entry = next(m for m in nxt["models"] if m["name"] == "gpt-4o-mini")
         entry["canary"]["model"] = "claude-3-5-haiku-latest"
         gw.update_gateway(nxt)
-        served = [g.chat(None, body).headers.get("x-switchyard-backend") for _ in range(30)]
+        served = [chat() for _ in range(30)]
         assert served.count("anthropic-demo") >= 5, served
     finally:
         problems = g.stop()
