@@ -41,6 +41,10 @@ ROUTES = {
     "ft-hedge": ({"first_token_timeout_ms": DEADLINE_MS, "hedge": True},
                  [("openai", "openai-demo", "gpt-4o-mini"),
                   ("anthropic", "anthropic-demo", "claude-3-5-haiku-latest")]),
+    # Priority 0 refuses connections (nothing listens on its port).
+    "ft-refused": ({"first_token_timeout_ms": DEADLINE_MS},
+                   [("dead", "openai-demo", "gpt-4o-mini"),
+                    ("anthropic", "anthropic-demo", "claude-3-5-haiku-latest")]),
     "ft-gemini": ({"first_token_timeout_ms": DEADLINE_MS},
                   [("more", "gemini-demo", "gemini-2.5-flash"),
                    ("openai", "openai-demo", "gpt-4o-mini")]),
@@ -127,7 +131,7 @@ class RoutingGateway(harness.Gateway):
     def render(self) -> str:
         doc = yaml.safe_load(super().render())
         ports = {"openai": self.mocks.openai_port, "anthropic": self.mocks.anthropic_port,
-                 "more": self.mocks.more_port}
+                 "more": self.mocks.more_port, "dead": harness.free_ports(1)[0]}
         for cfg, plugin in _plugins(doc, "gateway"):
             plugin["models"] = [{"name": name, "owned_by": "test", **fields}
                                 for name, (fields, _) in ROUTES.items()] + plugin["models"]
@@ -316,6 +320,17 @@ def test_non_stream_primary_that_has_not_answered_by_the_deadline_is_abandoned(r
     assert raw.headers["x-switchyard-backend"] == "anthropic-demo"
     rec = log_line(rgw, "ft-whole-1")
     assert (rec["deadlines_fired"], rec["winner_attempt"]) == ("1", "2")
+
+
+def test_a_quick_failure_is_not_a_deadline_even_in_a_long_request(rgw, rclient):
+    # Attempt 1 is refused at once; attempt 2 streams for longer than the deadline after a first
+    # token well within it. No deadline fired.
+    t0 = time.monotonic()
+    raw, text = stream_text(rclient, "ft-refused", {"x-mock-anthropic": "slow-stream", "x-request-id": "ft-refused"})
+    assert time.monotonic() - t0 > DEADLINE_MS / 1000
+    assert text == recorded.anthropic_stream_text()["text"]
+    rec = log_line(rgw, "ft-refused")
+    assert (rec["attempts"], rec["deadlines_fired"], rec["winner_attempt"]) == ("2", "0", "2"), rec
 
 
 def test_translated_stream_deadline_gemini_to_openai(rgw, rclient):
