@@ -44,3 +44,11 @@ fn capability_regressions_warn_and_forbidden_floating_names_fail() {
     assert!(text.contains("error: route gpt-4o-mini") && text.contains("floating name gpt-4o-mini"), "{text}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_routing_example_is_valid() {
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/gateway-routing.json");
+    let (ok, text) = check(&example);
+    assert!(ok, "{text}");
+    assert!(text.contains("gateway configuration with 6 model entries is valid"), "{text}");
+}
