@@ -104,6 +104,10 @@ fn text_of(v: &Value) -> Option<String> {
 /// Normalises an error answer from an OpenAI-compatible provider. OpenAI-shaped bodies pass as they
 /// are; anything else (an HTML page from a proxy, a bare string, `{"detail":…}`) is wrapped.
 pub fn map_error(status: u16, body: &[u8]) -> Vec<u8> {
+    // Bytes that are not UTF-8 are not JSON: never passed on as they are.
+    if let std::borrow::Cow::Owned(text) = String::from_utf8_lossy(body) {
+        return map_error(status, text.as_bytes());
+    }
     if let Ok(mut env) = serde_json::from_slice::<ErrorEnvelope>(body) {
         if let Some(e) = env.error.as_object_mut().filter(|e| e.get("message").is_some_and(Value::is_string)) {
             // OpenAI's own `type` may be null (Azure's content filter errors).
@@ -233,6 +237,18 @@ mod tests {
         let v: Value = serde_json::from_slice(&map_error(429, br#"{"error":"slow down"}"#)).unwrap();
         assert_eq!(v["error"]["message"], "slow down");
         assert_eq!(v["error"]["type"], "rate_limit_error");
+    }
+
+    #[test]
+    fn error_bodies_that_are_not_utf8_are_not_passed_on() {
+        // Found by the `response` fuzz target: an OpenAI-shaped envelope with a stray non-UTF-8
+        // byte outside `error` passed byte for byte, and is not JSON.
+        let body = b"{\"error\":{\"message\":\"slow\",\"type\":\"rate_limit_error\"},\"request_id\":\"r\xff\"}";
+        let out = map_error(429, body);
+        let v: Value = serde_json::from_slice(&out).expect("JSON");
+        assert_eq!((v["error"]["message"].as_str(), v["error"]["type"].as_str()), (Some("slow"), Some("rate_limit_error")));
+        let v: Value = serde_json::from_slice(&map_error(502, b"\xfe\xff<html>")).expect("JSON");
+        assert!(v["error"]["message"].as_str().unwrap().contains("<html>"));
     }
 
     #[test]
