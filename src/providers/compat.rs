@@ -514,6 +514,11 @@ impl State {
             self.fail(out, err);
             return;
         }
+        if v.get("choices").is_some_and(|c| !c.is_array()) {
+            let message = format!("The {} backend sent a stream chunk whose `choices` is not a list.", self.provider);
+            self.fail(out, ApiError::new(502, "api_error", message).with_code("invalid_upstream_event"));
+            return;
+        }
         let mut changed = normalise_chunk(&mut v, &mut self.tool_calls);
         if self.tool_calls.calls.len() > MAX_STREAM_TOOL_CALLS {
             self.fail(out, too_many("tool calls", MAX_STREAM_TOOL_CALLS));
@@ -602,6 +607,24 @@ fn stream_error(v: &Map<String, Value>, provider: &str) -> Option<ApiError> {
 mod tests {
     use super::*;
     use crate::providers::testutil::assert_tool_calls_capped;
+
+    #[test]
+    fn a_chunk_whose_choices_is_not_a_list_ends_the_stream_with_an_error() {
+        // Found by the `stream` fuzz target: `"choices": 2169305` reached the client as it was.
+        let mut t = StreamTranslator::for_provider("DeepSeek");
+        let mut out = Vec::new();
+        t.push(b"data: {\"id\":\"x\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"}}]}\n\n", &mut out);
+        t.push(b"data: {\"id\":\"x\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":2169305}\n\n", &mut out);
+        let n = out.len();
+        t.push(b"data: [DONE]\n\n", &mut out);
+        t.finish(&mut out);
+        assert_eq!(out.len(), n, "nothing after the error");
+        let p = payloads(&out);
+        assert_eq!(p.len(), 2, "{p:?}");
+        let e: Value = serde_json::from_str(&p[1]).unwrap();
+        assert_eq!(e["error"]["code"], "invalid_upstream_event");
+        assert!(!p[1].contains("2169305"));
+    }
 
     #[test]
     fn tool_calls_per_stream_are_capped() {
