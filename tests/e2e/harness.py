@@ -259,11 +259,10 @@ def _walk_nodes(node):
             yield from _walk_nodes(v)
 
 
-def patch_gateway_config(text: str, fields: dict) -> str:
-    """Envoy config text with ``fields`` (e.g. ``{"auth": {...}}``) set in the JSON configuration of
-    every wasm plugin whose role is "gateway". Fails if there is none."""
-    doc = yaml.safe_load(text)
-    n = 0
+def plugin_configs(doc, role: str) -> list[tuple[dict, dict]]:
+    """(the ``configuration`` node, its parsed JSON) of every wasm plugin of a loaded Envoy config
+    whose role is ``role``. Write a changed plugin back with ``node["value"] = json.dumps(plugin)``."""
+    found = []
     for node in _walk_nodes(doc):
         cfg = node.get("configuration")
         if isinstance(cfg, dict) and isinstance(cfg.get("value"), str):
@@ -271,12 +270,21 @@ def patch_gateway_config(text: str, fields: dict) -> str:
                 plugin = json.loads(cfg["value"])
             except ValueError:
                 continue
-            if isinstance(plugin, dict) and plugin.get("role") == "gateway":
-                plugin.update(fields)
-                cfg["value"] = json.dumps(plugin, indent=2)
-                n += 1
-    if not n:
+            if isinstance(plugin, dict) and plugin.get("role") == role:
+                found.append((cfg, plugin))
+    return found
+
+
+def patch_gateway_config(text: str, fields: dict) -> str:
+    """Envoy config text with ``fields`` (e.g. ``{"auth": {...}}``) set in the JSON configuration of
+    every wasm plugin whose role is "gateway". Fails if there is none."""
+    doc = yaml.safe_load(text)
+    found = plugin_configs(doc, "gateway")
+    if not found:
         raise AssertionError("envoy config: no wasm plugin configuration with role gateway")
+    for cfg, plugin in found:
+        plugin.update(fields)
+        cfg["value"] = json.dumps(plugin, indent=2)
     return yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)
 
 

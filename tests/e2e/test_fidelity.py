@@ -40,25 +40,6 @@ USAGE_FIELDS = {"prompt_tokens", "completion_tokens", "total_tokens", "prompt_to
 FINISH = {"stop", "length", "tool_calls", "content_filter", "function_call"}
 
 
-def _plugins(doc, role):
-    """(node, parsed plugin config) of every wasm plugin configuration with this role."""
-    stack = [doc]
-    while stack:
-        n = stack.pop()
-        if isinstance(n, dict):
-            cfg = n.get("configuration")
-            if isinstance(cfg, dict) and isinstance(cfg.get("value"), str):
-                try:
-                    plugin = json.loads(cfg["value"])
-                except ValueError:
-                    plugin = None
-                if isinstance(plugin, dict) and plugin.get("role") == role:
-                    yield cfg, plugin
-            stack.extend(n.values())
-        elif isinstance(n, list):
-            stack.extend(n)
-
-
 class FidelityGateway(harness.Gateway):
     """The demo gateway plus a model per preset and Claude on Bedrock."""
 
@@ -67,10 +48,10 @@ class FidelityGateway(harness.Gateway):
         more_port = self.mocks.more_port
         extra = {f"compat-{p}": (f"{p}-fidelity", f"{p}-model") for p in PRESETS}
         extra["bedrock-claude"] = ("bedrock-demo", BEDROCK_CLAUDE)
-        for cfg, plugin in _plugins(doc, "gateway"):
+        for cfg, plugin in harness.plugin_configs(doc, "gateway"):
             plugin["models"] += [{"name": name, "owned_by": "test"} for name in extra]
             cfg["value"] = json.dumps(plugin)
-        for cfg, plugin in _plugins(doc, "backend"):
+        for cfg, plugin in harness.plugin_configs(doc, "backend"):
             for p in PRESETS:
                 plugin["backends"][f"{p}-fidelity"] = {"schema": "openai", "preset": p,
                                                        **({"host": HOSTS[p]} if p in HOSTS else {})}

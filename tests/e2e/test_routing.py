@@ -107,24 +107,6 @@ ROUTING = {
 }
 
 
-def _plugins(doc, role):
-    stack = [doc]
-    while stack:
-        n = stack.pop()
-        if isinstance(n, dict):
-            cfg = n.get("configuration")
-            if isinstance(cfg, dict) and isinstance(cfg.get("value"), str):
-                try:
-                    plugin = json.loads(cfg["value"])
-                except ValueError:
-                    plugin = None
-                if isinstance(plugin, dict) and plugin.get("role") == role:
-                    yield cfg, plugin
-            stack.extend(n.values())
-        elif isinstance(n, list):
-            stack.extend(n)
-
-
 class RoutingGateway(harness.Gateway):
     """The demo gateway plus the routes of ROUTES and the deadline fields in the access log."""
 
@@ -132,7 +114,7 @@ class RoutingGateway(harness.Gateway):
         doc = yaml.safe_load(super().render())
         ports = {"openai": self.mocks.openai_port, "anthropic": self.mocks.anthropic_port,
                  "more": self.mocks.more_port, "dead": harness.free_ports(1)[0]}
-        for cfg, plugin in _plugins(doc, "gateway"):
+        for cfg, plugin in harness.plugin_configs(doc, "gateway"):
             plugin["models"] = [{"name": name, "owned_by": "test", **fields}
                                 for name, (fields, _) in ROUTES.items()] + plugin["models"]
             cfg["value"] = json.dumps(plugin)
@@ -670,7 +652,7 @@ def test_a_rolled_back_canary_stays_rolled_back_across_a_configuration_reload(tm
     from keys_gateway import KeysGateway, LdsGateway
 
     demo = yaml.safe_load(harness.DEMO_CONFIG.read_text(encoding="utf-8"))
-    plugin = next(p for _, p in _plugins(demo, "gateway"))
+    plugin = next(p for _, p in harness.plugin_configs(demo, "gateway"))
     models = plugin["models"]
     stable = next(m for m in models if m["name"] == "gpt-4o-mini")
     stable["canary"] = {"model": "claude-haiku", **CANARY}
