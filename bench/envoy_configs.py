@@ -24,6 +24,8 @@ from pathlib import Path
 import yaml
 
 WASM = "target/wasm32-wasip1/release/switchyard.wasm"  # relative to the repository root (Envoy's cwd)
+# The native prototype (src/native): `cargo build --profile native --features native --lib`.
+NATIVE = "target/native/libswitchyard.so"
 
 MOCK_ROUTES = {
     # route name: (mock path prefix, data file, content type, backend schema, upstream model)
@@ -75,6 +77,19 @@ def _wasm(name: str, configuration: str) -> dict:
                 },
                 "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": _Literal(configuration)},
             },
+        },
+    }
+
+
+def _native(name: str, configuration: str) -> dict:
+    """The same configuration JSON through Envoy's dynamic-modules HTTP filter (native prototype)."""
+    return {
+        "name": name,
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+            "dynamic_module_config": {"module": {"local": {"filename": NATIVE}}},
+            "filter_name": name,
+            "filter_config": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": _Literal(configuration)},
         },
     }
 
@@ -215,7 +230,8 @@ def backend_config() -> str:
     return '{\n  "role": "backend",\n  "backends": {\n' + ",\n".join(lines) + "\n  }\n}\n"
 
 
-def switchyard(port: int, admin_port: int, mock_port: int, gateway: str | None = None) -> dict:
+def switchyard(port: int, admin_port: int, mock_port: int, gateway: str | None = None, native: bool = False) -> dict:
+    flt = _native if native else _wasm
     routes = []
     for route in MOCK_ROUTES:
         routes.append({
@@ -224,10 +240,10 @@ def switchyard(port: int, admin_port: int, mock_port: int, gateway: str | None =
         })
     routes.append({"match": {"prefix": "/"}, "direct_response": {"status": 503, "body": {
         "inline_string": '{"error":{"message":"No Envoy route serves this model.","type":"api_error","param":null,"code":"no_route"}}'}}})
-    backend = _wasm("switchyard.backend", backend_config())
+    backend = flt("switchyard.backend", backend_config())
     clusters = [_cluster(f"route_{route}", mock_port, {"backend": route, "model": model}, [backend])
                 for route, (_, _, _, _, model) in MOCK_ROUTES.items()]
-    return _bootstrap(admin_port, [_listener("llm", port, routes, [_wasm("switchyard.gateway", gateway or gateway_config())])], clusters)
+    return _bootstrap(admin_port, [_listener("llm", port, routes, [flt("switchyard.gateway", gateway or gateway_config())])], clusters)
 
 
 def write(path: Path, config: dict, comment: str) -> None:

@@ -12,3 +12,7 @@ pub mod telemetry;
 
 #[cfg(target_arch = "wasm32")]
 mod filter;
+
+/// PROTOTYPE: the same core as an Envoy dynamic module (see `native`'s docs).
+#[cfg(all(feature = "native", not(target_arch = "wasm32")))]
+mod native;
