@@ -64,6 +64,9 @@ pub struct GatewayConfig {
     /// price table's model fields. Empty: no capability checks.
     #[serde(default)]
     pub capabilities: HashMap<String, crate::policy::capabilities::Capabilities>,
+    /// PII and secret detectors on requests (and answers) (`crate::policy::guardrails`). Absent: off.
+    #[serde(default)]
+    pub guardrails: Option<crate::policy::guardrails::GuardrailsConfig>,
 }
 
 /// Telemetry options. Per-key and per-team labels multiply the number of series: off by default.
@@ -471,6 +474,8 @@ pub struct Gateway {
     pub routing_prices: Option<crate::policy::pricing::PriceTable>,
     /// Model capabilities, shared with every backend attempt of a request; `None`: no checks.
     pub capabilities: Option<std::rc::Rc<crate::policy::capabilities::CapabilityTable>>,
+    /// Guardrails; `None` when not configured (nothing is scanned).
+    pub guardrails: Option<crate::policy::guardrails::Guardrails>,
 }
 
 impl PluginConfig {
@@ -507,7 +512,12 @@ impl Gateway {
             Some(p) => Some(crate::policy::Policy::new(p).map_err(|e| format!("auth: {e}"))?),
             None => None,
         };
+        let guardrails = match cfg.guardrails {
+            Some(g) => Some(crate::policy::guardrails::Guardrails::new(g)?),
+            None => None,
+        };
         Ok(Gateway {
+            guardrails,
             max_request_body_bytes: cfg.max_request_body_bytes,
             limits: cfg.limits,
             expose_served_by: cfg.expose_served_by,

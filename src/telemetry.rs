@@ -22,6 +22,9 @@ pub const STATS_TAG_LABELS: &[&str] = &[
     "reason",
     "key_id",
     "team",
+    "detector",
+    "action",
+    "direction",
 ];
 
 pub const REQUESTS: &str = "switchyard_requests";
@@ -47,6 +50,8 @@ pub const CANARY_ROLLBACKS: &str = "switchyard_canary_rollbacks";
 pub const CANDIDATE_SCORE: &str = "switchyard_candidate_score_ms";
 /// Gauge: requests whose state is registered for their backend attempts, summed over workers.
 /// Drains to zero when traffic stops; a value that keeps growing is a leak (scripts/soak watches it).
+/// Guardrail detections, by detector, action and direction (`request`, `answer`); never the text.
+pub const GUARDRAIL_DETECTIONS: &str = "switchyard_guardrail_detections";
 pub const INFLIGHT: &str = "switchyard_inflight_requests";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -73,6 +78,7 @@ pub enum Rejection {
     RateLimit,
     Budget,
     Validation,
+    Guardrail,
 }
 
 impl Rejection {
@@ -83,6 +89,7 @@ impl Rejection {
             Rejection::RateLimit => "rate_limit",
             Rejection::Budget => "budget",
             Rejection::Validation => "validation",
+            Rejection::Guardrail => "guardrail",
         }
     }
 }
@@ -128,6 +135,8 @@ pub struct RequestRecord {
     /// The configured `*` pattern the requested model matched (its metric label; the access log
     /// keeps the name as sent).
     pub model_pattern: Option<String>,
+    /// Guardrail detections of the request and its answer (counts only).
+    pub guardrails: Vec<crate::policy::guardrails::Detection>,
 }
 
 /// What a first-token deadline did to one request (`crate::policy::deadline::report`).
@@ -275,6 +284,10 @@ pub fn metric_updates(r: &RequestRecord, opts: LabelOptions) -> Vec<MetricUpdate
             out.push(histogram(stat_name(ATTEMPT_TTFT, &[("route", route), ("backend", backend)]), t));
         }
     }
+    for d in &r.guardrails {
+        let l = [("detector", d.detector.as_str()), ("action", d.action), ("direction", d.direction)];
+        out.push(counter(stat_name(GUARDRAIL_DETECTIONS, &l), u64::from(d.count)));
+    }
     // Latency histograms only for requests that reached a provider.
     if r.attempts > 0 {
         let l = &model_labels[..2];
@@ -332,6 +345,10 @@ pub fn log_fields(r: &RequestRecord) -> Vec<(&'static str, String)> {
         f.push(("deadlines_fired", d.fired.to_string()));
         f.push(("winner_attempt", d.winner.map(|w| w.to_string()).unwrap_or_default()));
         f.push(("winner_ttft_ms", d.winner_ttft_ms.map(|t| t.to_string()).unwrap_or_default()));
+    }
+    if !r.guardrails.is_empty() {
+        f.push(("guardrails_request", crate::policy::guardrails::summary(&r.guardrails, "request")));
+        f.push(("guardrails_answer", crate::policy::guardrails::summary(&r.guardrails, "answer")));
     }
     f.retain(|(_, v)| !v.is_empty());
     f

@@ -25,6 +25,7 @@ use crate::policy::latency;
 use crate::policy::rules::{self, RoutingTable};
 use crate::policy::estimate::{estimate_text_tokens, RequestEstimate};
 use crate::policy::gate::MAX_COST_HEADER;
+use crate::policy::guardrails::RequestGuard;
 use crate::policy::headers as header_policy;
 use crate::policy::{Admission, Outcome, Principal};
 use crate::providers::Operation;
@@ -82,6 +83,8 @@ pub struct GatewayFilter {
     latency_model: Option<String>,
     /// The route's model and the arm of its canary this request took.
     canary: Option<(String, canary::Arm)>,
+    /// Guardrails of this request (only when configured and on for its key, team and route).
+    guard: Option<Box<RequestGuard>>,
 }
 
 impl Drop for GatewayFilter {
@@ -118,6 +121,7 @@ impl GatewayFilter {
             rule_headers: Vec::new(),
             latency_model: None,
             canary: None,
+            guard: None,
         }
     }
 
@@ -178,6 +182,17 @@ impl GatewayFilter {
             }
             None => resolved,
         };
+        if let (Some(g), Operation::Chat) = (cfg.guardrails.as_ref(), op) {
+            // A `block` refuses the request; a `redact` leaves a new body for on_http_request_body.
+            let p = self.principal.as_ref();
+            match g.check(p.map(|p| p.key_id()), p.and_then(|p| p.team()), resolved.route, body) {
+                Ok(guard) => self.guard = guard.map(Box::new),
+                Err(b) => {
+                    self.record.guardrails = b.counts;
+                    return Err((b.error, Rejection::Guardrail, Vec::new()));
+                }
+            }
+        }
         let mut byok = None;
         if let (Some(policy), Some(principal), Some(est)) = (cfg.policy.as_ref(), self.principal.as_ref(), estimate) {
             let asked = if target.is_some() { cfg.router.resolve(model).map_or(model, |r| r.model) } else { stable_model };
@@ -385,6 +400,9 @@ impl GatewayFilter {
             return;
         }
         self.published = true;
+        if let Some(g) = self.guard.as_mut() {
+            self.record.guardrails.append(&mut g.counts);
+        }
         self.settle();
         self.finish_record();
         if self.cfg.publish_log_fields {
@@ -542,6 +560,12 @@ impl HttpContext for GatewayFilter {
         let body = self.get_http_request_body(0, body_size).unwrap_or_default();
         match self.on_body(op, &body) {
             Ok(()) => {
+                if let Some(redacted) = self.guard.as_mut().and_then(|g| g.body.take()) {
+                    if let Err(e) = hostcalls::set_buffer(BufferType::HttpRequestBody, 0, body_size, &redacted) {
+                        log::warn!("switchyard: cannot replace request body: {e:?}");
+                    }
+                    set_request_header("content-length", Some(&redacted.len().to_string()));
+                }
                 self.record.stream = self.stream;
                 Action::Continue
             }
@@ -593,7 +617,7 @@ impl HttpContext for GatewayFilter {
             set_response_header("content-length", None);
             let tap = UsageTap::new(self.wants_usage);
             ResponseMode::Stream(Box::new(if self.admission.is_some() { tap.with_meter() } else { tap }))
-        } else if self.admission.is_some() && !end_of_stream {
+        } else if (self.admission.is_some() || self.guard.as_ref().is_some_and(|g| g.wants_answer() && status == 200)) && !end_of_stream {
             ResponseMode::Hold
         } else {
             ResponseMode::Collect
@@ -639,6 +663,14 @@ impl HttpContext for GatewayFilter {
                 if let Some(settlement) = self.settle() {
                     for (k, v) in settlement.headers() {
                         set_response_header(k, Some(&v));
+                    }
+                }
+                if let (Some(guard), Some(g), 200) = (self.guard.as_mut(), self.cfg.guardrails.as_ref(), self.record.status) {
+                    if let Some(out) = guard.answer_body(g, &body) {
+                        if let Err(e) = hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body_size, &out) {
+                            log::warn!("switchyard: cannot replace response body: {e:?}");
+                        }
+                        set_response_header("content-length", Some(&out.len().to_string()));
                     }
                 }
                 Action::Continue
@@ -690,6 +722,14 @@ impl HttpContext for GatewayFilter {
                 tap.push(chunk.as_deref().unwrap_or_default(), &mut self.out);
                 if end_of_stream {
                     tap.finish(&mut self.out);
+                }
+                if let (Some(guard), Some(g)) = (self.guard.as_mut().filter(|g| g.wants_answer()), self.cfg.guardrails.as_ref()) {
+                    let mut guarded = Vec::with_capacity(self.out.len());
+                    guard.stream_push(g, &self.out, &mut guarded);
+                    if end_of_stream {
+                        guard.stream_finish(g, &mut guarded);
+                    }
+                    self.out = guarded;
                 }
                 if !had_token && tap.first_token_seen() {
                     self.record.ttft_ms = Some(now_ms().saturating_sub(self.start_ms));

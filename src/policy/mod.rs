@@ -9,6 +9,7 @@ pub mod capabilities;
 pub mod deadline;
 pub mod estimate;
 pub mod gate;
+pub mod guardrails;
 pub mod headers;
 pub mod keys;
 pub mod latency;

@@ -54,6 +54,9 @@ SCENARIOS = (
     # the security tests' (tests/e2e/test_security.py): a 401 quoting the credential received;
     # the normal answer plus headers a gateway must not pass on (SPOOF_HEADERS)
     "echo-auth", "spoof-headers",
+    # the guardrail tests' (tests/e2e/test_guardrails.py), OpenAI mock only: the recorded answer
+    # whose text is the last user message (streamed three characters per chunk)
+    "echo",
     # the fault matrix's (tests/e2e/fault_matrix.py); every provider of both mock files
     "429-no-retry-after", "html", "reset-after-first-chunk", "stall-mid-stream",
     "truncate-mid-event", "malformed-json", "bad-crc", "oversize", "drip",
@@ -841,7 +844,36 @@ class OpenAIProvider(Provider):
                 chunks.append("data: " + json.dumps(u, ensure_ascii=False, separators=(",", ":")))
         return chunks
 
+    def echo(self, body, stream):
+        """The recorded answer (``azure-chat-basic.yaml``; stream: ``chat-streaming.yaml``'s chunks)
+        with the text of the request's last user message as its content; a stream carries it three
+        characters per chunk, so that anything in it is split across chunks."""
+        text = ""
+        for m in body.get("messages") or []:
+            if isinstance(m, dict) and m.get("role") == "user":
+                c = m.get("content")
+                if isinstance(c, list):
+                    c = "\n".join(p.get("text", "") for p in c if isinstance(p, dict) and p.get("type") == "text")
+                text = c if isinstance(c, str) else ""
+        if not stream:
+            doc = json.loads(self.fx.openai_text)
+            doc["choices"][0]["message"]["content"] = text
+            return Reply(headers={"content-type": "application/json"}, body=json.dumps(doc))
+        chunks = [_event_data(e) for e in self.fx.openai_stream_text if _event_data(e) is not None]
+        first = next(c for c in chunks if c.get("choices") and c["choices"][0].get("delta", {}).get("content"))
+        last = next(c for c in chunks if c.get("choices") and c["choices"][0].get("finish_reason"))
+        events = []
+        for i in range(0, len(text), 3):
+            c = json.loads(json.dumps(first))
+            c["choices"][0]["delta"] = {"content": text[i:i + 3]}
+            events.append("data: " + json.dumps(c, separators=(",", ":")))
+        events.append("data: " + json.dumps(last, separators=(",", ":")))
+        events.append("data: [DONE]")
+        return Reply(headers=_sse_headers(), stream=join_sse_events(events))
+
     def handle(self, method, path, body, scenario):
+        if scenario == "echo" and method == "POST" and path == "/v1/chat/completions" and isinstance(body, dict):
+            return self.echo(body, body.get("stream") is True)
         # Embeddings: deterministic vectors (more_providers.mock_vector); failure scenarios as chat.
         if path == "/v1/embeddings" and method == "POST" and isinstance(body, dict) \
                 and scenario in (None, "", "ok", "none", "stall"):
