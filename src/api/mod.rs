@@ -5,5 +5,6 @@ pub mod embeddings;
 pub mod error;
 pub mod limits;
 pub mod models;
+pub mod responses;
 
 pub use error::ApiError;

@@ -52,6 +52,31 @@ pub fn request_body(body: &[u8], model: &str) -> Result<(Vec<u8>, bool), ApiErro
     Ok((out, stream))
 }
 
+/// A Responses API request for OpenAI's own `/responses` (the client spoke the Responses API and
+/// the backend is OpenAI itself): the client's body with only the model renamed, so that built-in
+/// tools, stored items and everything else the gateway does not translate keep working.
+pub fn responses_request(backend: &crate::config::Backend, original: &[u8], ctx: &super::AttemptContext) -> Result<super::UpstreamRequest, ApiError> {
+    #[derive(Deserialize)]
+    struct Head<'a> {
+        #[serde(borrow)]
+        model: std::borrow::Cow<'a, str>,
+        #[serde(default)]
+        stream: Option<bool>,
+    }
+    let head: Head = serde_json::from_slice(original).map_err(|e| ApiError::invalid_request(format!("Invalid JSON body: {e}")))?;
+    let stream = head.stream == Some(true);
+    let body = if head.model == ctx.model {
+        original.to_vec()
+    } else {
+        let mut obj: Map<String, Value> =
+            serde_json::from_slice(original).map_err(|e| ApiError::invalid_request(format!("Invalid JSON body: {e}")))?;
+        obj.insert("model".into(), Value::String(ctx.model.to_string()));
+        serde_json::to_vec(&obj).map_err(|e| ApiError::gateway(500, format!("could not encode request: {e}")))?
+    };
+    let path = format!("{}/responses", backend.base_path());
+    Ok(super::UpstreamRequest { path, body, headers: Vec::new(), hints: super::ResponseHints::chat(stream, ctx.model) })
+}
+
 /// The fields that decide whether a body needs editing; the rest is skipped without allocating.
 #[derive(Deserialize)]
 struct Peek<'a> {
@@ -165,6 +190,21 @@ pub fn map_error(status: u16, body: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn responses_requests_pass_with_only_the_model_renamed() {
+        use crate::providers::testutil::{backend, CREATED};
+        let b = backend(serde_json::json!({"schema": "openai", "base_path": "/v1"}));
+        let ctx = |model| crate::providers::AttemptContext { model, now_unix: CREATED, aws: None };
+        let body = br#"{"model":"gpt-4.1","input":"news?","tools":[{"type":"web_search"}],"store":true,"stream":true}"#;
+        let up = responses_request(&b, body, &ctx("gpt-4.1")).unwrap();
+        assert_eq!((up.path.as_str(), up.body.as_slice(), up.hints.stream), ("/v1/responses", &body[..], true));
+        let up = responses_request(&b, body, &ctx("gpt-4.1-2025-04-14")).unwrap();
+        let mut want: Value = serde_json::from_slice(body).unwrap();
+        want["model"] = "gpt-4.1-2025-04-14".into();
+        assert_eq!(serde_json::from_slice::<Value>(&up.body).unwrap(), want);
+        assert!(responses_request(&b, b"{", &ctx("m")).is_err());
+    }
 
     #[test]
     fn bodies_that_need_no_edit_pass_byte_for_byte() {
