@@ -200,6 +200,29 @@ def _collect(stream):
     return chunks, text, finish, usage
 
 
+def test_openai_responses_api_replays_recorded_responses(oai):
+    """The OpenAI mock's /v1/responses: the SDK parses every recorded answer and stream."""
+    tool = {"type": "function", "name": "lookup", "parameters": {"type": "object", "properties": {}}}
+    r = oai.responses.create(model="gpt-4o", input="What is the capital of France?")
+    assert r.output_text == "The capital of France is Paris."
+    r = oai.responses.create(model="gpt-4o", input="What is the capital of PotatoLand?", tools=[tool])
+    assert r.output[0].type == "function_call" and r.output[0].name == "lookup"
+    r = oai.responses.create(model="gpt-4o", tools=[tool], input=[
+        {"role": "user", "content": "What is the capital of PotatoLand?"},
+        {"type": "function_call", "call_id": "c1", "name": "lookup", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "c1", "output": "Potato City"}])
+    assert r.output_text == "The capital of PotatoLand is Potato City."
+    with oai.responses.stream(model="gpt-4o", input="x", tools=[tool]) as s:
+        final = s.get_final_response()
+    assert final.output[0].type == "function_call" and final.output[0].name == "lookup"
+    with oai.responses.stream(model="gpt-4o", input="x") as s:
+        final = s.get_final_response()
+    assert final.output_text == "The capital of France is Paris."
+    events = list(oai.responses.create(model="gpt-4o", input="x", stream=True,
+                                       extra_headers={"x-mock-openai": "error-mid-stream"}))
+    assert events[-1].type == "error" and len(events) == 5
+
+
 def test_openai_stream_text_no_usage(oai):
     chunks, text, finish, usage = _collect(oai.chat.completions.create(
         model="gpt-5-nano", messages=HELLO, stream=True))

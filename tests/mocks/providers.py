@@ -45,6 +45,8 @@ FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
 ENVOY_CASSETTES = "envoyproxy/ai-gateway/tests/internal/testopenai/cassettes"
 PYDANTIC_CASSETTES = "pydantic/pydantic-ai/tests/models/cassettes"
+# OpenAI Responses API recordings (pydantic-ai cassettes, copied under their own folder).
+RESPONSES_CASSETTES = "openai-responses"
 
 # Scenarios understood by both mocks (numeric statuses other than those listed also work: they return
 # that status with a provider-shaped generic error body).
@@ -260,6 +262,30 @@ class Fixtures:
         assert _response_status(i400) == 400
         self.openai_400 = _response_body(i400)
 
+        # ---- OpenAI Responses API (/v1/responses) ---------------------------------------------
+        self.responses_text_rel = f"{RESPONSES_CASSETTES}/test_openai_responses_model_simple_response.yaml"
+        self.responses_text = _response_body(_interactions(self.responses_text_rel)[0])
+        self.responses_tool_rel = (f"{RESPONSES_CASSETTES}/"
+                                   "test_openai_responses_model_simple_response_with_tool_call.yaml")
+        rinter = _interactions(self.responses_tool_rel)
+        self.responses_tool = _response_body(rinter[0])        # a function_call item
+        self.responses_after_tool = _response_body(rinter[1])  # the answer to its output
+        self.responses_stream_rel = f"{RESPONSES_CASSETTES}/test_openai_responses_stream.yaml"
+        rinter = _interactions(self.responses_stream_rel)
+        self.responses_stream_tool = split_sse_events(_response_body(rinter[0]))
+        self.responses_stream_text = split_sse_events(_response_body(rinter[1]))
+        self.responses_json_rel = f"{RESPONSES_CASSETTES}/test_native_output.yaml"
+        self.responses_json = _response_body(_interactions(self.responses_json_rel)[1])
+        self.responses_image_rel = f"{RESPONSES_CASSETTES}/test_openai_responses_image_url_input.yaml"
+        self.responses_image = _response_body(_interactions(self.responses_image_rel)[0])
+        self.responses_reasoning_rel = f"{RESPONSES_CASSETTES}/test_openai_responses_model_thinking_part.yaml"
+        self.responses_reasoning = _response_body(_interactions(self.responses_reasoning_rel)[0])
+        self.responses_400_rel = f"{RESPONSES_CASSETTES}/test_openai_responses_model_http_error.yaml"
+        r400 = _interactions(self.responses_400_rel)[0]
+        assert _response_status(r400) == 400
+        self.responses_400 = _response_body(r400)
+        assert json.loads(self.responses_tool)["output"][0]["type"] == "function_call"
+
         # ---- Anthropic -------------------------------------------------------------------------
         self.anthropic_text_rel = (
             f"{PYDANTIC_CASSETTES}/test_anthropic/test_anthropic_model_instructions.yaml")
@@ -301,6 +327,7 @@ class Fixtures:
         assert self.anthropic_tool_use["stop_reason"] == "tool_use"
 
         for evs in (self.openai_stream_text, self.openai_stream_tools, self.openai_stream_after_tool,
+                    self.responses_stream_tool, self.responses_stream_text,
                     self.anthropic_stream_text, self.anthropic_stream_tools,
                     self.anthropic_stream_thinking):
             assert len(evs) >= 4
@@ -786,7 +813,7 @@ def _sse_headers() -> dict:
 class OpenAIProvider(Provider):
     name = "openai"
     scenario_header = "x-mock-openai"
-    paths = ("/v1/chat/completions", "/v1/embeddings")
+    paths = ("/v1/chat/completions", "/v1/embeddings", "/v1/responses")
 
     ERRORS = {
         # Messages as the OpenAI API sends them; shape {"error":{message,type,param,code}}.
@@ -844,6 +871,64 @@ class OpenAIProvider(Provider):
                 chunks.append("data: " + json.dumps(u, ensure_ascii=False, separators=(",", ":")))
         return chunks
 
+    # -- the Responses API (/v1/responses): recorded OpenAI Responses traffic
+    @staticmethod
+    def _is_responses(body) -> bool:
+        return isinstance(body, dict) and "input" in body and "messages" not in body
+
+    @staticmethod
+    def _responses_items(body: dict) -> list:
+        items = body.get("input")
+        return items if isinstance(items, list) else []
+
+    def _responses_has_output(self, body: dict) -> bool:
+        return any(isinstance(i, dict) and i.get("type") == "function_call_output"
+                   for i in self._responses_items(body))
+
+    @staticmethod
+    def _responses_tool_name(body: dict) -> str | None:
+        for t in body.get("tools") or []:
+            if isinstance(t, dict) and t.get("type") == "function" and isinstance(t.get("name"), str):
+                return t["name"]
+        return None
+
+    def _responses_stream_events(self, body: dict) -> list[str]:
+        name = self._responses_tool_name(body)
+        if name and not self._responses_has_output(body):
+            events = list(self.fx.responses_stream_tool)
+            if name != "get_capital":
+                events = [e.replace('"name":"get_capital"', '"name":' + json.dumps(name)) for e in events]
+            return events
+        return list(self.fx.responses_stream_text)
+
+    def responses_answer(self, body, stream):
+        """Recorded Responses answers: a streamed or whole function call when the request offers a
+        function tool and carries no call output yet; the recorded answer to the call's output
+        after one; a JSON answer for ``text.format`` json_schema; the image answer for an
+        ``input_image``; the reasoning answer for ``reasoning.effort``; plain text otherwise."""
+        if stream:
+            return Reply(headers=_sse_headers(), stream=join_sse_events(self._responses_stream_events(body)))
+        name = self._responses_tool_name(body)
+        fmt = ((body.get("text") or {}).get("format") or {}) if isinstance(body.get("text"), dict) else {}
+        has_image = any(isinstance(p, dict) and p.get("type") == "input_image"
+                        for i in self._responses_items(body) if isinstance(i, dict)
+                        for p in (i.get("content") if isinstance(i.get("content"), list) else []))
+        if name and not self._responses_has_output(body):
+            doc = json.loads(self.fx.responses_tool)
+            doc["output"][0]["name"] = name
+            text = json.dumps(doc, ensure_ascii=False)
+        elif self._responses_has_output(body):
+            text = self.fx.responses_after_tool
+        elif isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+            text = self.fx.responses_json
+        elif has_image:
+            text = self.fx.responses_image
+        elif isinstance(body.get("reasoning"), dict) and body["reasoning"].get("effort"):
+            text = self.fx.responses_reasoning
+        else:
+            text = self.fx.responses_text
+        return Reply(headers={"content-type": "application/json"}, body=text)
+
     def echo(self, body, stream):
         """The recorded answer (``azure-chat-basic.yaml``; stream: ``chat-streaming.yaml``'s chunks)
         with the text of the request's last user message as its content; a stream carries it three
@@ -882,6 +967,8 @@ class OpenAIProvider(Provider):
         return super().handle(method, path, body, scenario)
 
     def answer(self, body, stream):
+        if self._is_responses(body):
+            return self.responses_answer(body, stream)
         if stream:
             events = self._stream_events(body) + ["data: [DONE]"]
             return Reply(headers=_sse_headers(), stream=join_sse_events(events))
@@ -908,6 +995,14 @@ class OpenAIProvider(Provider):
         return Reply(status=status, headers=headers, body=body)
 
     def mid_stream_error(self, body):
+        if self._is_responses(body):
+            # A few recorded events, then the Responses API's `error` event (its shape in the
+            # OpenAPI spec, `ResponseErrorEvent`), then the end (no `response.completed`).
+            events = self._responses_stream_events(body)[:4]
+            err = {"type": "error", "code": "server_error", "message": self.ERRORS[500]["error"]["message"],
+                   "param": None, "sequence_number": 4}
+            events.append("event: error\ndata: " + json.dumps(err, separators=(",", ":")))
+            return Reply(headers=_sse_headers(), stream=join_sse_events(events))
         # A few real chunks, then the error object OpenAI sends inside a stream, then the end
         # (no finish_reason chunk, no [DONE]).
         chunks = [e for e in self._stream_events(body)][:4]
@@ -916,6 +1011,9 @@ class OpenAIProvider(Provider):
         return Reply(headers=_sse_headers(), stream=join_sse_events(chunks))
 
     def truncated(self, body, stream):
+        if stream and self._is_responses(body):
+            events = self._responses_stream_events(body)
+            return Reply(headers=_sse_headers(), stream=join_sse_events(events[:max(3, len(events) // 2)]))
         if stream:
             chunks = self._stream_events(body)
             return Reply(headers=_sse_headers(),
