@@ -85,6 +85,47 @@ impl ApiError {
         Self::new(status, "api_error", message).with_code("gateway_error")
     }
 
+    /// Reads an OpenAI-shaped error body back (a provider's translated error, a local reply of the
+    /// backend filter). A body that is not one (Envoy's plain-text failures) becomes the message.
+    /// The `type` follows `status`; `code` and `param` are kept.
+    pub fn from_openai_body(status: u16, body: &[u8]) -> ApiError {
+        #[derive(serde::Deserialize)]
+        struct Env {
+            error: Inner,
+        }
+        #[derive(serde::Deserialize)]
+        struct Inner {
+            #[serde(default)]
+            message: Option<String>,
+            #[serde(default)]
+            param: Option<String>,
+            #[serde(default)]
+            code: Option<serde_json::Value>,
+        }
+        match serde_json::from_slice::<Env>(body) {
+            Ok(env) => {
+                let mut e = ApiError::new(status, kind_for_status(status), env.error.message.unwrap_or_default());
+                e.param = env.error.param;
+                e.code = env.error.code.and_then(|c| match c {
+                    serde_json::Value::String(s) => Some(s),
+                    serde_json::Value::Null => None,
+                    other => Some(other.to_string()),
+                });
+                e
+            }
+            Err(_) => {
+                let text = String::from_utf8_lossy(body);
+                let text = text.trim();
+                let message = if text.is_empty() {
+                    format!("The gateway could not get an answer from the provider (HTTP {status}).")
+                } else {
+                    format!("The gateway could not get an answer from the provider: {text}")
+                };
+                ApiError::new(status, kind_for_status(status), message).with_code("upstream_unavailable")
+            }
+        }
+    }
+
     pub fn to_json(&self) -> Vec<u8> {
         let env = Envelope {
             error: Body {

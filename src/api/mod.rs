@@ -3,7 +3,9 @@
 pub mod chat;
 pub mod embeddings;
 pub mod error;
+pub mod ingress;
 pub mod limits;
+pub mod messages;
 pub mod models;
 pub mod responses;
 

@@ -47,6 +47,9 @@ pub struct BackendFilter {
     /// With a first-token deadline: this attempt's index in the request's timings, and the watch
     /// for its first token while the answer is held back from the router.
     deadline: Option<Box<DeadlineHold>>,
+    /// This attempt's backend speaks the client's ingress API: it gets the client's own body and
+    /// its answer goes back untouched (errors are still translated, as for every backend).
+    native: bool,
 }
 
 /// A successful stream held back until its first token (routes with a first-token deadline).
@@ -70,6 +73,7 @@ impl BackendFilter {
             out: Vec::new(),
             state: None,
             deadline: None,
+            native: false,
         }
     }
 
@@ -140,7 +144,12 @@ impl BackendFilter {
     /// Rewrites the buffered request body and the headers for the chosen backend.
     fn translate_request(&mut self, backend: &BackendRuntime, body: &[u8]) -> Result<(), ApiError> {
         let cfg = &backend.cfg;
-        let up = providers::upstream_request(self.op, cfg, body, &AttemptContext { model: &self.model, now_unix: now_secs(), aws: backend.aws.as_ref() })?;
+        let ctx = AttemptContext { model: &self.model, now_unix: now_secs(), aws: backend.aws.as_ref() };
+        let native = if self.native { self.state.as_ref().and_then(|st| st.borrow().native_body.clone().map(|b| (st.borrow().ingress, b))) } else { None };
+        let up = match native {
+            Some((ingress, original)) => ingress.native_request(cfg, &original, &ctx)?,
+            None => providers::upstream_request(self.op, cfg, body, &ctx)?,
+        };
         set_request_header(":path", Some(&up.path));
         if let Some(host) = &cfg.host {
             set_request_header(":authority", Some(host));
@@ -312,7 +321,18 @@ impl HttpContext for BackendFilter {
                 );
                 return Action::Pause;
             }
+            let (ingress, untranslatable) = {
+                let st = state.borrow();
+                (st.ingress, st.untranslatable.clone())
+            };
+            self.native = ingress.native(&backend.cfg) && state.borrow().native_body.is_some();
+            if let (false, Some(e)) = (self.native, untranslatable) {
+                // The client's request needs a backend that speaks its API; this one does not.
+                send_error(&ApiError { message: format!("{} (backend `{}`)", e.message, backend.name), ..e });
+                return Action::Pause;
+            }
             let mut st = state.borrow_mut();
+            st.native_answer = self.native;
             st.attempts += 1;
             let name: Rc<str> = Rc::from(backend.name.as_str());
             if st.first_backend.is_none() {
@@ -372,6 +392,13 @@ impl HttpContext for BackendFilter {
                 set_response_header(":status", Some(&mapped.to_string()));
             }
             ResponseMode::Error { status }
+        } else if self.native {
+            // Already in the client's API: streams pass, whole answers are checked.
+            if hints.stream {
+                ResponseMode::Passthrough
+            } else {
+                ResponseMode::Check
+            }
         } else if hints.stream {
             match providers::stream_translator(dialect, hints, now_secs()) {
                 Some(t) => ResponseMode::Stream(t),

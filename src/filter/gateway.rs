@@ -14,7 +14,7 @@ use super::inflight::{self, RequestState, SharedState};
 use super::{adjust_inflight_gauge, emit_metrics, header, now_ms, publish_log_fields, send_json, set_request_header, set_response_header, EnvoyStore};
 use crate::api::chat::{parse_chat_request_with, ResponseSummary, Usage};
 use crate::api::embeddings::parse_embeddings_request_with;
-use crate::api::error::kind_for_status;
+use crate::api::ingress::{self, AnswerTranslate, Ingress, Local};
 use crate::api::{models, ApiError};
 use crate::config::{Gateway, NEEDS_HEADER_PREFIX, MODEL_HEADER, OP_HEADER, ROUTE_HEADER};
 use crate::api::chat::ChatRequest;
@@ -28,7 +28,7 @@ use crate::policy::gate::MAX_COST_HEADER;
 use crate::policy::guardrails::RequestGuard;
 use crate::policy::headers as header_policy;
 use crate::policy::{Admission, Outcome, Principal};
-use crate::providers::Operation;
+use crate::providers::{Operation, StreamTranslate};
 use crate::stream::usage_tap::UsageTap;
 use crate::telemetry::{self, Rejection, RequestRecord};
 
@@ -85,6 +85,15 @@ pub struct GatewayFilter {
     canary: Option<(String, canary::Arm)>,
     /// Guardrails of this request (only when configured and on for its key, team and route).
     guard: Option<Box<RequestGuard>>,
+    /// The API the client spoke (`api::ingress`): its errors, answers and streams are in its shape.
+    ingress: Ingress,
+    /// An endpoint the gateway answers itself once the body is read (`count_tokens`).
+    local: Option<Local>,
+    /// Translates the canonical answer into the ingress API (not for OpenAI's own API).
+    answer: Option<Box<dyn AnswerTranslate>>,
+    /// A stream in the ingress API's own shape (a native backend's): translated into canonical
+    /// SSE only to be watched; the client gets the native bytes.
+    native_view: Option<Box<dyn StreamTranslate>>,
 }
 
 impl Drop for GatewayFilter {
@@ -122,10 +131,54 @@ impl GatewayFilter {
             latency_model: None,
             canary: None,
             guard: None,
+            ingress: Ingress::OpenAi,
+            local: None,
+            answer: None,
+            native_view: None,
         }
     }
 
-    fn on_body(&mut self, op: Operation, body: &[u8]) -> Result<(), Refusal> {
+    /// Reads the request; for another ingress API, returns the canonical body that replaces the
+    /// client's.
+    fn on_body(&mut self, op: Operation, body: &[u8]) -> Result<Option<Vec<u8>>, Refusal> {
+        let invalid = |e: ApiError| (e, Rejection::Validation, Vec::new());
+        if self.ingress == Ingress::OpenAi {
+            return self.on_canonical_body(op, body).map(|()| None);
+        }
+        // Another API's front door: everything from here on works on the canonical form.
+        let canonical = self.ingress.to_canonical(body, &self.cfg.limits).map_err(invalid)?;
+        self.on_canonical_body(op, &canonical.body)?;
+        self.answer = self.ingress.answer_translator(self.stream);
+        if let Some(state) = &self.state {
+            let mut st = state.borrow_mut();
+            st.ingress = self.ingress;
+            // Guardrails work on the canonical form (the request and the answer): with them on,
+            // every backend gets the canonical request, native ones too.
+            if self.guard.is_none() {
+                st.native_body = Some(Rc::from(body));
+            }
+            st.untranslatable = canonical.untranslatable;
+        }
+        Ok(Some(canonical.body))
+    }
+
+    /// `count_tokens`: the gateway's prompt-token estimate of the canonical request (the same
+    /// estimate admission uses), for a model the gateway serves and the key may use. Answered by
+    /// the gateway, never sent upstream; not admitted, so not counted against limits or budgets.
+    fn count_tokens(&mut self, body: &[u8]) -> Result<u64, Refusal> {
+        let invalid = |e: ApiError| (e, Rejection::Validation, Vec::new());
+        let canonical = self.ingress.to_canonical(body, &self.cfg.limits).map_err(invalid)?;
+        let req = parse_chat_request_with(&canonical.body, &self.cfg.limits).map_err(invalid)?;
+        self.record.requested_model = Some(req.model.clone());
+        let cfg = self.cfg.clone();
+        let resolved = cfg.router.resolve(&req.model).ok_or_else(|| invalid(ApiError::model_not_found(&req.model)))?;
+        if let (Some(policy), Some(p)) = (cfg.policy.as_ref(), self.principal.as_ref()) {
+            policy.authorize_model(p, &req.model, resolved.model).map_err(|e| (e, Rejection::Scope, Vec::new()))?;
+        }
+        Ok(RequestEstimate::from_chat(&req).prompt_tokens)
+    }
+
+    fn on_canonical_body(&mut self, op: Operation, body: &[u8]) -> Result<(), Refusal> {
         let invalid = |e: ApiError| (e, Rejection::Validation, Vec::new());
         let mut target = None;
         let mut needs = None;
@@ -340,8 +393,24 @@ impl GatewayFilter {
         self.record.error_code = err.code.clone();
         self.record.rejection = Some(reason);
         self.publish_record();
-        send_json(err.status, &err.to_json(), extra);
+        send_json(err.status, &self.ingress.error_json(err), extra);
         Action::Pause
+    }
+
+    /// A whole successful canonical answer in the shape of the client's ingress API (`None` for
+    /// OpenAI's own API). An answer that cannot be translated becomes the ingress API's error.
+    fn translate_whole_answer(&mut self, canonical: &[u8]) -> Option<Vec<u8>> {
+        let translated = self.answer.as_mut()?.answer(canonical);
+        Some(match translated {
+            Ok(out) => out,
+            Err(e) => {
+                set_response_header(":status", Some(&e.status.to_string()));
+                self.record.status = e.status;
+                self.record.error_type = Some(e.kind.to_string());
+                self.record.error_code = e.code.clone();
+                self.ingress.error_json(&e)
+            }
+        })
     }
 
     /// Settles the admission (once): the real cost from usage, or what a cut stream produced,
@@ -468,13 +537,17 @@ impl HttpContext for GatewayFilter {
         let full_path = header(&headers, ":path").unwrap_or("/");
         let path = full_path.split('?').next().unwrap_or(full_path).trim_end_matches('/');
 
-        let op = match path {
-            "/v1/chat/completions" => Some(Operation::Chat),
-            "/v1/embeddings" => Some(Operation::Embeddings),
-            _ => None,
-        };
-        self.record.operation = match op {
-            Some(op) => op.as_str(),
+        let endpoint = ingress::endpoint(path);
+        let op = endpoint.map(|e| e.op);
+        if let Some(e) = endpoint {
+            self.ingress = e.ingress;
+            self.local = e.local;
+        } else if path.starts_with("/v1/messages/") {
+            // An Anthropic client on a path the gateway does not serve: its 404 in its shape.
+            self.ingress = Ingress::Messages;
+        }
+        self.record.operation = match endpoint {
+            Some(e) => e.operation,
             None if path == "/v1/models" || path.starts_with("/v1/models/") => "models",
             None => "unknown",
         };
@@ -496,7 +569,6 @@ impl HttpContext for GatewayFilter {
             }
         }
         if let Some(op) = op {
-            self.record.operation = op.as_str();
             if method != "POST" {
                 return self.reject(&ApiError::method_not_allowed(method, path, "POST"), Rejection::Validation, &[("allow", "POST")]);
             }
@@ -558,13 +630,22 @@ impl HttpContext for GatewayFilter {
             return Action::Pause;
         }
         let body = self.get_http_request_body(0, body_size).unwrap_or_default();
+        if self.local == Some(Local::CountTokens) {
+            self.op = None;
+            return match self.count_tokens(&body) {
+                Ok(tokens) => self.answer(200, &crate::api::messages::count_tokens_json(tokens)),
+                Err((e, reason, _)) => self.reject(&e, reason, &[]),
+            };
+        }
         match self.on_body(op, &body) {
-            Ok(()) => {
-                if let Some(redacted) = self.guard.as_mut().and_then(|g| g.body.take()) {
-                    if let Err(e) = hostcalls::set_buffer(BufferType::HttpRequestBody, 0, body_size, &redacted) {
+            Ok(canonical) => {
+                // A guardrail's redaction (of the canonical body), else the canonical body of another
+                // ingress API, replaces what the client sent.
+                if let Some(new_body) = self.guard.as_mut().and_then(|g| g.body.take()).or(canonical) {
+                    if let Err(e) = hostcalls::set_buffer(BufferType::HttpRequestBody, 0, body_size, &new_body) {
                         log::warn!("switchyard: cannot replace request body: {e:?}");
                     }
-                    set_request_header("content-length", Some(&redacted.len().to_string()));
+                    set_request_header("content-length", Some(&new_body.len().to_string()));
                 }
                 self.record.stream = self.stream;
                 Action::Continue
@@ -609,23 +690,31 @@ impl HttpContext for GatewayFilter {
             }
         }
         let ctype = header(&headers, "content-type").unwrap_or_default();
-        self.mode = if status >= 400 && !ctype.starts_with("application/json") {
+        // Another ingress API: every error is rewritten into its shape, every answer translated
+        // (or, from a backend that speaks it natively, passed as it is and read through the
+        // canonical view).
+        let translated = self.ingress != Ingress::OpenAi;
+        let native = translated && self.state.as_ref().is_some_and(|st| st.borrow().native_answer);
+        self.native_view = None;
+        self.mode = if status >= 400 && (translated || !ctype.starts_with("application/json")) {
             ResponseMode::RewriteError
         } else if self.stream && status == 200 && ctype.starts_with("text/event-stream") {
             // The tap may drop the usage-only chunk: an upstream content-length would then be wrong
             // (and a keep-alive client would wait for bytes that never come).
             set_response_header("content-length", None);
+            if native {
+                self.native_view = self.ingress.canonical_view().map(|v| (v.stream)(now_ms() / 1000));
+            }
             let tap = UsageTap::new(self.wants_usage);
             ResponseMode::Stream(Box::new(if self.admission.is_some() { tap.with_meter() } else { tap }))
-        } else if (self.admission.is_some() || self.guard.as_ref().is_some_and(|g| g.wants_answer() && status == 200)) && !end_of_stream {
+        } else if (self.admission.is_some() || translated || self.guard.as_ref().is_some_and(|g| g.wants_answer() && status == 200)) && !end_of_stream {
             ResponseMode::Hold
         } else {
             ResponseMode::Collect
         };
         let action = match self.mode {
             ResponseMode::RewriteError if end_of_stream => {
-                let e = ApiError::new(status, kind_for_status(status), format!("The gateway could not get an answer from the provider (HTTP {status})."))
-                    .with_code("upstream_unavailable");
+                let e = ApiError::from_openai_body(status, b"");
                 self.record.error_type = Some(e.kind.to_string());
                 self.record.error_code = e.code.clone();
                 // A header-only reply cannot grow a body here; fix the content type at least.
@@ -653,7 +742,12 @@ impl HttpContext for GatewayFilter {
                     return Action::Pause;
                 }
                 let body = self.get_http_response_body(0, body_size).unwrap_or_default();
-                let summary = ResponseSummary::parse(&body);
+                let native = self.ingress != Ingress::OpenAi && self.state.as_ref().is_some_and(|st| st.borrow().native_answer);
+                let summary = match self.ingress.canonical_view().filter(|_| native && self.record.status < 400) {
+                    // A native answer is read through its canonical view; the client gets it as it is.
+                    Some(view) => (view.answer)(&body, now_ms() / 1000).map(|c| ResponseSummary::parse(&c)).unwrap_or_default(),
+                    None => ResponseSummary::parse(&body),
+                };
                 self.record.response_model = summary.model;
                 self.usage = summary.usage;
                 if let Some(e) = summary.error {
@@ -665,13 +759,21 @@ impl HttpContext for GatewayFilter {
                         set_response_header(k, Some(&v));
                     }
                 }
+                let mut out = None;
                 if let (Some(guard), Some(g), 200) = (self.guard.as_mut(), self.cfg.guardrails.as_ref(), self.record.status) {
-                    if let Some(out) = guard.answer_body(g, &body) {
-                        if let Err(e) = hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body_size, &out) {
-                            log::warn!("switchyard: cannot replace response body: {e:?}");
-                        }
-                        set_response_header("content-length", Some(&out.len().to_string()));
+                    out = guard.answer_body(g, &body);
+                }
+                if !native && self.record.status < 400 {
+                    // Another ingress API: the (guarded) canonical answer in its shape.
+                    if let Some(translated) = self.translate_whole_answer(out.as_deref().unwrap_or(&body)) {
+                        out = Some(translated);
                     }
+                }
+                if let Some(out) = out {
+                    if let Err(e) = hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body_size, &out) {
+                        log::warn!("switchyard: cannot replace response body: {e:?}");
+                    }
+                    set_response_header("content-length", Some(&out.len().to_string()));
                 }
                 Action::Continue
             }
@@ -699,16 +801,11 @@ impl HttpContext for GatewayFilter {
                 }
                 let text = self.get_http_response_body(0, body_size).unwrap_or_default();
                 let status = self.record.status;
-                let detail = String::from_utf8_lossy(&text);
-                let e = ApiError::new(
-                    status,
-                    kind_for_status(status),
-                    format!("The gateway could not get an answer from the provider: {}", detail.trim()),
-                )
-                .with_code("upstream_unavailable");
+                // Envoy's plain text, or (for another ingress API) a provider's translated error.
+                let e = ApiError::from_openai_body(status, &text);
                 self.record.error_type = Some(e.kind.to_string());
                 self.record.error_code = e.code.clone();
-                let body = e.to_json();
+                let body = self.ingress.error_json(&e);
                 if let Err(err) = hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body_size, &body) {
                     log::warn!("switchyard: cannot replace response body: {err:?}");
                 }
@@ -719,17 +816,48 @@ impl HttpContext for GatewayFilter {
                 let had_token = tap.first_token_seen();
                 let chunk = if body_size > 0 { hostcalls::get_buffer(BufferType::HttpResponseBody, 0, body_size).ok().flatten() } else { None };
                 self.out.clear();
-                tap.push(chunk.as_deref().unwrap_or_default(), &mut self.out);
-                if end_of_stream {
-                    tap.finish(&mut self.out);
-                }
-                if let (Some(guard), Some(g)) = (self.guard.as_mut().filter(|g| g.wants_answer()), self.cfg.guardrails.as_ref()) {
-                    let mut guarded = Vec::with_capacity(self.out.len());
-                    guard.stream_push(g, &self.out, &mut guarded);
+                let chunk = chunk.as_deref().unwrap_or_default();
+                if let Some(view) = self.native_view.as_mut() {
+                    // A native stream: the client gets it as it is; the tap reads its canonical view.
+                    let mut canonical = Vec::new();
+                    view.push(chunk, &mut canonical);
+                    let mut scratch = Vec::new();
+                    tap.push(&canonical, &mut scratch);
+                    self.out.extend_from_slice(chunk);
                     if end_of_stream {
-                        guard.stream_finish(g, &mut guarded);
+                        let done = tap.completed() || tap.saw_error();
+                        canonical.clear();
+                        view.finish(&mut canonical);
+                        tap.push(&canonical, &mut scratch);
+                        tap.finish(&mut scratch);
+                        if !done {
+                            // Cut short: the client's stream ends with an error in its API's shape.
+                            let e = ApiError::new(502, "api_error", "The upstream stream ended before completion.").with_code("stream_truncated");
+                            self.out.extend_from_slice(&self.ingress.stream_error_event(&e));
+                        }
                     }
-                    self.out = guarded;
+                } else {
+                    tap.push(chunk, &mut self.out);
+                    if end_of_stream {
+                        tap.finish(&mut self.out);
+                    }
+                    // Guardrails on the canonical stream, then (another ingress API) its translation.
+                    if let (Some(guard), Some(g)) = (self.guard.as_mut().filter(|g| g.wants_answer()), self.cfg.guardrails.as_ref()) {
+                        let mut guarded = Vec::with_capacity(self.out.len());
+                        guard.stream_push(g, &self.out, &mut guarded);
+                        if end_of_stream {
+                            guard.stream_finish(g, &mut guarded);
+                        }
+                        self.out = guarded;
+                    }
+                    if let Some(answer) = self.answer.as_mut() {
+                        let mut translated = Vec::with_capacity(self.out.len() * 2);
+                        answer.push(&self.out, &mut translated);
+                        if end_of_stream {
+                            answer.finish(&mut translated);
+                        }
+                        self.out = translated;
+                    }
                 }
                 if !had_token && tap.first_token_seen() {
                     self.record.ttft_ms = Some(now_ms().saturating_sub(self.start_ms));

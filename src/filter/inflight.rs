@@ -46,6 +46,14 @@ pub struct RequestState {
     pub skipped: u32,
     /// The route forbids floating model names (`pin_versions: "forbid"`).
     pub forbid_floating: bool,
+    /// The API the client spoke (see `api::ingress`); the body the backends get is canonical.
+    pub ingress: crate::api::ingress::Ingress,
+    /// The client's own body, for backends that speak its ingress API natively.
+    pub native_body: Option<Rc<[u8]>>,
+    /// What the canonical form could not carry: backends that are not native answer it (400).
+    pub untranslatable: Option<crate::api::ApiError>,
+    /// The latest attempt went to a native backend: its answer is in the ingress API's shape.
+    pub native_answer: bool,
 }
 
 #[derive(Debug)]
@@ -58,7 +66,7 @@ pub struct Refused {
 
 impl RequestState {
     pub fn new(model: String, op: Operation) -> Self {
-        RequestState { model, op, attempts: 0, first_backend: None, served_backend: None, served_provider: None, served_model: None, provider_headers: Vec::new(), byok: None, refused: Vec::new(), deadline_ms: None, timings: Vec::new(), needs: None, skipped: 0, forbid_floating: false }
+        RequestState { model, op, attempts: 0, first_backend: None, served_backend: None, served_provider: None, served_model: None, provider_headers: Vec::new(), byok: None, refused: Vec::new(), deadline_ms: None, timings: Vec::new(), needs: None, skipped: 0, forbid_floating: false, ingress: Default::default(), native_body: None, untranslatable: None, native_answer: false }
     }
 
     /// How a provider refused `backend`'s credential in this request, if it did.

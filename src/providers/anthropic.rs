@@ -175,6 +175,37 @@ pub fn chat_request(backend: &Backend, body: &[u8], ctx: &AttemptContext) -> Res
     })
 }
 
+/// The attempt for an Anthropic backend of a client that spoke the Messages API itself: its own
+/// body, with only `model` rewritten (so every Anthropic-only feature keeps working), to
+/// `{base}/messages` with the backend's `anthropic-version`. The client's `anthropic-beta` header
+/// passes as it came.
+pub fn native_request(backend: &Backend, body: &[u8], ctx: &AttemptContext) -> Result<UpstreamRequest, ApiError> {
+    #[derive(Deserialize)]
+    struct Peek<'a> {
+        #[serde(borrow)]
+        model: Cow<'a, str>,
+        #[serde(default)]
+        stream: Option<bool>,
+    }
+    let peek: Peek = serde_json::from_slice(body).map_err(|e| ApiError::invalid_request(format!("Invalid JSON body: {e}")))?;
+    let stream = peek.stream == Some(true);
+    let out = if peek.model == ctx.model {
+        body.to_vec()
+    } else {
+        let mut obj: Map<String, Value> =
+            serde_json::from_slice(body).map_err(|e| ApiError::invalid_request(format!("Invalid JSON body: {e}")))?;
+        obj.insert("model".into(), Value::String(ctx.model.to_string()));
+        serde_json::to_vec(&obj).map_err(|e| ApiError::gateway(500, format!("could not encode request: {e}")))?
+    };
+    let version = backend.anthropic_version.clone().unwrap_or_else(|| DEFAULT_ANTHROPIC_VERSION.to_string());
+    Ok(UpstreamRequest {
+        path: format!("{}/messages", backend.base_path()),
+        body: out,
+        headers: vec![("anthropic-version", version)],
+        hints: ResponseHints::chat(stream, ctx.model),
+    })
+}
+
 /// What the client's `"anthropic": {…}` object asks for (checked; `null` or absent = nothing).
 ///
 /// * `thinking` — Anthropic's thinking configuration, sent as given. `{"type":"enabled"}` needs an
