@@ -12,6 +12,8 @@ recorded OpenAI and Anthropic answers), side by side:
   sw-openai      Switchyard, OpenAI-compatible passthrough
   sw-anthropic   Switchyard, OpenAI -> Anthropic translation
   sw-policy      Switchyard, OpenAI -> Anthropic, with virtual keys, rate limits and budgets on
+  dm-noop2       Envoy + a trivial native dynamic module in the HCM and upstream (src/native prototype)
+  sw-native-*    Switchyard's native prototype (src/native, an Envoy dynamic module), same configuration
   litellm-*      LiteLLM proxy, one worker (OpenAI passthrough and Anthropic translation)
   portkey-*      Portkey gateway (node, one process)
 
@@ -56,6 +58,7 @@ OUT = BENCH / "out"
 PEERS = BENCH / ".peers"
 ENVOY = ROOT / ".venv" / "bin" / "envoy-bin"
 WASM_PATH = ROOT / envoy_configs.WASM
+NATIVE_PATH = ROOT / envoy_configs.NATIVE
 
 
 def env_int(name: str, default: int) -> int:
@@ -160,6 +163,22 @@ def build_targets(data: dict[str, bytes]) -> list[Target]:
             out.append(Workload(name, "/v1/chat/completions", _body(data, stream, model), h, answers[0 if name == "chat" else 1]))
         return out
 
+    def native_targets() -> list[Target]:
+        if not NATIVE_PATH.exists():
+            note = f"not built: {envoy_configs.NATIVE} missing (scripts/bench builds it unless BENCH_NATIVE=0)"
+            return [Target(k, label, "skip", note=note) for k, label in (
+                ("dm-noop2", "Envoy + trivial native module, downstream + upstream"),
+                ("sw-native-openai", "Switchyard native (prototype), OpenAI passthrough"),
+                ("sw-native-anthropic", "Switchyard native (prototype), OpenAI → Anthropic"))]
+        noop2 = direct("dm-noop2", "Envoy + trivial native module, downstream + upstream", "native-noop2.yaml")
+        return [
+            noop2,
+            Target("sw-native-openai", "Switchyard native (prototype), OpenAI passthrough", "envoy", "switchyard-native.yaml",
+                   by_model("gpt-4o-mini", "gpt-4o-mini-stream", oai)),
+            Target("sw-native-anthropic", "Switchyard native (prototype), OpenAI → Anthropic", "envoy", "switchyard-native.yaml",
+                   by_model("claude-haiku", "claude-haiku-stream", ant)),
+        ]
+
     return [
         direct("envoy", "Envoy, no filter (baseline)", "envoy.yaml"),
         direct("noop", "Envoy + trivial wasm filter", "noop.yaml"),
@@ -170,6 +189,7 @@ def build_targets(data: dict[str, bytes]) -> list[Target]:
                by_model("claude-haiku", "claude-haiku-stream", ant)),
         Target("sw-policy", "Switchyard, OpenAI → Anthropic + keys, limits, budgets", "envoy", "switchyard-policy.yaml",
                by_model("claude-haiku", "claude-haiku-stream", ant)),
+        *native_targets(),
         Target("litellm-openai", "LiteLLM proxy, OpenAI passthrough", "litellm", None,
                by_model("gpt-4o-mini", "gpt-4o-mini-stream", oai)),
         Target("litellm-anthropic", "LiteLLM proxy, OpenAI → Anthropic", "litellm", None,
@@ -201,6 +221,11 @@ def write_configs(data: dict[str, bytes]) -> None:
              ec.switchyard(DUT_PORT, DUT_ADMIN, MOCK_PORT, ec.gateway_config(auth=ec.policy_auth(CLIENT_KEY))),
              "Switchyard with a virtual key, rate limits (rpm, tpm, concurrency) and budgets on, for key and team;\n"
              "limits far above the load, so every check runs and none refuses.")
+    ec.write(d / "native-noop2.yaml", ec.noop(DUT_PORT, DUT_ADMIN, MOCK_PORT, upstream_too=True, native=True),
+             "Envoy + a trivial native dynamic module (src/native prototype, role noop) in the HCM and upstream.")
+    ec.write(d / "switchyard-native.yaml", ec.switchyard(DUT_PORT, DUT_ADMIN, MOCK_PORT, native=True),
+             "switchyard.yaml with the native prototype (src/native, an Envoy dynamic module) instead of\n"
+             "switchyard.wasm: the same configuration JSON.")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -9,6 +9,8 @@ run). One mock upstream and one Envoy-under-test configuration per target:
                    two-filter design like Switchyard's)
   switchyard.yaml  the gateway as in envoy/demo.yaml: gateway filter in the HCM, backend filter as an
                    upstream filter of each route's cluster; the clusters' endpoint is the mock
+  native-noop2.yaml, switchyard-native.yaml  the same two with the native prototype (src/native, an
+                   Envoy dynamic module) instead of switchyard.wasm
 
 Paths on the mock (the gateways reach them through each backend's `base_path`):
   /oai/json/v1/chat/completions  openai.json       /ant/json/v1/messages  anthropic.json
@@ -195,8 +197,8 @@ def plain(port: int, admin_port: int, mock_port: int, hcm_filters: list | None =
     return _bootstrap(admin_port, [_listener("llm", port, routes, hcm_filters or [])], [_cluster("mock", mock_port, None, upstream_filters)])
 
 
-def noop(port: int, admin_port: int, mock_port: int, upstream_too: bool = False) -> dict:
-    f = _wasm("bench.noop", '{"role": "noop"}\n')
+def noop(port: int, admin_port: int, mock_port: int, upstream_too: bool = False, native: bool = False) -> dict:
+    f = (_native if native else _wasm)("bench.noop", '{"role": "noop"}\n')
     return plain(port, admin_port, mock_port, [f], [f] if upstream_too else None)
 
 

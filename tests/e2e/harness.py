@@ -36,6 +36,9 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 DEMO_CONFIG = REPO / "envoy" / "demo.yaml"
 WASM_REL = "target/wasm32-wasip1/release/switchyard.wasm"
+# The native prototype (src/native, an Envoy dynamic module): SWITCHYARD_E2E_ARTIFACT=native runs a
+# test file against it instead of the .wasm (same configuration; see `to_native`). Not run in CI.
+NATIVE_REL = "target/native/libswitchyard.so"
 MOCKS = REPO / "tests" / "mocks" / "providers.py"
 
 ENVOY_ENV = {
@@ -191,6 +194,45 @@ def build_wasm() -> Path:
     return wasm
 
 
+def native_artifact() -> bool:
+    return os.environ.get("SWITCHYARD_E2E_ARTIFACT", "wasm") == "native"
+
+
+_native_built: list[Path] = []
+
+
+def build_native() -> Path:
+    """Build the native prototype once per session; returns the shared library's path."""
+    if not _native_built:
+        cmd = ["cargo", "build", "--profile", "native", "--features", "native", "--lib"]
+        r = subprocess.run(cmd, cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        if r.returncode != 0:
+            raise RuntimeError(f"native build failed ({' '.join(cmd)}):\n{r.stdout.decode(errors='replace')[-6000:]}")
+        _native_built.append(REPO / NATIVE_REL)
+    return _native_built[0]
+
+
+def to_native(text: str, library: Path) -> str:
+    """Every Switchyard wasm filter of an Envoy config becomes the same filter through Envoy's
+    dynamic-modules HTTP filter, with the same configuration JSON."""
+    doc = yaml.safe_load(text)
+    n = 0
+    for node in _walk_nodes(doc):
+        tc = node.get("typed_config")
+        if isinstance(tc, dict) and tc.get("@type", "").endswith("envoy.extensions.filters.http.wasm.v3.Wasm"):
+            node["typed_config"] = {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+                "dynamic_module_config": {"module": {"local": {"filename": str(library)}}},
+                "filter_name": node.get("name", "switchyard"),
+                "filter_config": {"@type": "type.googleapis.com/google.protobuf.StringValue",
+                                  "value": tc["config"]["configuration"]["value"]},
+            }
+            n += 1
+    if n == 0:
+        raise AssertionError("to_native: no wasm filter in the Envoy config")
+    return yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)
+
+
 # --------------------------------------------------------------------------------------------------
 # config rendering
 
@@ -264,7 +306,8 @@ def plugin_configs(doc, role: str) -> list[tuple[dict, dict]]:
     whose role is ``role``. Write a changed plugin back with ``node["value"] = json.dumps(plugin)``."""
     found = []
     for node in _walk_nodes(doc):
-        cfg = node.get("configuration")
+        # wasm: `configuration`; the native prototype (dynamic modules): `filter_config`.
+        cfg = node.get("configuration") or node.get("filter_config")
         if isinstance(cfg, dict) and isinstance(cfg.get("value"), str):
             try:
                 plugin = json.loads(cfg["value"])
@@ -462,6 +505,8 @@ class Gateway:
             self.access_log_path, more=getattr(self.mocks, "more_port", None))
         if self.gateway_config:
             text = patch_gateway_config(text, self.gateway_config)
+        if native_artifact():
+            text = to_native(text, build_native())
         return text
 
     def _ready(self) -> bool:

@@ -57,7 +57,8 @@ def _walk(node):
 def plugin_config(gateway, role: str) -> dict:
     """The JSON configuration of the wasm plugin with this role ("gateway" / "backend")."""
     for node in _walk(_config(str(gateway.config_path))):
-        cfg = node.get("configuration") if isinstance(node, dict) else None
+        # wasm: `configuration`; the native prototype (dynamic modules): `filter_config`.
+        cfg = (node.get("configuration") or node.get("filter_config")) if isinstance(node, dict) else None
         if isinstance(cfg, dict) and isinstance(cfg.get("value"), str):
             doc = json.loads(cfg["value"])
             if doc.get("role") == role:
