@@ -7,6 +7,9 @@ pub mod api;
 pub mod config;
 pub mod policy;
 pub mod providers;
+/// The gateway file and its rendering into Envoy and Istio configuration (command line only).
+#[cfg(not(target_arch = "wasm32"))]
+pub mod render;
 pub mod stream;
 pub mod telemetry;
 

@@ -1,6 +1,10 @@
 //! Switchyard's command line: checks plugin configurations before Envoy loads them.
 //!
-//!   switchyard check FILE...   parse and validate plugin configuration JSON files
+//!   switchyard check FILE...   validate gateway files, plugin configuration JSON files and whole Envoy configurations
+//!   switchyard render FILE [--target envoy|istio] [--reloadable DIR]
+//!                              render a gateway file into an Envoy bootstrap (stdout) or Istio
+//!                              resources; --reloadable writes DIR/envoy.yaml, listeners.yaml and
+//!                              clusters.yaml, which Envoy watches (render into DIR again to reload)
 //!   switchyard version
 //!   switchyard hash-key [KEY]  print the sha256 to configure for a virtual key (KEY, else read from stdin)
 //!   switchyard new-key [ID]    generate a virtual key and print it with its configuration entry
@@ -11,6 +15,23 @@ use switchyard::config::{Gateway, PluginConfig};
 
 fn check(path: &str) -> Result<String, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
+    if let Ok(doc) = serde_yaml::from_slice::<serde_yaml::Value>(&bytes) {
+        if switchyard::render::is_gateway_file(&doc) {
+            let text = String::from_utf8_lossy(&bytes);
+            return match switchyard::render::check(&text) {
+                Ok((routes, backends, warnings)) => {
+                    for w in &warnings {
+                        eprintln!("{path}: warning: {w}");
+                    }
+                    Ok(format!(
+                        "{path}: gateway file is valid: {routes} routes, {backends} backends ({} warnings)",
+                        warnings.len()
+                    ))
+                }
+                Err(errors) => Err(errors.iter().map(|e| format!("{path}: error: {e}")).collect::<Vec<_>>().join("\n")),
+            };
+        }
+    }
     let is_plugin = serde_json::from_slice::<serde_json::Value>(&bytes).ok().is_some_and(|v| v.get("role").is_some());
     if !is_plugin {
         return check_envoy(path, &bytes);
@@ -74,6 +95,50 @@ fn new_key_cmd(id: Option<&str>) -> Result<String, String> {
     ))
 }
 
+/// `render FILE [--target envoy|istio] [--reloadable DIR]`.
+fn render_cmd(args: &[String]) -> Result<String, String> {
+    use switchyard::render::{envoy, istio, yaml};
+    let mut file = None;
+    let mut target = "envoy".to_string();
+    let mut reloadable = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--target" => target = it.next().ok_or("--target needs envoy or istio")?.clone(),
+            "--reloadable" => reloadable = Some(it.next().ok_or("--reloadable needs a directory")?.clone()),
+            f if file.is_none() && !f.starts_with("--") => file = Some(f.to_string()),
+            other => return Err(format!("render: unexpected argument {other:?}")),
+        }
+    }
+    let path = file.ok_or("render: which gateway file? switchyard render FILE --target envoy")?;
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
+    let (gw, warnings) = switchyard::render::parse(&text)
+        .map_err(|errors| errors.iter().map(|e| format!("{path}: error: {e}")).collect::<Vec<_>>().join("\n"))?;
+    for w in &warnings {
+        eprintln!("{path}: warning: {w}");
+    }
+    let header = switchyard::render::header(&path, &target);
+    match (target.as_str(), reloadable) {
+        ("envoy", None) => Ok(yaml::to_yaml(&envoy::render(&gw), &header)),
+        ("envoy", Some(dir)) => {
+            let abs = std::fs::canonicalize(&dir).map_err(|e| format!("--reloadable {dir}: {e}"))?;
+            let abs = abs.to_string_lossy().to_string();
+            let (boot, listeners, clusters) = envoy::render_reloadable(&gw, &abs);
+            // Clusters first, then the listener whose routes name them; each file replaces the
+            // old one by a rename, which is what Envoy's watched directory reacts to.
+            for (name, node) in [("envoy.yaml", boot), ("clusters.yaml", clusters), ("listeners.yaml", listeners)] {
+                let tmp = format!("{abs}/.{name}.tmp");
+                std::fs::write(&tmp, yaml::to_yaml(&node, &header)).map_err(|e| format!("{tmp}: {e}"))?;
+                std::fs::rename(&tmp, format!("{abs}/{name}")).map_err(|e| format!("{abs}/{name}: {e}"))?;
+            }
+            Ok(format!("# wrote {abs}/envoy.yaml (run Envoy with it), {abs}/clusters.yaml and {abs}/listeners.yaml (render again to reload)"))
+        }
+        ("istio", None) => istio::render(&gw).map(|docs| istio::to_yaml(&docs, &header)),
+        ("istio", Some(_)) => Err("--reloadable is for --target envoy (Istio delivers configuration itself)".into()),
+        (other, _) => Err(format!("render: unknown target {other:?} (envoy or istio)")),
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
@@ -108,12 +173,25 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Some("render") if args.len() > 1 => match render_cmd(&args[1..]) {
+            Ok(out) => {
+                print!("{out}");
+                if !out.ends_with('\n') {
+                    println!();
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
         Some("version") => {
             println!("switchyard {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
         _ => {
-            eprintln!("usage: switchyard check FILE...   |   switchyard hash-key [KEY]   |   switchyard new-key [ID]   |   switchyard version");
+            eprintln!("usage: switchyard check FILE...   |   switchyard render FILE [--target envoy|istio] [--reloadable DIR]   |   switchyard hash-key [KEY]   |   switchyard new-key [ID]   |   switchyard version");
             ExitCode::from(2)
         }
     }

@@ -332,6 +332,63 @@ def patch_gateway_config(text: str, fields: dict) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
+# gateway files (README "The gateway file"): the Envoy configuration rendered by `switchyard render`
+
+DEMO_GATEWAY_FILE = REPO / "examples" / "demo.yaml"
+_CLI: Path | None = None
+
+
+def switchyard_cli() -> Path:
+    """The native `switchyard` command line (built once per session with cargo)."""
+    global _CLI
+    if _CLI is None:
+        subprocess.run(["cargo", "build", "--quiet", "--bin", "switchyard"], cwd=REPO, check=True)
+        target = Path(os.environ.get("CARGO_TARGET_DIR") or REPO / "target")
+        _CLI = (target if target.is_absolute() else REPO / target) / "debug" / "switchyard"
+    return _CLI
+
+
+def render_gateway_file(doc: dict, target: str = "envoy", args: tuple = (),
+                        workdir: Path | None = None) -> str:
+    """`switchyard render` of a gateway file given as data; raises with its errors."""
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="switchyard-render-"))
+    src = workdir / "gateway.yaml"
+    src.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    p = subprocess.run([str(switchyard_cli()), "render", str(src), "--target", target, *args],
+                       capture_output=True, text=True)
+    if p.returncode != 0:
+        raise AssertionError(f"switchyard render failed:\n{p.stderr}")
+    return p.stdout
+
+
+def local_gateway_file(doc: dict, listener: int, admin: int, mocks, wasm: Path | None,
+                       access_log: Path | None = None) -> dict:
+    """A gateway file (as data) moved onto test ports: listener, admin, the module's path, the
+    access log, and backends on the demo providers' ports (18001-18003) moved to the mocks'. No
+    outlier detection (a failure test must not eject the primary for the next tests)."""
+    doc = json.loads(json.dumps(doc))
+    doc["listen"] = f"127.0.0.1:{listener}"
+    doc["admin"] = f"127.0.0.1:{admin}"
+    if wasm is not None and not isinstance(doc.get("module"), dict):
+        doc["module"] = str(wasm)
+    if access_log is not None:
+        doc["access_log"] = str(access_log)
+    doc["outlier_detection"] = False
+    ports = {DEMO_OPENAI_PORT: mocks.openai_port, DEMO_ANTHROPIC_PORT: mocks.anthropic_port,
+             DEMO_MORE_PORT: getattr(mocks, "more_port", None)}
+    for b in (doc.get("backends") or {}).values():
+        host, _, port = str(b.get("address", "")).rpartition(":")
+        if port.isdigit() and ports.get(int(port)):
+            b["address"] = f"{host}:{ports[int(port)]}"
+    return doc
+
+
+def demo_gateway_file() -> dict:
+    """examples/demo.yaml as data (the source of envoy/demo.yaml)."""
+    return yaml.safe_load(DEMO_GATEWAY_FILE.read_text(encoding="utf-8"))
+
+
+# --------------------------------------------------------------------------------------------------
 # mocks
 
 
@@ -583,6 +640,30 @@ class Gateway:
                 out.append(f"could not read admin /stats: {e!r}")
         out += [f"log: {line}" for line in self.wasm_crashes()]
         return out
+
+
+class GatewayFileGateway(Gateway):
+    """A Gateway whose Envoy configuration is rendered from a gateway file (``gateway_file``, data;
+    default examples/demo.yaml) by `switchyard render`, moved onto the test's ports by
+    ``local_gateway_file``. ``gateway_config`` fields go to the file's top (auth, routing,
+    capabilities, limits, metrics) or under ``gateway:``."""
+
+    def __init__(self, workdir: Path, mocks: Mocks, gateway_file: dict | None = None, **kw):
+        super().__init__(workdir, mocks, **kw)
+        self.gateway_file = gateway_file if gateway_file is not None else demo_gateway_file()
+
+    def local_file(self) -> dict:
+        doc = local_gateway_file(self.gateway_file, self.listener_port, self.admin_port, self.mocks,
+                                 self.wasm_path, self.access_log_path)
+        for k, v in (self.gateway_config or {}).items():
+            if k in ("auth", "routing", "capabilities", "limits", "metrics"):
+                doc[k] = v
+            else:
+                doc.setdefault("gateway", {})[k] = v
+        return doc
+
+    def render(self) -> str:
+        return render_gateway_file(self.local_file(), workdir=self.workdir)
 
 
 def start_gateway(workdir: Path | None = None, auth: dict | None = None) -> Gateway:

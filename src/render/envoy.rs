@@ -1,0 +1,669 @@
+//! `switchyard render FILE --target envoy`: a complete Envoy bootstrap from a gateway file —
+//! listener, HTTP connection manager with the gateway filter and the access log, one route and one
+//! cluster per route (endpoints by priority, retries across priorities, outlier detection, circuit
+//! breakers, TLS with SNI and SAN checks per provider, the backend upstream filter), stats tags.
+
+use super::yaml::{json_plugin, map, strs, Node};
+use super::{GatewayFile, Module, RouteDef};
+
+pub const ROUTE_PREFIX: &str = "route_";
+const WASM: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
+const STRING_VALUE: &str = "type.googleapis.com/google.protobuf.StringValue";
+/// The cluster a remote module is fetched from.
+pub const MODULE_CLUSTER: &str = "switchyard_module";
+
+/// Labels the filter encodes as `;label=value` in stat names (src/telemetry.rs).
+pub const STAT_TAGS: &[&str] = &[
+    "route",
+    "backend",
+    "gen_ai_provider_name",
+    "gen_ai_request_model",
+    "gen_ai_response_model",
+    "status_class",
+    "error_type",
+    "gen_ai_token_type",
+    "reason",
+    "key_id",
+    "team",
+    "detector",
+    "action",
+    "direction",
+];
+
+/// The access log's JSON fields beyond Envoy's own: the gateway's filter state.
+pub const LOG_FIELDS: &[&str] = &[
+    "request_id",
+    "start_time_ms",
+    "operation",
+    "key_id",
+    "team",
+    "route",
+    "requested_model",
+    "response_model",
+    "backend",
+    "provider",
+    "attempts",
+    "failover",
+    "status",
+    "error_type",
+    "error_code",
+    "rejection",
+    "stream",
+    "input_tokens",
+    "output_tokens",
+    "cached_input_tokens",
+    "cache_creation_tokens",
+    "reasoning_tokens",
+    "cost_micros",
+    "duration_ms",
+    "ttfb_ms",
+    "ttft_ms",
+];
+
+/// Capability keys of the subset load balancer (src/policy/capabilities.rs).
+pub const NEEDS: &[&str] = &["vision", "tools", "json_schema", "reasoning"];
+
+pub fn stats_tags() -> Node {
+    Node::List(
+        STAT_TAGS.iter().map(|t| map([("tag_name", (*t).into()), ("regex", format!("(;{t}=([^;]*))").into())])).collect(),
+    )
+}
+
+pub fn vm_config(f: &GatewayFile) -> Node {
+    let code = match &f.module {
+        Module::File(path) => map([("local", map([("filename", path.into())]))]),
+        Module::Remote { url, sha256 } => map([(
+            "remote",
+            map([
+                ("http_uri", map([("uri", url.into()), ("cluster", MODULE_CLUSTER.into()), ("timeout", "10s".into())])),
+                ("sha256", sha256.into()),
+                // Fetched once at start; a failed fetch is retried before the listener comes up.
+                ("retry_policy", map([("num_retries", 3u32.into())])),
+            ]),
+        )]),
+    };
+    map([
+        ("vm_id", (&f.vm_id).into()),
+        ("runtime", "envoy.wasm.runtime.v8".into()),
+        ("code", code),
+        ("environment_variables", map([("host_env_keys", strs(&f.env))])),
+    ])
+}
+
+fn wasm_filter(filter_name: &str, plugin_name: &str, vm: Node, configuration: String) -> Node {
+    map([
+        ("name", filter_name.into()),
+        (
+            "typed_config",
+            map([
+                ("@type", WASM.into()),
+                (
+                    "config",
+                    map([
+                        ("name", plugin_name.into()),
+                        ("root_id", "switchyard".into()),
+                        ("allow_on_headers_stop_iteration", true.into()),
+                        ("fail_open", false.into()),
+                        ("vm_config", vm),
+                        ("configuration", map([("@type", STRING_VALUE.into()), ("value", configuration.into())])),
+                    ]),
+                ),
+            ]),
+        ),
+    ])
+}
+
+/// The backend plugin's configuration: every backend, renderer-only fields removed.
+pub fn backend_plugin(f: &GatewayFile) -> Node {
+    Node::Map(vec![
+        ("role".into(), "backend".into()),
+        ("backends".into(), Node::Map(f.backends.iter().map(|b| (b.name.clone(), b.config.clone())).collect())),
+    ])
+}
+
+pub fn gateway_filter(f: &GatewayFile) -> Node {
+    wasm_filter("switchyard.gateway", "switchyard-gateway", vm_config(f), json_plugin(&f.gateway))
+}
+
+/// The upstream filters of every route's cluster: the backend filter, then the codec.
+pub fn upstream_filters(f: &GatewayFile) -> Node {
+    Node::List(vec![
+        wasm_filter("switchyard.backend", "switchyard-backend", vm_config(f), json_plugin(&backend_plugin(f))),
+        map([
+            ("name", "envoy.filters.http.upstream_codec".into()),
+            ("typed_config", map([("@type", "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec".into())])),
+        ]),
+    ])
+}
+
+pub fn retry_policy(r: &RouteDef) -> Node {
+    map([
+        ("retry_on", "5xx,reset,connect-failure,refused-stream,retriable-status-codes".into()),
+        // 401/403: a provider refused its credential; the next candidate is tried (the backend
+        // filter never sends a refused credential twice in one request).
+        ("retriable_status_codes", Node::List(vec![429i64.into(), 401i64.into(), 403i64.into()])),
+        ("num_retries", r.retries.into()),
+        ("per_try_idle_timeout", "60s".into()),
+        ("retry_back_off", map([("base_interval", "0.05s".into()), ("max_interval", "1s".into())])),
+        (
+            "retry_priority",
+            map([
+                ("name", "envoy.retry_priorities.previous_priorities".into()),
+                (
+                    "typed_config",
+                    map([
+                        (
+                            "@type",
+                            "type.googleapis.com/envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig".into(),
+                        ),
+                        ("update_frequency", 1u32.into()),
+                    ]),
+                ),
+            ]),
+        ),
+        (
+            "retry_host_predicate",
+            Node::List(vec![map([
+                ("name", "envoy.retry_host_predicates.previous_hosts".into()),
+                (
+                    "typed_config",
+                    map([("@type", "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate".into())]),
+                ),
+            ])]),
+        ),
+        ("host_selection_retry_max_attempts", 3u32.into()),
+    ])
+}
+
+pub fn route_entry(r: &RouteDef) -> Node {
+    let mut action = map([
+        ("cluster", format!("{ROUTE_PREFIX}{}", r.name).into()),
+        ("timeout", (&r.timeout).into()),
+        ("idle_timeout", (&r.idle_timeout).into()),
+        ("retry_policy", retry_policy(r)),
+    ]);
+    if r.hedge {
+        // The gateway sets the per-try timeout (the first-token deadline) on each request; on its
+        // expiry the next candidate starts without cancelling the first.
+        action.set("hedge_policy", map([("hedge_on_per_try_timeout", true.into())]));
+    }
+    map([
+        (
+            "match",
+            map([
+                ("prefix", "/".into()),
+                (
+                    "headers",
+                    Node::List(vec![map([
+                        ("name", crate::config::ROUTE_HEADER.into()),
+                        ("string_match", map([("exact", (&r.name).into())])),
+                    ])]),
+                ),
+            ]),
+        ),
+        ("route", action),
+    ])
+}
+
+/// The last route: a model the gateway resolved but no route serves gets an OpenAI-shaped error.
+pub fn no_route() -> Node {
+    map([
+        ("match", map([("prefix", "/".into())])),
+        (
+            "direct_response",
+            map([
+                ("status", 503u32.into()),
+                (
+                    "body",
+                    map([(
+                        "inline_string",
+                        r#"{"error":{"message":"No Envoy route serves this model (add its candidates to the gateway file and render it again).","type":"api_error","param":null,"code":"no_route"}}"#.into(),
+                    )]),
+                ),
+            ]),
+        ),
+        (
+            "response_headers_to_add",
+            Node::List(vec![map([("header", map([("key", "content-type".into()), ("value", "application/json".into())]))])]),
+        ),
+    ])
+}
+
+pub fn access_log(path: &str) -> Node {
+    let mut fields = vec![
+        ("time".to_string(), Node::from("%START_TIME%")),
+        ("method".into(), "%REQ(:METHOD)%".into()),
+        ("response_code".into(), "%RESPONSE_CODE%".into()),
+        ("response_flags".into(), "%RESPONSE_FLAGS%".into()),
+        ("upstream_host".into(), "%UPSTREAM_HOST%".into()),
+        ("envoy_duration_ms".into(), "%DURATION%".into()),
+    ];
+    for f in LOG_FIELDS {
+        fields.push((f.to_string(), format!("%FILTER_STATE(wasm.switchyard.{f}:PLAIN)%").into()));
+    }
+    Node::List(vec![map([
+        ("name", "envoy.access_loggers.file".into()),
+        (
+            "typed_config",
+            map([
+                ("@type", "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog".into()),
+                ("path", path.into()),
+                ("log_format", map([("json_format", Node::Map(fields))])),
+            ]),
+        ),
+    ])])
+}
+
+/// `x-switchyard-needs-*` → `envoy.lb` metadata for the subset load balancer.
+pub fn header_to_metadata() -> Node {
+    let mut rules = Vec::new();
+    let rule = |header: String, key: String| {
+        map([
+            ("header", header.into()),
+            ("remove", true.into()),
+            ("on_header_present", map([("metadata_namespace", "envoy.lb".into()), ("key", key.into()), ("type", "STRING".into())])),
+        ])
+    };
+    for n in NEEDS {
+        rules.push(rule(format!("x-switchyard-needs-{n}"), n.to_string()));
+    }
+    for (_, class) in crate::policy::capabilities::CONTEXT_CLASSES {
+        rules.push(rule(format!("x-switchyard-needs-context-{class}"), format!("context_{class}")));
+    }
+    map([
+        ("name", "envoy.filters.http.header_to_metadata".into()),
+        (
+            "typed_config",
+            map([
+                ("@type", "type.googleapis.com/envoy.extensions.filters.http.header_to_metadata.v3.Config".into()),
+                ("request_rules", Node::List(rules)),
+            ]),
+        ),
+    ])
+}
+
+pub fn router_filter() -> Node {
+    map([
+        ("name", "envoy.filters.http.router".into()),
+        (
+            "typed_config",
+            map([
+                ("@type", "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router".into()),
+                ("suppress_envoy_headers", true.into()),
+            ]),
+        ),
+    ])
+}
+
+pub fn http_filters(f: &GatewayFile) -> Node {
+    let mut filters = vec![gateway_filter(f)];
+    if f.capabilities {
+        filters.push(header_to_metadata());
+    }
+    filters.push(router_filter());
+    Node::List(filters)
+}
+
+pub fn route_config(f: &GatewayFile) -> Node {
+    let mut routes: Vec<Node> = f.routes.iter().map(route_entry).collect();
+    routes.push(no_route());
+    map([
+        ("name", "llm".into()),
+        (
+            "virtual_hosts",
+            Node::List(vec![map([
+                ("name", "llm".into()),
+                ("domains", strs(&["*"])),
+                ("request_body_buffer_limit", 16_777_216u32.into()),
+                ("routes", Node::List(routes)),
+            ])]),
+        ),
+    ])
+}
+
+pub fn hcm(f: &GatewayFile) -> Node {
+    let mut hcm = vec![
+        ("@type".to_string(), Node::from("type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager")),
+        ("stat_prefix".into(), "llm".into()),
+    ];
+    if let Some(path) = &f.access_log {
+        hcm.push(("access_log".into(), access_log(path)));
+    }
+    hcm.extend([
+        ("stream_idle_timeout".to_string(), Node::from("300s")),
+        ("request_timeout".into(), "0s".into()),
+        ("max_request_headers_kb".into(), 60u32.into()),
+        ("request_headers_timeout".into(), "10s".into()),
+        (
+            "common_http_protocol_options".into(),
+            map([("max_headers_count", 100u32.into()), ("headers_with_underscores_action", "DROP_HEADER".into())]),
+        ),
+    ]);
+    hcm.push(("route_config".into(), route_config(f)));
+    hcm.push(("http_filters".into(), http_filters(f)));
+    Node::Map(hcm)
+}
+
+pub fn listener(f: &GatewayFile) -> Node {
+    map([
+        ("name", "llm".into()),
+        ("address", socket(&f.listen.0, f.listen.1)),
+        ("per_connection_buffer_limit_bytes", 16_777_216u32.into()),
+        (
+            "filter_chains",
+            Node::List(vec![map([(
+                "filters",
+                Node::List(vec![map([
+                    ("name", "envoy.filters.network.http_connection_manager".into()),
+                    ("typed_config", hcm(f)),
+                ])]),
+            )])]),
+        ),
+    ])
+}
+
+pub fn socket(address: &str, port: u16) -> Node {
+    map([("socket_address", map([("address", address.into()), ("port_value", port.into())]))])
+}
+
+fn outlier_detection() -> Node {
+    map([
+        ("consecutive_5xx", 5u32.into()),
+        ("consecutive_gateway_failure", 5u32.into()),
+        ("interval", "5s".into()),
+        ("base_ejection_time", "30s".into()),
+        ("max_ejection_percent", 100u32.into()),
+    ])
+}
+
+fn circuit_breakers() -> Node {
+    map([(
+        "thresholds",
+        Node::List(vec![map([
+            ("max_connections", 1024u32.into()),
+            ("max_pending_requests", 1024u32.into()),
+            ("max_requests", 1024u32.into()),
+            ("max_retries", 64u32.into()),
+        ])]),
+    )])
+}
+
+fn tls_socket(sni: &str, ca_file: &str) -> Node {
+    map([
+        ("name", "envoy.transport_sockets.tls".into()),
+        (
+            "typed_config",
+            map([
+                ("@type", "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext".into()),
+                ("sni", sni.into()),
+                (
+                    "common_tls_context",
+                    map([(
+                        "validation_context",
+                        map([
+                            ("trusted_ca", map([("filename", ca_file.into())])),
+                            (
+                                "match_typed_subject_alt_names",
+                                Node::List(vec![map([("san_type", "DNS".into()), ("matcher", map([("exact", sni.into())]))])]),
+                            ),
+                        ]),
+                    )]),
+                ),
+            ]),
+        ),
+    ])
+}
+
+/// The model a candidate sends upstream (what capabilities are looked up by), as `switchyard
+/// check` reads it: the endpoint's model, else the backend's, else the route's name.
+fn candidate_model(f: &GatewayFile, r: &RouteDef, c: &super::Candidate) -> String {
+    c.model
+        .clone()
+        .or_else(|| f.backends.iter().find(|b| b.name == c.backend).and_then(|b| b.config.get("model")).and_then(Node::as_str).map(str::to_string))
+        .unwrap_or_else(|| r.name.clone())
+}
+
+/// Each candidate's `envoy.lb` capability metadata, when the route's candidates differ in what
+/// they can do (else the subset load balancer has nothing to skip and is not configured).
+fn capability_metadata(f: &GatewayFile, r: &RouteDef) -> Option<Vec<Node>> {
+    if !f.capabilities {
+        return None;
+    }
+    let cfg = match crate::config::PluginConfig::parse(json_plugin(&f.gateway).as_bytes()) {
+        Ok(crate::config::PluginConfig::Gateway(g)) => crate::config::Gateway::new(g).ok()?,
+        _ => return None,
+    };
+    let table = cfg.capabilities?;
+    let metas: Vec<Vec<(String, Node)>> = r
+        .candidates
+        .iter()
+        .map(|c| {
+            let caps = table.get(&candidate_model(f, r, c)).cloned().unwrap_or_default();
+            let mut m = Vec::new();
+            for (key, v) in [("vision", caps.vision), ("tools", caps.tools), ("json_schema", caps.json_schema), ("reasoning", caps.reasoning)] {
+                m.push((key.to_string(), Node::from(if v.unwrap_or(true) { "true" } else { "false" })));
+            }
+            for (window, class) in crate::policy::capabilities::CONTEXT_CLASSES {
+                let holds = caps.context_window.is_none_or(|w| w >= *window);
+                m.push((format!("context_{class}"), Node::from(if holds { "true" } else { "false" })));
+            }
+            m
+        })
+        .collect();
+    let differ = metas.windows(2).any(|w| w[0] != w[1]);
+    differ.then(|| metas.into_iter().map(Node::Map).collect())
+}
+
+/// Every combination of needs a request can carry: any set of the boolean needs, with or without
+/// one context class (a selector must name exactly the keys the request's metadata has).
+fn subset_selectors() -> Node {
+    let mut sels = Vec::new();
+    let classes: Vec<Option<String>> = std::iter::once(None)
+        .chain(crate::policy::capabilities::CONTEXT_CLASSES.iter().map(|(_, c)| Some(format!("context_{c}"))))
+        .collect();
+    for class in &classes {
+        for bits in 0u32..(1 << NEEDS.len()) {
+            let mut keys: Vec<String> = NEEDS.iter().enumerate().filter(|(i, _)| bits & (1 << i) != 0).map(|(_, n)| n.to_string()).collect();
+            if let Some(c) = class {
+                keys.push(c.clone());
+            }
+            if !keys.is_empty() {
+                sels.push(map([("keys", strs(&keys))]));
+            }
+        }
+    }
+    Node::List(sels)
+}
+
+pub fn cluster(f: &GatewayFile, r: &RouteDef) -> Node {
+    let name = format!("{ROUTE_PREFIX}{}", r.name);
+    let caps = capability_metadata(f, r);
+    let backend = |n: &str| f.backends.iter().find(|b| b.name == n);
+    let all_ip = r.candidates.iter().all(|c| backend(&c.backend).is_some_and(|b| super::is_ip(&b.endpoint.address)));
+    let levels = r.candidates.iter().map(|c| c.priority).max().map_or(0, |m| m + 1);
+    let mut groups = Vec::new();
+    for level in 0..levels {
+        let mut lb_endpoints = Vec::new();
+        for (i, c) in r.candidates.iter().enumerate().filter(|(_, c)| c.priority == level) {
+            let Some(b) = backend(&c.backend) else { continue };
+            let mut ep = vec![("address".to_string(), socket(&b.endpoint.address, b.endpoint.port))];
+            if b.endpoint.tls.is_some() || !super::is_ip(&b.endpoint.address) {
+                ep.push(("hostname".into(), (&b.endpoint.address).into()));
+            }
+            let mut sw = vec![("backend".to_string(), Node::from(&c.backend))];
+            if let Some(m) = &c.model {
+                sw.push(("model".into(), m.into()));
+            }
+            let mut meta = vec![("switchyard".to_string(), Node::Map(sw))];
+            if let Some(caps) = &caps {
+                meta.push(("envoy.lb".into(), caps[i].clone()));
+            }
+            if b.endpoint.tls.is_some() {
+                meta.push(("envoy.transport_socket_match".into(), map([("provider", (&b.name).into())])));
+            }
+            let mut lb = vec![("endpoint".to_string(), Node::Map(ep))];
+            if let Some(w) = c.weight {
+                lb.push(("load_balancing_weight".into(), w.into()));
+            }
+            lb.push(("metadata".into(), map([("filter_metadata", Node::Map(meta))])));
+            lb_endpoints.push(Node::Map(lb));
+        }
+        groups.push(map([("priority", level.into()), ("lb_endpoints", Node::List(lb_endpoints))]));
+    }
+    let mut c = vec![("name".to_string(), Node::from(&name))];
+    if all_ip {
+        c.push(("type".into(), "STATIC".into()));
+    } else {
+        c.push(("type".into(), "STRICT_DNS".into()));
+        c.push(("dns_lookup_family".into(), "V4_PREFERRED".into()));
+    }
+    c.push(("connect_timeout".into(), (&f.connect_timeout).into()));
+    c.push(("lb_policy".into(), "ROUND_ROBIN".into()));
+    if caps.is_some() {
+        c.push((
+            "lb_subset_config".into(),
+            map([("fallback_policy", "ANY_ENDPOINT".into()), ("subset_selectors", subset_selectors())]),
+        ));
+    }
+    c.push(("load_assignment".into(), map([("cluster_name", (&name).into()), ("endpoints", Node::List(groups))])));
+    if f.outlier_detection {
+        c.push(("outlier_detection".into(), outlier_detection()));
+    }
+    // TLS per provider: each endpoint's transport_socket_match metadata picks its provider's SNI
+    // and certificate name.
+    let mut tls = Vec::new();
+    let mut seen: Vec<&str> = Vec::new();
+    for cand in &r.candidates {
+        if let Some(b) = backend(&cand.backend) {
+            if let Some(sni) = &b.endpoint.tls {
+                if !seen.contains(&b.name.as_str()) {
+                    seen.push(&b.name);
+                    tls.push(map([
+                        ("name", (&b.name).into()),
+                        ("match", map([("provider", (&b.name).into())])),
+                        ("transport_socket", tls_socket(sni, &f.ca_file)),
+                    ]));
+                }
+            }
+        }
+    }
+    if !tls.is_empty() {
+        c.push(("transport_socket_matches".into(), Node::List(tls)));
+    }
+    c.push(("circuit_breakers".into(), circuit_breakers()));
+    c.push((
+        "typed_extension_protocol_options".into(),
+        map([(
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            map([
+                ("@type", "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions".into()),
+                ("explicit_http_config", map([("http_protocol_options", Node::Map(vec![]))])),
+                ("http_filters", upstream_filters(f)),
+            ]),
+        )]),
+    ));
+    Node::Map(c)
+}
+
+/// The cluster a remote module is fetched from (`module: {url, sha256}`).
+pub fn module_cluster(url: &str) -> Option<Node> {
+    let (tls, rest) = if let Some(r) = url.strip_prefix("https://") {
+        (true, r)
+    } else {
+        (false, url.strip_prefix("http://")?)
+    };
+    let authority = rest.split('/').next()?;
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) => (h.to_string(), p.parse::<u16>().ok()?),
+        None => (authority.to_string(), if tls { 443 } else { 80 }),
+    };
+    let mut c = vec![
+        ("name".to_string(), Node::from(MODULE_CLUSTER)),
+        ("type".into(), if super::is_ip(&host) { "STATIC" } else { "STRICT_DNS" }.into()),
+        ("connect_timeout".into(), "5s".into()),
+        (
+            "load_assignment".into(),
+            map([
+                ("cluster_name", MODULE_CLUSTER.into()),
+                ("endpoints", Node::List(vec![map([("lb_endpoints", Node::List(vec![map([("endpoint", map([("address", socket(&host, port))]))])]))])])),
+            ]),
+        ),
+    ];
+    if tls {
+        c.push(("transport_socket".into(), tls_socket(&host, "/etc/ssl/certs/ca-certificates.crt")));
+    }
+    Some(Node::Map(c))
+}
+
+pub fn clusters(f: &GatewayFile) -> Vec<Node> {
+    let mut out: Vec<Node> = f.routes.iter().map(|r| cluster(f, r)).collect();
+    if let Module::Remote { url, .. } = &f.module {
+        if let Some(c) = module_cluster(url) {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn header_top(f: &GatewayFile) -> Vec<(String, Node)> {
+    let mut top = vec![("stats_config".to_string(), map([("stats_tags", stats_tags())]))];
+    if let Some(i) = &f.stats_flush_interval {
+        top.push(("stats_flush_interval".into(), i.into()));
+    }
+    if let Some((host, port)) = &f.admin {
+        top.push(("admin".into(), map([("address", socket(host, *port))])));
+    }
+    top
+}
+
+/// The whole static bootstrap.
+pub fn render(f: &GatewayFile) -> Node {
+    let mut top = header_top(f);
+    top.push((
+        "static_resources".into(),
+        map([("listeners", Node::List(vec![listener(f)])), ("clusters", Node::List(clusters(f)))]),
+    ));
+    Node::Map(top)
+}
+
+/// A bootstrap whose listener and clusters come from files Envoy watches (LDS and CDS with
+/// `path_config_source`): rendering into the same directory again reloads without a restart.
+/// Returns (bootstrap, listeners file, clusters file).
+pub fn render_reloadable(f: &GatewayFile, dir: &str) -> (Node, Node, Node) {
+    // File-based xDS needs a node identity.
+    let mut top = vec![("node".to_string(), map([("id", (&f.vm_id).into()), ("cluster", (&f.vm_id).into())]))];
+    top.extend(header_top(f));
+    let source = |file: &str| {
+        map([
+            ("resource_api_version", "V3".into()),
+            ("path_config_source", map([("path", format!("{dir}/{file}").into()), ("watched_directory", map([("path", dir.into())]))])),
+        ])
+    };
+    top.push(("dynamic_resources".into(), map([("lds_config", source("listeners.yaml")), ("cds_config", source("clusters.yaml"))])));
+    // The module's own cluster is static: a reload never refetches the module.
+    let static_clusters: Vec<Node> = match &f.module {
+        Module::Remote { url, .. } => module_cluster(url).into_iter().collect(),
+        Module::File(_) => Vec::new(),
+    };
+    if !static_clusters.is_empty() {
+        top.push(("static_resources".into(), map([("clusters", Node::List(static_clusters))])));
+    }
+    let resource = |type_url: &str, mut n: Node| {
+        if let Node::Map(m) = &mut n {
+            m.insert(0, ("@type".into(), type_url.into()));
+        }
+        n
+    };
+    let listeners = map([(
+        "resources",
+        Node::List(vec![resource("type.googleapis.com/envoy.config.listener.v3.Listener", listener(f))]),
+    )]);
+    let clusters = map([(
+        "resources",
+        Node::List(
+            f.routes.iter().map(|r| resource("type.googleapis.com/envoy.config.cluster.v3.Cluster", cluster(f, r))).collect(),
+        ),
+    )]);
+    (Node::Map(top), listeners, clusters)
+}
+

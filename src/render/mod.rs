@@ -1,0 +1,694 @@
+//! The gateway file: one short YAML (or JSON) file that describes a whole gateway — listener,
+//! module, backends, models with their candidates in order, keys and limits, routing — and its
+//! rendering into a complete Envoy bootstrap (`switchyard render FILE --target envoy`) or Istio
+//! resources (`--target istio`). Native command line only: the filter never links it.
+//!
+//! ```yaml
+//! listen: 127.0.0.1:10000
+//! backends:
+//!   openai: { schema: openai, credential: { env: OPENAI_API_KEY } }
+//!   anthropic: { schema: anthropic, credential: { env: ANTHROPIC_API_KEY } }
+//! models:
+//! - name: gpt-4o-mini
+//!   candidates: [openai/gpt-4o-mini, anthropic/claude-3-5-haiku-20241022]
+//! ```
+
+pub mod envoy;
+pub mod istio;
+pub mod yaml;
+
+use yaml::Node;
+
+/// Where the filter's module comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Module {
+    /// A local file Envoy reads (`vm_config.code.local.filename`).
+    File(String),
+    /// An HTTP(S) URL with its pinned sha256 (`vm_config.code.remote`).
+    Remote { url: String, sha256: String },
+}
+
+/// How Envoy reaches a backend.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Endpoint {
+    pub address: String,
+    pub port: u16,
+    /// TLS with this name as SNI and as the certificate's required DNS SAN.
+    pub tls: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct BackendDef {
+    pub name: String,
+    /// The backend plugin's configuration of this backend (renderer-only fields removed).
+    pub config: Node,
+    pub endpoint: Endpoint,
+    /// Environment variables the backend reads its credentials from.
+    pub env: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub backend: String,
+    pub model: Option<String>,
+    pub priority: u32,
+    pub weight: Option<u32>,
+}
+
+/// One Envoy route (and its cluster): the candidates of the model that defines it.
+#[derive(Debug, Clone)]
+pub struct RouteDef {
+    pub name: String,
+    pub candidates: Vec<Candidate>,
+    pub retries: u32,
+    pub timeout: String,
+    pub idle_timeout: String,
+    /// Every model entry on this route hedges.
+    pub hedge: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct GatewayFile {
+    pub listen: (String, u16),
+    pub admin: Option<(String, u16)>,
+    pub module: Module,
+    /// OCI image of the module for Istio (`oci://…`), if set.
+    pub image: Option<String>,
+    pub vm_id: String,
+    pub env: Vec<String>,
+    pub access_log: Option<String>,
+    pub stats_flush_interval: Option<String>,
+    pub connect_timeout: String,
+    pub ca_file: String,
+    pub outlier_detection: bool,
+    /// The gateway plugin's configuration, as rendered.
+    pub gateway: Node,
+    pub backends: Vec<BackendDef>,
+    pub routes: Vec<RouteDef>,
+    /// Whether the gateway sets `x-switchyard-needs-*` headers (capabilities are configured).
+    pub capabilities: bool,
+}
+
+pub const DEFAULT_MODULE: &str = "target/wasm32-wasip1/release/switchyard.wasm";
+const RENDER_MODEL_KEYS: &[&str] = &["candidates", "retries", "timeout", "idle_timeout"];
+const RENDER_BACKEND_KEYS: &[&str] = &["address", "tls"];
+/// Gateway plugin fields that may be written at the top of the file (the rest go under `gateway:`).
+const GATEWAY_TOP: &[&str] = &["auth", "routing", "capabilities", "limits", "metrics"];
+const TOP: &[&str] = &[
+    "listen",
+    "admin",
+    "module",
+    "image",
+    "vm_id",
+    "env",
+    "access_log",
+    "stats_flush_interval",
+    "connect_timeout",
+    "ca_file",
+    "outlier_detection",
+    "gateway",
+    "backends",
+    "models",
+    "auth",
+    "routing",
+    "capabilities",
+    "limits",
+    "metrics",
+];
+
+/// Errors that name the field and say what to do.
+#[derive(Debug, Default)]
+pub struct Problems {
+    pub errors: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+impl Problems {
+    fn err(&mut self, field: &str, msg: impl std::fmt::Display) {
+        self.errors.push(format!("{field}: {msg}"));
+    }
+}
+
+/// Whether a parsed YAML/JSON document is a gateway file (rather than a plugin configuration or an
+/// Envoy configuration).
+pub fn is_gateway_file(doc: &serde_yaml::Value) -> bool {
+    doc.get("models").is_some() && doc.get("backends").is_some() && doc.get("role").is_none() && doc.get("static_resources").is_none()
+}
+
+/// Parses and validates a gateway file. `Err` carries every problem found.
+pub fn parse(text: &str) -> Result<(GatewayFile, Vec<String>), Vec<String>> {
+    let doc: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| vec![format!("not valid YAML or JSON: {e}")])?;
+    let node = Node::from_yaml(&doc).map_err(|e| vec![e])?;
+    let mut p = Problems::default();
+    let file = build(&node, &mut p);
+    match file {
+        Some(f) if p.errors.is_empty() => {
+            check_plugins(&f, &mut p);
+            if p.errors.is_empty() {
+                Ok((f, p.warnings))
+            } else {
+                Err(p.errors)
+            }
+        }
+        _ => Err(p.errors),
+    }
+}
+
+fn str_field(n: &Node, key: &str, p: &mut Problems, path: &str) -> Option<String> {
+    match n.get(key) {
+        None | Some(Node::Null) => None,
+        Some(Node::Str(s)) => Some(s.clone()),
+        Some(Node::Int(i)) => Some(i.to_string()),
+        Some(_) => {
+            p.err(&format!("{path}{key}"), "must be a string");
+            None
+        }
+    }
+}
+
+fn host_port(s: &str, field: &str, default_port: Option<u16>, p: &mut Problems) -> Option<(String, u16)> {
+    let (host, port) = match s.rsplit_once(':') {
+        Some((h, port)) => match port.parse::<u16>() {
+            Ok(port) if port > 0 => (h.trim_start_matches('[').trim_end_matches(']').to_string(), port),
+            _ => {
+                p.err(field, format!("{s:?}: the port must be a number from 1 to 65535 (write host:port, e.g. 127.0.0.1:10000)"));
+                return None;
+            }
+        },
+        None => match default_port {
+            Some(port) => (s.to_string(), port),
+            None => {
+                p.err(field, format!("{s:?}: write host:port, e.g. 127.0.0.1:10000"));
+                return None;
+            }
+        },
+    };
+    if host.is_empty() || host.contains(['/', ' ']) {
+        p.err(field, format!("{s:?}: the host must be a hostname or an IP address"));
+        return None;
+    }
+    Some((host, port))
+}
+
+/// A duration as Envoy takes it (`5s`, `0.5s`, `250ms` is not: Envoy's proto durations are seconds).
+fn duration(s: &str, field: &str, p: &mut Problems) -> Option<String> {
+    let ok = s.strip_suffix('s').is_some_and(|n| !n.is_empty() && n.parse::<f64>().is_ok_and(|v| v >= 0.0));
+    if !ok {
+        p.err(field, format!("{s:?}: write a duration in seconds with an `s`, e.g. 5s or 0.5s"));
+        return None;
+    }
+    Some(s.to_string())
+}
+
+/// Strings that look like a provider secret (API keys, AWS access key ids).
+pub fn looks_like_secret(s: &str) -> bool {
+    let long_token = |prefix: &str, min: usize| {
+        s.strip_prefix(prefix).is_some_and(|rest| rest.len() >= min && rest.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+    };
+    long_token("sk-", 20)
+        || long_token("sk-ant-", 20)
+        || long_token("AIza", 30)
+        || long_token("gsk_", 20)
+        || long_token("xai-", 20)
+        || long_token("ya29.", 20)
+        || (s.len() == 20 && (s.starts_with("AKIA") || s.starts_with("ASIA")) && s.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit()))
+}
+
+fn find_secrets(n: &Node, path: &str, p: &mut Problems) {
+    match n {
+        Node::Str(s) if looks_like_secret(s) => p.err(
+            path,
+            "looks like a credential; the gateway file (and what it renders) must hold no secrets: put it in an environment variable and refer to it (credential: {env: NAME})",
+        ),
+        Node::Map(m) => {
+            for (k, v) in m {
+                find_secrets(v, &format!("{path}.{k}"), p);
+            }
+        }
+        Node::List(l) => {
+            for (i, v) in l.iter().enumerate() {
+                find_secrets(v, &format!("{path}[{i}]"), p);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn build(doc: &Node, p: &mut Problems) -> Option<GatewayFile> {
+    let Node::Map(top) = doc else {
+        p.err("(file)", "a gateway file is a mapping with at least `backends` and `models`");
+        return None;
+    };
+    for (k, _) in top {
+        if !TOP.contains(&k.as_str()) {
+            p.err(k, format!("unknown field; the gateway file knows {} (other gateway plugin fields go under `gateway:`)", TOP.join(", ")));
+        }
+    }
+    find_secrets(doc, "", p);
+    let listen = str_field(doc, "listen", p, "").unwrap_or_else(|| "0.0.0.0:10000".into());
+    let listen = host_port(&listen, "listen", None, p).unwrap_or(("0.0.0.0".into(), 10000));
+    let admin = match doc.get("admin") {
+        Some(Node::Bool(false)) => None,
+        _ => {
+            let a = str_field(doc, "admin", p, "").unwrap_or_else(|| "127.0.0.1:9901".into());
+            host_port(&a, "admin", None, p)
+        }
+    };
+    let module = match doc.get("module") {
+        None | Some(Node::Null) => Module::File(DEFAULT_MODULE.into()),
+        Some(Node::Str(s)) => Module::File(s.clone()),
+        Some(m @ Node::Map(_)) => {
+            let url = str_field(m, "url", p, "module.");
+            let sha = str_field(m, "sha256", p, "module.");
+            let file = str_field(m, "file", p, "module.");
+            match (file, url, sha) {
+                (Some(f), None, None) => Module::File(f),
+                (None, Some(url), Some(sha)) => {
+                    if !(url.starts_with("http://") || url.starts_with("https://")) {
+                        p.err("module.url", "must be an http:// or https:// URL");
+                    }
+                    if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+                        p.err("module.sha256", "must be the module's sha256 as 64 lower-case hex digits (sha256sum switchyard.wasm)");
+                    }
+                    Module::Remote { url, sha256: sha }
+                }
+                (None, Some(_), None) => {
+                    p.err("module.sha256", "a module fetched from a URL needs its pinned sha256 (sha256sum switchyard.wasm)");
+                    return None;
+                }
+                _ => {
+                    p.err("module", "write a path, {file: PATH}, or {url: URL, sha256: HEX}");
+                    return None;
+                }
+            }
+        }
+        Some(_) => {
+            p.err("module", "write a path, {file: PATH}, or {url: URL, sha256: HEX}");
+            return None;
+        }
+    };
+    let image = str_field(doc, "image", p, "");
+    if let Some(i) = &image {
+        if !i.starts_with("oci://") {
+            p.err("image", format!("{i:?}: write the module's OCI image as oci://REGISTRY/REPO:TAG (what scripts/package pushes)"));
+        }
+    }
+    let vm_id = str_field(doc, "vm_id", p, "").unwrap_or_else(|| "switchyard".into());
+    let mut env: Vec<String> = Vec::new();
+    match doc.get("env") {
+        None => {}
+        Some(Node::List(l)) => {
+            for (i, e) in l.iter().enumerate() {
+                match e.as_str() {
+                    Some(s) if valid_env(s) => push_unique(&mut env, s),
+                    _ => p.err(&format!("env[{i}]"), "must be an environment variable name (letters, digits, _)"),
+                }
+            }
+        }
+        Some(_) => p.err("env", "must be a list of environment variable names passed into the VM"),
+    }
+    let access_log = match doc.get("access_log") {
+        Some(Node::Bool(false)) | Some(Node::Null) => None,
+        _ => Some(str_field(doc, "access_log", p, "").unwrap_or_else(|| "/dev/stdout".into())),
+    };
+    let stats_flush_interval = str_field(doc, "stats_flush_interval", p, "").and_then(|s| duration(&s, "stats_flush_interval", p));
+    let connect_timeout =
+        str_field(doc, "connect_timeout", p, "").and_then(|s| duration(&s, "connect_timeout", p)).unwrap_or_else(|| "5s".into());
+    let ca_file = str_field(doc, "ca_file", p, "").unwrap_or_else(|| "/etc/ssl/certs/ca-certificates.crt".into());
+    let outlier_detection = match doc.get("outlier_detection") {
+        None => true,
+        Some(Node::Bool(b)) => *b,
+        Some(_) => {
+            p.err("outlier_detection", "must be true or false");
+            true
+        }
+    };
+
+    // Backends.
+    let mut backends = Vec::new();
+    match doc.get("backends") {
+        Some(Node::Map(m)) if !m.is_empty() => {
+            for (name, b) in m {
+                if let Some(def) = backend(name, b, p) {
+                    for e in &def.env {
+                        push_unique(&mut env, e);
+                    }
+                    backends.push(def);
+                }
+            }
+        }
+        _ => p.err("backends", "must be a mapping of backend names to their configuration, e.g. openai: {schema: openai, credential: {env: OPENAI_API_KEY}}"),
+    }
+
+    // Models → gateway entries and routes.
+    let mut entries = Vec::new();
+    let mut routes: Vec<RouteDef> = Vec::new();
+    let mut defined_by: Vec<(String, usize)> = Vec::new();
+    let mut pending: Vec<(usize, String, String)> = Vec::new();
+    let mut hedges: Vec<(String, bool)> = Vec::new();
+    match doc.get("models") {
+        Some(Node::List(l)) if !l.is_empty() => {
+            for (i, m) in l.iter().enumerate() {
+                let path = format!("models[{i}]");
+                let Node::Map(fields) = m else {
+                    p.err(&path, "must be a mapping with at least `name` and `candidates`");
+                    continue;
+                };
+                let Some(name) = m.get("name").and_then(Node::as_str).map(str::to_string) else {
+                    p.err(&format!("{path}.name"), "is required (the model name clients send)");
+                    continue;
+                };
+                let path = format!("models[{i}] ({name})");
+                let route = match m.get("route") {
+                    Some(Node::Str(r)) => r.clone(),
+                    Some(_) => {
+                        p.err(&format!("{path}.route"), "must be a string");
+                        continue;
+                    }
+                    None => name.clone(),
+                };
+                hedges.push((route.clone(), matches!(m.get("hedge"), Some(Node::Bool(true)))));
+                match m.get("candidates") {
+                    Some(c) => {
+                        if let Some((_, j)) = defined_by.iter().find(|(r, _)| *r == route) {
+                            p.err(
+                                &format!("{path}.candidates"),
+                                format!("route {route} already has candidates from models[{j}]; give a route's candidates once and point the other entries at it with `route: {route}`"),
+                            );
+                            continue;
+                        }
+                        if name.contains('*') && m.get("route").is_none() {
+                            p.err(&format!("{path}.route"), "a pattern entry (with *) needs `route:`, the name of its Envoy route");
+                        }
+                        let candidates = candidates(c, &format!("{path}.candidates"), &backends, p);
+                        let levels = candidates.iter().map(|c| c.priority).max().map_or(1, |m| m + 1);
+                        let retries = match m.get("retries") {
+                            None => levels.saturating_sub(1).max(2),
+                            Some(Node::Int(r)) if (0..=10).contains(r) => *r as u32,
+                            Some(_) => {
+                                p.err(&format!("{path}.retries"), "must be a number of retries from 0 to 10");
+                                2
+                            }
+                        };
+                        let timeout = str_field(m, "timeout", p, &format!("{path}."))
+                            .and_then(|s| duration(&s, &format!("{path}.timeout"), p))
+                            .unwrap_or_else(|| "600s".into());
+                        let idle_timeout = str_field(m, "idle_timeout", p, &format!("{path}."))
+                            .and_then(|s| duration(&s, &format!("{path}.idle_timeout"), p))
+                            .unwrap_or_else(|| "120s".into());
+                        defined_by.push((route.clone(), i));
+                        routes.push(RouteDef { name: route.clone(), candidates, retries, timeout, idle_timeout, hedge: false });
+                    }
+                    None => pending.push((i, name.clone(), route.clone())),
+                }
+                for k in ["retries", "timeout", "idle_timeout"] {
+                    if m.get(k).is_some() && m.get("candidates").is_none() {
+                        p.err(&format!("{path}.{k}"), "belongs to the entry that gives the route's candidates");
+                    }
+                }
+                let entry: Vec<(String, Node)> =
+                    fields.iter().filter(|(k, _)| !RENDER_MODEL_KEYS.contains(&k.as_str())).cloned().collect();
+                entries.push(Node::Map(entry));
+            }
+        }
+        _ => p.err("models", "must be a list of models, each with `name` and `candidates` (backend/model, in failover order)"),
+    }
+    for (i, name, route) in pending {
+        if !routes.iter().any(|r| r.name == route) {
+            p.err(
+                &format!("models[{i}] ({name})"),
+                format!("no candidates for route {route}: add `candidates:` (e.g. [openai/gpt-4o-mini]) or `route:` naming a model that has them"),
+            );
+        }
+    }
+    for r in &mut routes {
+        let on_route: Vec<bool> = hedges.iter().filter(|(n, _)| *n == r.name).map(|(_, h)| *h).collect();
+        r.hedge = !on_route.is_empty() && on_route.iter().all(|h| *h);
+    }
+    for b in &backends {
+        if !routes.iter().any(|r| r.candidates.iter().any(|c| c.backend == b.name)) {
+            p.warnings.push(format!("backends.{}: no model's candidates use it (remove it, or add it to a model's candidates)", b.name));
+        }
+    }
+
+    // The gateway plugin's configuration.
+    let mut gateway = vec![("role".to_string(), Node::from("gateway"))];
+    match doc.get("gateway") {
+        None => {}
+        Some(Node::Map(m)) => {
+            for (k, v) in m {
+                if k == "role" || k == "models" {
+                    p.err(&format!("gateway.{k}"), "is written by the renderer; remove it (models come from `models:`)");
+                } else if GATEWAY_TOP.contains(&k.as_str()) && doc.get(k).is_some() {
+                    p.err(&format!("gateway.{k}"), "is also given at the top of the file; keep one");
+                } else {
+                    gateway.push((k.clone(), v.clone()));
+                }
+            }
+        }
+        Some(_) => p.err("gateway", "must be a mapping of gateway plugin fields (e.g. max_request_body_bytes)"),
+    }
+    gateway.push(("models".into(), Node::List(entries)));
+    for k in GATEWAY_TOP {
+        if let Some(v) = doc.get(k) {
+            gateway.push((k.to_string(), v.clone()));
+        }
+    }
+    let gateway = Node::Map(gateway);
+    let capabilities = gateway.get("capabilities").is_some_and(|c| !matches!(c, Node::Null));
+    if p.errors.is_empty() {
+        Some(GatewayFile {
+            listen,
+            admin,
+            module,
+            image,
+            vm_id,
+            env,
+            access_log,
+            stats_flush_interval,
+            connect_timeout,
+            ca_file,
+            outlier_detection,
+            gateway,
+            backends,
+            routes,
+            capabilities,
+        })
+    } else {
+        None
+    }
+}
+
+fn valid_env(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') && !s.as_bytes()[0].is_ascii_digit()
+}
+
+fn push_unique(v: &mut Vec<String>, s: &str) {
+    if !v.iter().any(|e| e == s) {
+        v.push(s.to_string());
+    }
+}
+
+fn is_ip(s: &str) -> bool {
+    s.parse::<std::net::IpAddr>().is_ok()
+}
+
+fn backend(name: &str, b: &Node, p: &mut Problems) -> Option<BackendDef> {
+    let path = format!("backends.{name}");
+    if name.is_empty() || !name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_' || c == b'.') {
+        p.err(&path, "a backend name uses letters, digits, '-', '_' and '.' only");
+        return None;
+    }
+    let Node::Map(fields) = b else {
+        p.err(&path, "must be a mapping, e.g. {schema: openai, credential: {env: OPENAI_API_KEY}}");
+        return None;
+    };
+    if let Some(Node::Map(c)) = b.get("credential") {
+        for (k, _) in c {
+            if !["env", "header", "prefix"].contains(&k.as_str()) {
+                p.err(
+                    &format!("{path}.credential.{k}"),
+                    "a credential is read from the environment: write credential: {env: VARIABLE} (never the secret itself)",
+                );
+                return None;
+            }
+        }
+    }
+    let mut config = Node::Map(fields.iter().filter(|(k, _)| !RENDER_BACKEND_KEYS.contains(&k.as_str())).cloned().collect());
+    // The backend plugin's own parse: schema, preset, vertex, aws… and the preset's defaults.
+    let mut one = serde_json::Map::new();
+    one.insert(name.to_string(), config.to_json());
+    let plugin = serde_json::json!({"role": "backend", "backends": one});
+    let parsed = match crate::config::PluginConfig::parse(plugin.to_string().as_bytes()) {
+        Ok(crate::config::PluginConfig::Backend(cfg)) => cfg,
+        Ok(_) => return None,
+        Err(e) => {
+            p.err(&path, format!("{} (see README \"Backend configuration\")", e.trim_start_matches("invalid plugin configuration: ")));
+            return None;
+        }
+    };
+    let parsed = parsed.backends.get(name)?;
+    let schema_host = match parsed.schema {
+        crate::config::Schema::Openai if parsed.preset.is_none() => Some("api.openai.com"),
+        crate::config::Schema::Anthropic => Some("api.anthropic.com"),
+        crate::config::Schema::Gemini => Some("generativelanguage.googleapis.com"),
+        crate::config::Schema::Cohere => Some("api.cohere.com"),
+        _ => None,
+    };
+    let host = parsed.host.clone().or_else(|| schema_host.map(str::to_string));
+    let tls_field = match b.get("tls") {
+        None => None,
+        Some(Node::Bool(t)) => Some(*t),
+        Some(_) => {
+            p.err(&format!("{path}.tls"), "must be true or false");
+            None
+        }
+    };
+    let endpoint = match str_field(b, "address", p, &format!("{path}.")) {
+        Some(a) => {
+            let (address, port) = host_port(&a, &format!("{path}.address"), Some(443), p)?;
+            let tls = tls_field.unwrap_or(port == 443);
+            let sni = host.clone().unwrap_or_else(|| address.clone());
+            if tls && is_ip(&sni) {
+                p.err(&format!("{path}.tls"), "TLS needs a hostname to check the certificate against: set `host`");
+            }
+            Endpoint { address, port, tls: tls.then_some(sni) }
+        }
+        None => match &host {
+            Some(h) => {
+                let (address, port) = host_port(h, &format!("{path}.host"), Some(443), p)?;
+                // The provider's name is also the :authority it is sent (and what TLS checks).
+                if config.get("host").is_none() {
+                    config.set("host", h.as_str().into());
+                }
+                let tls = tls_field.unwrap_or(true);
+                Endpoint { tls: tls.then(|| address.clone()), address, port }
+            }
+            None => {
+                p.err(&path, "Envoy needs to know where this backend is: set `host` (the provider's hostname) or `address` (host:port)");
+                return None;
+            }
+        },
+    };
+    let mut env = Vec::new();
+    if let Some(c) = &parsed.credential {
+        env.push(c.env.clone());
+    }
+    if parsed.schema == crate::config::Schema::Bedrock {
+        let d = crate::config::AwsConfig::default();
+        let aws = parsed.aws.as_ref().unwrap_or(&d);
+        for e in [&aws.access_key_id_env, &aws.secret_access_key_env, &aws.session_token_env] {
+            push_unique(&mut env, e);
+        }
+    }
+    // The :authority the provider sees: keep the file's `host` (or none, for a local server).
+    Some(BackendDef { name: name.to_string(), config, endpoint, env })
+}
+
+fn candidates(c: &Node, path: &str, backends: &[BackendDef], p: &mut Problems) -> Vec<Candidate> {
+    let Node::List(l) = c else {
+        p.err(path, "must be a list in failover order, e.g. [openai/gpt-4o-mini, anthropic/claude-3-5-haiku-20241022]");
+        return Vec::new();
+    };
+    if l.is_empty() {
+        p.err(path, "needs at least one candidate (backend/model)");
+    }
+    let mut out = Vec::new();
+    let mut next_priority = 0u32;
+    for (i, item) in l.iter().enumerate() {
+        let path = format!("{path}[{i}]");
+        let (backend, model, priority, weight) = match item {
+            Node::Str(s) => match s.split_once('/') {
+                Some((b, m)) if !m.is_empty() => (b.to_string(), Some(m.to_string()), None, None),
+                _ => (s.clone(), None, None, None),
+            },
+            Node::Map(m) => {
+                for (k, _) in m {
+                    if !["backend", "model", "priority", "weight"].contains(&k.as_str()) {
+                        p.err(&format!("{path}.{k}"), "unknown field; a candidate has backend, model, priority and weight");
+                    }
+                }
+                let Some(b) = item.get("backend").and_then(Node::as_str) else {
+                    p.err(&format!("{path}.backend"), "is required (a name under `backends:`)");
+                    continue;
+                };
+                let model = item.get("model").and_then(Node::as_str).map(str::to_string);
+                let priority = match item.get("priority") {
+                    None => None,
+                    Some(Node::Int(v)) if (0..=100).contains(v) => Some(*v as u32),
+                    Some(_) => {
+                        p.err(&format!("{path}.priority"), "must be a number from 0 (tried first) to 100");
+                        None
+                    }
+                };
+                let weight = match item.get("weight") {
+                    None => None,
+                    Some(Node::Int(v)) if (1..=1000).contains(v) => Some(*v as u32),
+                    Some(_) => {
+                        p.err(&format!("{path}.weight"), "must be a number from 1 to 1000 (the share among candidates of one priority)");
+                        None
+                    }
+                };
+                (b.to_string(), model, priority, weight)
+            }
+            _ => {
+                p.err(&path, "write backend/model or {backend: NAME, model: UPSTREAM_MODEL, priority: N, weight: W}");
+                continue;
+            }
+        };
+        if !backends.iter().any(|b| b.name == backend) {
+            let known: Vec<&str> = backends.iter().map(|b| b.name.as_str()).collect();
+            p.err(&path, format!("unknown backend {backend:?}; define it under `backends:` or use one of: {}", known.join(", ")));
+            continue;
+        }
+        let priority = priority.unwrap_or(next_priority);
+        if priority > next_priority {
+            p.err(&format!("{path}.priority"), format!("priorities must count up from 0 without gaps (expected at most {next_priority})"));
+        }
+        next_priority = next_priority.max(priority + 1);
+        out.push(Candidate { backend, model, priority, weight });
+    }
+    out
+}
+
+/// The rendered plugin configurations pass the filter's own checks.
+fn check_plugins(f: &GatewayFile, p: &mut Problems) {
+    let gw = yaml::json_plugin(&f.gateway);
+    match crate::config::PluginConfig::parse(gw.as_bytes()) {
+        Ok(crate::config::PluginConfig::Gateway(g)) => {
+            if let Err(e) = crate::config::Gateway::new(g) {
+                p.err("gateway configuration", format!("{e} (see README \"Gateway configuration\")"));
+            }
+        }
+        Ok(_) => {}
+        Err(e) => p.err("gateway configuration (models, auth, routing, capabilities, gateway)", e),
+    }
+    let be = yaml::json_plugin(&envoy::backend_plugin(f));
+    if let Err(e) = crate::config::PluginConfig::parse(be.as_bytes()) {
+        p.err("backends", e);
+    }
+}
+
+/// `switchyard check` of a gateway file: the file's own checks, then the rendered Envoy
+/// configuration's route checks (capability regressions, version pinning).
+pub fn check(text: &str) -> Result<(usize, usize, Vec<String>), Vec<String>> {
+    let (f, mut warnings) = parse(text)?;
+    let doc = envoy::render(&f).to_json();
+    match crate::policy::route_check::check_envoy(&doc) {
+        Ok(findings) => {
+            if !findings.errors.is_empty() {
+                return Err(findings.errors);
+            }
+            warnings.extend(findings.warnings);
+        }
+        Err(e) => return Err(vec![e]),
+    }
+    Ok((f.routes.len(), f.backends.len(), warnings))
+}
+
+/// The comment at the top of every rendered file.
+pub fn header(source: &str, target: &str) -> String {
+    format!(
+        "# Rendered by `switchyard render {source} --target {target}`: do not edit. Edit {source}, then\n# render again (`switchyard check {source}` validates it first).\n"
+    )
+}

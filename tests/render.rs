@@ -1,0 +1,296 @@
+//! `switchyard render` and `switchyard check` on gateway files (the binary, as an operator runs it).
+//!
+//! Golden files: envoy/demo.yaml and envoy/envoy.yaml are the rendered examples/demo.yaml and
+//! examples/gateway.yaml, and tests/golden/ holds the other examples' renderings; a test fails when
+//! one drifts. After changing the renderer or an example on purpose, regenerate them with
+//! `SWITCHYARD_UPDATE_GOLDEN=1 cargo test --test render` and review the diff.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn run(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard")).args(args).current_dir(repo()).output().expect("run switchyard");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// (example, target, golden file)
+const GOLDEN: &[(&str, &str, &str)] = &[
+    ("examples/demo.yaml", "envoy", "envoy/demo.yaml"),
+    ("examples/gateway.yaml", "envoy", "envoy/envoy.yaml"),
+    ("examples/routing.yaml", "envoy", "tests/golden/routing.envoy.yaml"),
+];
+
+#[test]
+fn rendered_files_match_their_examples() {
+    let update = std::env::var("SWITCHYARD_UPDATE_GOLDEN").is_ok_and(|v| v == "1");
+    let mut drift = Vec::new();
+    for (example, target, golden) in GOLDEN {
+        let (ok, out, err) = run(&["render", example, "--target", target]);
+        assert!(ok, "render {example} --target {target}: {err}");
+        let path = repo().join(golden);
+        if update {
+            std::fs::write(&path, &out).unwrap();
+            continue;
+        }
+        let want = std::fs::read_to_string(&path).unwrap_or_default();
+        if want != out {
+            drift.push(format!(
+                "{golden} is not what `switchyard render {example} --target {target}` writes: edit {example}, not {golden}, then run \
+                 `cargo run --bin switchyard -- render {example} --target {target} > {golden}` (or SWITCHYARD_UPDATE_GOLDEN=1 cargo test --test render)"
+            ));
+        }
+    }
+    assert!(drift.is_empty(), "{}", drift.join("\n"));
+}
+
+fn envoy_doc(example: &str) -> Value {
+    let (ok, out, err) = run(&["render", example, "--target", "envoy"]);
+    assert!(ok, "{err}");
+    serde_yaml::from_str(&out).unwrap()
+}
+
+fn walk<'a>(v: &'a Value, f: &mut impl FnMut(&'a Value)) {
+    f(v);
+    match v {
+        Value::Object(m) => m.values().for_each(|c| walk(c, f)),
+        Value::Array(a) => a.iter().for_each(|c| walk(c, f)),
+        _ => {}
+    }
+}
+
+/// Every plugin configuration (role → parsed JSON) in a rendered document.
+fn plugins(doc: &Value, role: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    walk(doc, &mut |n| {
+        if let Some(s) = n.get("configuration").and_then(|c| c.get("value")).and_then(Value::as_str) {
+            if let Ok(p) = serde_json::from_str::<Value>(s) {
+                if p["role"] == role {
+                    out.push(p);
+                }
+            }
+        }
+    });
+    out
+}
+
+#[test]
+fn every_model_has_a_route_and_a_cluster_and_every_backend_is_reachable() {
+    for example in ["examples/demo.yaml", "examples/gateway.yaml", "examples/routing.yaml"] {
+        let doc = envoy_doc(example);
+        let hcm = &doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
+        let routes = hcm["route_config"]["virtual_hosts"][0]["routes"].as_array().unwrap();
+        let clusters = doc["static_resources"]["clusters"].as_array().unwrap();
+        let gateways = plugins(&doc, "gateway");
+        assert_eq!(gateways.len(), 1, "{example}: one gateway filter");
+        let source: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(repo().join(example)).unwrap()).unwrap();
+        let models = gateways[0]["models"].as_array().unwrap();
+        assert_eq!(models.len(), source["models"].as_sequence().unwrap().len(), "{example}: every model entry reaches the gateway");
+        for m in models {
+            let route = m.get("route").or(m.get("name")).and_then(Value::as_str).unwrap();
+            let r = routes
+                .iter()
+                .find(|r| r["match"]["headers"][0]["string_match"]["exact"] == route)
+                .unwrap_or_else(|| panic!("{example}: model {m} has no route {route}"));
+            let cluster = r["route"]["cluster"].as_str().unwrap();
+            let c = clusters.iter().find(|c| c["name"] == cluster).unwrap_or_else(|| panic!("{example}: no cluster {cluster}"));
+            assert_eq!(c["load_assignment"]["cluster_name"], cluster);
+            // Priorities count up from 0, and every endpoint names a backend of the backend filter.
+            for (i, group) in c["load_assignment"]["endpoints"].as_array().unwrap().iter().enumerate() {
+                assert_eq!(group["priority"].as_u64(), Some(i as u64), "{example}: {cluster}");
+                assert!(!group["lb_endpoints"].as_array().unwrap().is_empty());
+            }
+        }
+        // The last route answers models without a route with an OpenAI-shaped error.
+        assert!(routes.last().unwrap()["direct_response"]["body"]["inline_string"].as_str().unwrap().contains("no_route"));
+        let backends = plugins(&doc, "backend");
+        assert!(!backends.is_empty());
+        for b in &backends {
+            assert_eq!(b, &backends[0], "{example}: every cluster has the same backend filter configuration");
+        }
+        for name in backends[0]["backends"].as_object().unwrap().keys() {
+            let mut used = false;
+            walk(&doc, &mut |n| used |= n.get("switchyard").and_then(|s| s.get("backend")).and_then(Value::as_str) == Some(name));
+            assert!(used, "{example}: backend {name} is not reachable from any model");
+        }
+        // TLS endpoints: SNI and the certificate's DNS name are the provider's host.
+        for c in clusters {
+            for m in c["transport_socket_matches"].as_array().into_iter().flatten() {
+                let tls = &m["transport_socket"]["typed_config"];
+                let sni = tls["sni"].as_str().unwrap();
+                assert_eq!(tls["common_tls_context"]["validation_context"]["match_typed_subject_alt_names"][0]["matcher"]["exact"], sni);
+                let host = backends[0]["backends"][m["name"].as_str().unwrap()]["host"].as_str();
+                assert_eq!(host, Some(sni), "{example}: SNI of {}", m["name"]);
+            }
+        }
+    }
+}
+
+#[test]
+fn the_routing_example_renders_its_routing_needs() {
+    let doc = envoy_doc("examples/routing.yaml");
+    let hcm = &doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
+    let filters: Vec<&str> = hcm["http_filters"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
+    assert_eq!(filters, ["switchyard.gateway", "envoy.filters.http.header_to_metadata", "envoy.filters.http.router"]);
+    let clusters = doc["static_resources"]["clusters"].as_array().unwrap();
+    let cluster = |n: &str| clusters.iter().find(|c| c["name"] == n).unwrap();
+    // gpt-4o-mini falls back to a model without vision: endpoints say so for the subset balancer.
+    let gpt = cluster("route_gpt-4o-mini");
+    let eps = gpt["load_assignment"]["endpoints"].as_array().unwrap();
+    assert_eq!(eps[0]["lb_endpoints"][0]["metadata"]["filter_metadata"]["envoy.lb"]["vision"], "true");
+    assert_eq!(eps[2]["lb_endpoints"][0]["metadata"]["filter_metadata"]["envoy.lb"]["vision"], "false");
+    assert_eq!(eps[2]["lb_endpoints"][0]["metadata"]["filter_metadata"]["envoy.lb"]["context_200k"], "false");
+    let sels = gpt["lb_subset_config"]["subset_selectors"].as_array().unwrap();
+    assert!(sels.iter().any(|s| s["keys"] == serde_json::json!(["vision", "tools", "context_16k"])));
+    assert_eq!(gpt["lb_subset_config"]["fallback_policy"], "ANY_ENDPOINT");
+    // Magistral has one candidate: nothing to skip, no subset balancer.
+    assert!(cluster("route_magistral").get("lb_subset_config").is_none());
+    // The weighted split shares priority 0.
+    let balanced = &cluster("route_balanced")["load_assignment"]["endpoints"];
+    assert_eq!(balanced[0]["lb_endpoints"].as_array().unwrap().len(), 2);
+    assert_eq!(balanced[0]["lb_endpoints"][1]["load_balancing_weight"], 50);
+    // The hedged route hedges; the others do not.
+    let routes = hcm["route_config"]["virtual_hosts"][0]["routes"].as_array().unwrap();
+    for r in routes.iter().filter(|r| r.get("route").is_some()) {
+        let hedged = r["route"]["hedge_policy"]["hedge_on_per_try_timeout"] == true;
+        assert_eq!(hedged, r["route"]["cluster"] == "route_claude-haiku", "{r}");
+    }
+    // A three-level route retries at least twice.
+    assert_eq!(routes[0]["route"]["retry_policy"]["num_retries"], 2);
+    // The module comes from its URL with the pinned digest, through its own cluster.
+    let vm = &hcm["http_filters"][0]["typed_config"]["config"]["vm_config"];
+    assert_eq!(vm["code"]["remote"]["sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(vm["code"]["remote"]["http_uri"]["cluster"], "switchyard_module");
+    assert!(cluster("switchyard_module")["transport_socket"]["typed_config"]["sni"] == "artifacts.example.com");
+    // Credentials are only named: each backend's variables are passed into the VM.
+    let keys: Vec<&str> = vm["environment_variables"]["host_env_keys"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    for k in ["OPENAI_API_KEY", "ANTHROPIC_API_KEY", "COHERE_API_KEY", "VERTEX_ACCESS_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MISTRAL_API_KEY"] {
+        assert!(keys.contains(&k), "{k} in {keys:?}");
+    }
+}
+
+fn write_tmp(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("switchyard-render-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+const BASE: &str = "backends:\n  openai: { schema: openai, credential: { env: OPENAI_API_KEY } }\nmodels:\n- { name: m, candidates: [openai/gpt-4o-mini] }\n";
+
+#[test]
+fn check_names_the_field_and_says_what_to_do() {
+    let cases: &[(&str, &str, &[&str])] = &[
+        ("unknown-backend", "backends:\n  openai: { schema: openai }\nmodels:\n- { name: m, candidates: [opneai/gpt-4o-mini] }\n",
+         &["models[0] (m).candidates[0]", "unknown backend \"opneai\"", "one of: openai"]),
+        ("no-candidates", "backends:\n  openai: { schema: openai }\nmodels:\n- { name: m }\n",
+         &["models[0] (m)", "add `candidates:`"]),
+        ("typo", &format!("{BASE}listne: 1.2.3.4:5\n"), &["listne: unknown field", "listen"]),
+        ("bad-address", "backends:\n  local: { schema: ollama, address: \"localhost:99999\" }\nmodels:\n- { name: m, candidates: [local] }\n",
+         &["backends.local.address", "1 to 65535"]),
+        ("no-host", "backends:\n  local: { schema: ollama }\nmodels:\n- { name: m, candidates: [local] }\n",
+         &["backends.local", "set `host`", "`address`"]),
+        ("pattern", "backends:\n  openai: { schema: openai }\nmodels:\n- { name: \"gpt-*\", candidates: [openai] }\n",
+         &["models[0] (gpt-*).route", "needs `route:`"]),
+        ("gap", "backends:\n  openai: { schema: openai }\nmodels:\n- name: m\n  candidates: [{ backend: openai, priority: 1 }]\n",
+         &["candidates[0].priority", "without gaps"]),
+        ("bad-schema", "backends:\n  x: { schema: opanai }\nmodels:\n- { name: m, candidates: [x] }\n",
+         &["backends.x", "opanai"]),
+        ("twice", "backends:\n  openai: { schema: openai }\nmodels:\n- { name: m, candidates: [openai] }\n- { name: n, route: m, candidates: [openai] }\n",
+         &["models[1] (n).candidates", "already has candidates"]),
+        ("inline-secret", "backends:\n  openai: { schema: openai, credential: { value: sk-proj-abcdefghijklmnopqrstuvwxyz } }\nmodels:\n- { name: m, candidates: [openai] }\n",
+         &["backends.openai.credential", "credential: {env: VARIABLE}"]),
+        ("secret-anywhere", &format!("{BASE}gateway:\n  note: sk-ant-api03-abcdefghijklmnopqrstuvwxyz\n"),
+         &[".gateway.note", "looks like a credential"]),
+        ("gateway-check", &format!("{BASE}gateway:\n  max_request_body_bytes: 0\n"), &["max_request_body_bytes must be positive"]),
+        ("url-without-digest", &format!("{BASE}module: {{ url: \"http://127.0.0.1:1/x.wasm\" }}\n"), &["module.sha256", "pinned sha256"]),
+        ("floating-forbidden", "backends:\n  openai: { schema: openai }\nmodels:\n- { name: m, pin_versions: forbid, candidates: [openai/gpt-4o-mini] }\n",
+         &["floating name gpt-4o-mini"]),
+    ];
+    for (name, text, wants) in cases {
+        let path = write_tmp(&format!("{name}.yaml"), text);
+        let (ok, _, err) = run(&["check", path.to_str().unwrap()]);
+        assert!(!ok, "{name}: check accepted it");
+        for w in *wants {
+            assert!(err.contains(w), "{name}: {w:?} not in {err}");
+        }
+        // render refuses what check refuses (except checks of the rendered Envoy configuration).
+        if *name != "floating-forbidden" {
+            let (ok, out, _) = run(&["render", path.to_str().unwrap()]);
+            assert!(!ok && out.is_empty(), "{name}: render wrote {out}");
+        }
+    }
+    let path = write_tmp("ok.yaml", BASE);
+    let (ok, out, err) = run(&["check", path.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(out.contains("gateway file is valid: 1 routes, 1 backends (0 warnings)"), "{out}");
+}
+
+#[test]
+fn rendered_output_holds_no_secret_values() {
+    // The renderer never reads the environment: with canary values set, none appears.
+    let canary = "sk-canary-0123456789abcdefghij";
+    for (example, target, _) in GOLDEN {
+        let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(["render", example, "--target", target])
+            .current_dir(repo())
+            .env("OPENAI_API_KEY", canary)
+            .env("ANTHROPIC_API_KEY", canary)
+            .env("AWS_SECRET_ACCESS_KEY", canary)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && !text.contains(canary), "{example}");
+        for token in text.split(|c: char| c.is_whitespace() || "\"',{}[]:".contains(c)) {
+            assert!(!switchyard::render::looks_like_secret(token), "{example} --target {target}: {token}");
+        }
+    }
+}
+
+#[test]
+fn the_examples_check_clean() {
+    for example in ["examples/demo.yaml", "examples/gateway.yaml"] {
+        let (ok, out, err) = run(&["check", example]);
+        assert!(ok && out.contains("(0 warnings)"), "{example}: {out}{err}");
+    }
+    // The routing example's gpt-4o-mini falls back to a model without vision: a warning.
+    let (ok, _, err) = run(&["check", "examples/routing.yaml"]);
+    assert!(ok, "{err}");
+    assert!(err.contains("fallback command-r7b-12-2024 (priority 2) lacks vision"), "{err}");
+}
+
+#[test]
+fn a_reloadable_rendering_writes_a_bootstrap_and_watched_files() {
+    let dir = std::env::temp_dir().join(format!("switchyard-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ok, out, err) = run(&["render", "examples/demo.yaml", "--reloadable", dir.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(out.contains("listeners.yaml"), "{out}");
+    let boot: Value = serde_yaml::from_str(&std::fs::read_to_string(dir.join("envoy.yaml")).unwrap()).unwrap();
+    let lds = &boot["dynamic_resources"]["lds_config"]["path_config_source"];
+    assert_eq!(Path::new(lds["path"].as_str().unwrap()), std::fs::canonicalize(&dir).unwrap().join("listeners.yaml"));
+    assert!(lds["watched_directory"]["path"].is_string());
+    let listeners: Value = serde_yaml::from_str(&std::fs::read_to_string(dir.join("listeners.yaml")).unwrap()).unwrap();
+    assert_eq!(listeners["resources"][0]["@type"], "type.googleapis.com/envoy.config.listener.v3.Listener");
+    let clusters: Value = serde_yaml::from_str(&std::fs::read_to_string(dir.join("clusters.yaml")).unwrap()).unwrap();
+    assert_eq!(clusters["resources"].as_array().unwrap().len(), 17);
+    // The same vm_id as the static rendering: shared data (limits, budgets, routing scores) is the same namespace.
+    let demo = envoy_doc("examples/demo.yaml");
+    let vm = |d: &Value| {
+        let mut id = None;
+        walk(d, &mut |n| {
+            if id.is_none() {
+                id = n.get("vm_id").cloned();
+            }
+        });
+        id
+    };
+    assert_eq!(vm(&listeners), vm(&demo));
+    let _ = std::fs::remove_dir_all(&dir);
+}
