@@ -67,6 +67,12 @@ pub struct GatewayConfig {
     /// PII and secret detectors on requests (and answers) (`crate::policy::guardrails`). Absent: off.
     #[serde(default)]
     pub guardrails: Option<crate::policy::guardrails::GuardrailsConfig>,
+    /// The exact answer cache (`crate::cache`). Absent: off.
+    #[serde(default)]
+    pub cache: Option<crate::cache::CacheConfig>,
+    /// Quality sampling to an evaluation sink (`crate::cache::sample`). Absent: off.
+    #[serde(default)]
+    pub quality_sampling: Option<crate::cache::sample::SamplingConfig>,
 }
 
 /// Telemetry options. Per-key and per-team labels multiply the number of series: off by default.
@@ -476,6 +482,10 @@ pub struct Gateway {
     pub capabilities: Option<std::rc::Rc<crate::policy::capabilities::CapabilityTable>>,
     /// Guardrails; `None` when not configured (nothing is scanned).
     pub guardrails: Option<crate::policy::guardrails::Guardrails>,
+    /// The exact answer cache; `None`: off.
+    pub cache: Option<crate::cache::Cache>,
+    /// Quality sampling; `None`: off.
+    pub sampling: Option<crate::cache::sample::SamplingConfig>,
 }
 
 impl PluginConfig {
@@ -506,6 +516,10 @@ impl Gateway {
             return Err("max_request_body_bytes must be positive".into());
         }
         cfg.limits.validate()?;
+        let cache = cfg.cache.map(crate::cache::Cache::new).transpose()?;
+        if let Some(s) = &cfg.quality_sampling {
+            s.validate()?;
+        }
         let capabilities = crate::policy::capabilities::CapabilityTable::new(cfg.capabilities, cfg.auth.as_ref().map(|a| &a.pricing.models))?
             .map(std::rc::Rc::new);
         let policy = match cfg.auth {
@@ -528,6 +542,8 @@ impl Gateway {
             routing_prices: None,
             latency_tracked: Vec::new(),
             capabilities,
+            cache,
+            sampling: cfg.quality_sampling,
             router: ModelRouter::new(cfg.models)?,
             policy,
         })

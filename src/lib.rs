@@ -4,6 +4,7 @@
 //! bytes between Envoy and that code.
 
 pub mod api;
+pub mod cache;
 pub mod config;
 pub mod policy;
 pub mod providers;

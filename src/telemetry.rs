@@ -52,6 +52,22 @@ pub const CANDIDATE_SCORE: &str = "switchyard_candidate_score_ms";
 /// Drains to zero when traffic stops; a value that keeps growing is a leak (scripts/soak watches it).
 /// Guardrail detections, by detector, action and direction (`request`, `answer`); never the text.
 pub const GUARDRAIL_DETECTIONS: &str = "switchyard_guardrail_detections";
+/// Chat requests the exact cache answered, missed (and sent upstream), or did not look up.
+pub const CACHE_HITS: &str = "switchyard_cache_hits";
+pub const CACHE_MISSES: &str = "switchyard_cache_misses";
+pub const CACHE_BYPASSES: &str = "switchyard_cache_bypasses";
+/// What the answers served from the cache cost when they were first paid (micro-USD).
+pub const CACHE_SAVED: &str = "switchyard_cache_saved_micros";
+/// Answers stored in the cache, entries evicted to make room, answers too large to store.
+pub const CACHE_STORES: &str = "switchyard_cache_stores";
+pub const CACHE_EVICTIONS: &str = "switchyard_cache_evictions";
+pub const CACHE_TOO_LARGE: &str = "switchyard_cache_too_large";
+/// Quality samples queued for the sink, dropped (queue full, body too large), delivered, and
+/// lost to a sink failure (an error status, no answer, an unknown cluster).
+pub const SAMPLES_QUEUED: &str = "switchyard_quality_samples_queued";
+pub const SAMPLES_DROPPED: &str = "switchyard_quality_samples_dropped";
+pub const SAMPLES_DELIVERED: &str = "switchyard_quality_samples_delivered";
+pub const SINK_FAILURES: &str = "switchyard_quality_sink_errors";
 pub const INFLIGHT: &str = "switchyard_inflight_requests";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -137,6 +153,10 @@ pub struct RequestRecord {
     pub model_pattern: Option<String>,
     /// Guardrail detections of the request and its answer (counts only).
     pub guardrails: Vec<crate::policy::guardrails::Detection>,
+    /// What the exact cache did (`hit`, `miss`, `bypass`); `None` when the cache is off.
+    pub cache: Option<&'static str>,
+    /// A hit's original cost, which this request did not pay again.
+    pub cache_saved_micros: Option<u64>,
 }
 
 /// What a first-token deadline did to one request (`crate::policy::deadline::report`).
@@ -288,6 +308,17 @@ pub fn metric_updates(r: &RequestRecord, opts: LabelOptions) -> Vec<MetricUpdate
         let l = [("detector", d.detector.as_str()), ("action", d.action), ("direction", d.direction)];
         out.push(counter(stat_name(GUARDRAIL_DETECTIONS, &l), u64::from(d.count)));
     }
+    if let Some(c) = r.cache {
+        let name = match c {
+            "hit" => CACHE_HITS,
+            "miss" => CACHE_MISSES,
+            _ => CACHE_BYPASSES,
+        };
+        out.push(counter(stat_name(name, &[("gen_ai_request_model", req_model)]), 1));
+        if let Some(s) = r.cache_saved_micros.filter(|s| *s > 0) {
+            out.push(counter(stat_name(CACHE_SAVED, &[("gen_ai_request_model", req_model)]), s));
+        }
+    }
     // Latency histograms only for requests that reached a provider.
     if r.attempts > 0 {
         let l = &model_labels[..2];
@@ -339,6 +370,10 @@ pub fn log_fields(r: &RequestRecord) -> Vec<(&'static str, String)> {
         ("ttfb_ms", r.ttfb_ms.map(|c| c.to_string()).unwrap_or_default()),
         ("ttft_ms", r.ttft_ms.map(|c| c.to_string()).unwrap_or_default()),
     ];
+    if let Some(c) = r.cache {
+        f.push(("cache", c.to_string()));
+        f.push(("cache_saved_micros", r.cache_saved_micros.map(|c| c.to_string()).unwrap_or_default()));
+    }
     if let Some(d) = &r.deadline {
         f.push(("first_token_timeout_ms", d.timeout_ms.to_string()));
         f.push(("hedge", d.hedge.to_string()));

@@ -32,6 +32,8 @@ use crate::providers::{Operation, StreamTranslate};
 use crate::stream::usage_tap::UsageTap;
 use crate::telemetry::{self, Rejection, RequestRecord};
 
+mod cache_glue;
+
 /// Most of a whole answer the gateway keeps to read its usage (larger ones are not accounted).
 const MAX_SUMMARY_BYTES: usize = 4 * 1024 * 1024;
 
@@ -94,6 +96,12 @@ pub struct GatewayFilter {
     /// A stream in the ingress API's own shape (a native backend's): translated into canonical
     /// SSE only to be watched; the client gets the native bytes.
     native_view: Option<Box<dyn StreamTranslate>>,
+    /// The cache and quality sampling watching this request's answer (`None`: both off or idle).
+    watch: Option<Box<crate::cache::Watch>>,
+    /// A cached answer to serve instead of going upstream: its bytes, the entry, the resolved model.
+    cache_hit: Option<Box<(Vec<u8>, crate::cache::Entry, String)>>,
+    /// The client's `cache-control` (read only when the cache is on).
+    cache_control: crate::cache::Control,
 }
 
 impl Drop for GatewayFilter {
@@ -135,6 +143,9 @@ impl GatewayFilter {
             local: None,
             answer: None,
             native_view: None,
+            watch: None,
+            cache_hit: None,
+            cache_control: crate::cache::Control::Normal,
         }
     }
 
@@ -265,6 +276,14 @@ impl GatewayFilter {
             byok = principal.byok().map(|s| s.expose().to_string());
         }
         self.record.route = Some(resolved.route.to_string());
+        if op == Operation::Chat && (cfg.cache.is_some() || cfg.sampling.is_some()) {
+            let b = cache_glue::begin(&cfg, self.principal.as_ref(), model, (self.stream, self.wants_usage), self.cache_control, body, self.guard.as_deref(), resolved.model, byok.is_some());
+            (self.record.cache, self.watch) = (b.status, b.watch);
+            if b.hit.is_some() {
+                self.cache_hit = b.hit;
+                return Ok(()); // answered in on_http_request_body
+            }
+        }
         if !cfg.latency_tracked.is_empty() && cfg.latency_tracked.iter().any(|m| m == resolved.model) {
             self.latency_model = Some(resolved.model.to_string());
         }
@@ -474,6 +493,9 @@ impl GatewayFilter {
         }
         self.settle();
         self.finish_record();
+        if self.watch.is_some() {
+            self.finish_watch();
+        }
         if self.cfg.publish_log_fields {
             publish_log_fields(&telemetry::log_fields(&self.record));
         }
@@ -529,6 +551,9 @@ impl HttpContext for GatewayFilter {
             }
         }
         self.request_id = header(&headers, "x-request-id").filter(|v| header_policy::usable_request_id(v)).map(str::to_string);
+        if self.cfg.cache.is_some() {
+            self.cache_control = crate::cache::control_of(header(&headers, "cache-control"));
+        }
         if let Some(rt) = self.cfg.routing.as_ref().filter(|rt| !rt.header_names().is_empty()) {
             self.rule_headers = headers.iter().filter(|(n, _)| rt.header_names().contains(n)).cloned().collect();
         }
@@ -648,6 +673,10 @@ impl HttpContext for GatewayFilter {
                     set_request_header("content-length", Some(&new_body.len().to_string()));
                 }
                 self.record.stream = self.stream;
+                if let Some(hit) = self.cache_hit.take() {
+                    let (answer, entry, model) = *hit;
+                    return self.serve_cached(answer, entry, &model);
+                }
                 Action::Continue
             }
             Err((e, reason, headers)) => {
@@ -712,6 +741,12 @@ impl HttpContext for GatewayFilter {
         } else {
             ResponseMode::Collect
         };
+        if let Some(w) = self.watch.as_mut() {
+            if let Some(s) = w.cache_status() {
+                set_response_header(crate::cache::CACHE_HEADER, Some(s.as_str()));
+            }
+            w.on_response_headers(status, matches!(self.mode, ResponseMode::Stream(_)));
+        }
         let action = match self.mode {
             ResponseMode::RewriteError if end_of_stream => {
                 let e = ApiError::from_openai_body(status, b"");
@@ -759,6 +794,17 @@ impl HttpContext for GatewayFilter {
                         set_response_header(k, Some(&v));
                     }
                 }
+                if let Some(w) = self.watch.as_mut().filter(|w| w.wants_whole()) {
+                    // The canonical answer (a native one through its canonical view).
+                    let canonical = match self.ingress.canonical_view().filter(|_| native && self.record.status < 400) {
+                        Some(view) => (view.answer)(&body, now_ms() / 1000).ok(),
+                        None => Some(body.clone()),
+                    };
+                    if let Some(c) = canonical {
+                        w.count_whole(c.len());
+                        w.set_whole(c);
+                    }
+                }
                 let mut out = None;
                 if let (Some(guard), Some(g), 200) = (self.guard.as_mut(), self.cfg.guardrails.as_ref(), self.record.status) {
                     out = guard.answer_body(g, &body);
@@ -783,9 +829,15 @@ impl HttpContext for GatewayFilter {
                         self.buf.extend_from_slice(&chunk);
                     }
                 }
+                if let Some(w) = self.watch.as_mut() {
+                    w.count_whole(body_size);
+                }
                 if end_of_stream {
                     let summary = ResponseSummary::parse(&self.buf);
-                    self.buf = Vec::new();
+                    match self.watch.as_mut().filter(|w| w.wants_whole()) {
+                        Some(w) => w.set_whole(std::mem::take(&mut self.buf)),
+                        None => self.buf = Vec::new(),
+                    }
                     self.record.response_model = summary.model;
                     self.usage = summary.usage;
                     if let Some(e) = summary.error {
@@ -821,6 +873,9 @@ impl HttpContext for GatewayFilter {
                     // A native stream: the client gets it as it is; the tap reads its canonical view.
                     let mut canonical = Vec::new();
                     view.push(chunk, &mut canonical);
+                    if let Some(w) = self.watch.as_mut() {
+                        w.stream_chunk(&canonical);
+                    }
                     let mut scratch = Vec::new();
                     tap.push(&canonical, &mut scratch);
                     self.out.extend_from_slice(chunk);
@@ -828,6 +883,9 @@ impl HttpContext for GatewayFilter {
                         let done = tap.completed() || tap.saw_error();
                         canonical.clear();
                         view.finish(&mut canonical);
+                        if let Some(w) = self.watch.as_mut() {
+                            w.stream_chunk(&canonical);
+                        }
                         tap.push(&canonical, &mut scratch);
                         tap.finish(&mut scratch);
                         if !done {
@@ -837,6 +895,9 @@ impl HttpContext for GatewayFilter {
                         }
                     }
                 } else {
+                    if let Some(w) = self.watch.as_mut() {
+                        w.stream_chunk(chunk);
+                    }
                     tap.push(chunk, &mut self.out);
                     if end_of_stream {
                         tap.finish(&mut self.out);

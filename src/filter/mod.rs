@@ -18,7 +18,7 @@ use crate::config::{AwsCredentials, Backend, Gateway, PluginConfig, Schema};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { role: None }) });
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { role: None, sink_calls: HashMap::new() }) });
 }}
 
 /// What one plugin instance is, per its configuration.
@@ -47,9 +47,28 @@ pub(crate) struct BackendRuntime {
 
 struct Root {
     role: Option<Role>,
+    /// Quality-sampling sink calls in flight: token → samples it carries.
+    sink_calls: HashMap<u32, usize>,
 }
 
-impl Context for Root {}
+impl Context for Root {
+    fn on_http_call_response(&mut self, token_id: u32, _num_headers: usize, _body_size: usize, _num_trailers: usize) {
+        let Some(n) = self.sink_calls.remove(&token_id) else { return };
+        let status = self
+            .get_http_call_response_header(":status")
+            .and_then(|s| s.parse::<u16>().ok())
+            .unwrap_or(0);
+        let ok = (200..300).contains(&status);
+        if !ok {
+            log::debug!("switchyard: quality sink answered {status} for {n} samples");
+        }
+        let metrics = matches!(&self.role, Some(Role::Gateway(g)) if g.emit_metrics);
+        if metrics {
+            let name = if ok { crate::telemetry::SAMPLES_DELIVERED } else { crate::telemetry::SINK_FAILURES };
+            emit_metrics(&[crate::telemetry::MetricUpdate { kind: crate::telemetry::MetricKind::Counter, name: name.to_string(), value: n as u64 }]);
+        }
+    }
+}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
@@ -93,6 +112,12 @@ impl RootContext for Root {
         });
         match parsed {
             Ok(role) => {
+                if let Role::Gateway(g) = &role {
+                    if let Some(s) = &g.sampling {
+                        // Samples are sent from the root context on a timer: never from a request.
+                        self.set_tick_period(std::time::Duration::from_millis(u64::from(s.flush_interval_ms)));
+                    }
+                }
                 self.role = Some(role);
                 true
             }
@@ -114,6 +139,62 @@ impl RootContext for Root {
 
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
+    }
+
+    fn on_tick(&mut self) {
+        if let Some(Role::Gateway(g)) = &self.role {
+            if let Some(s) = g.sampling.clone() {
+                self.flush_samples(&s, g.emit_metrics);
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// Quality samples this worker has not sent yet (`crate::cache::sample`).
+    static SAMPLES: std::cell::RefCell<crate::cache::sample::SampleQueue> = std::cell::RefCell::new(Default::default());
+}
+
+/// Queues a sample for the root context to send; false (dropped) when the queue is full.
+fn publish_queue_sample(line: Vec<u8>, max: usize) -> bool {
+    SAMPLES.with(|q| q.borrow_mut().push(line, max))
+}
+
+impl Root {
+    /// Sends what the queue holds, a batch per sink request (a few per tick). A refused dispatch
+    /// (unknown cluster) loses its samples, counted as sink failures.
+    fn flush_samples(&mut self, s: &crate::cache::sample::SamplingConfig, metrics: bool) {
+        use crate::telemetry::{SINK_FAILURES, SAMPLES_DROPPED};
+        let mut failed = 0u64;
+        let mut dropped = 0u64;
+        for _ in 0..4 {
+            let Some((body, n)) = SAMPLES.with(|q| q.borrow_mut().drain_batch(s)) else { break };
+            if self.sink_calls.len() >= 64 {
+                // The sink is not keeping up: shed instead of piling up calls.
+                dropped += n as u64;
+                continue;
+            }
+            let headers = vec![(":method", "POST"), (":path", s.path()), (":authority", s.authority()), ("content-type", s.content_type())];
+            match self.dispatch_http_call(&s.cluster, headers, Some(&body), vec![], std::time::Duration::from_millis(u64::from(s.timeout_ms))) {
+                Ok(token) => {
+                    self.sink_calls.insert(token, n);
+                }
+                Err(e) => {
+                    log::debug!("switchyard: quality sink {}: dispatch failed: {e:?}", s.cluster);
+                    failed += n as u64;
+                }
+            }
+        }
+        if metrics {
+            let mut u = Vec::new();
+            if failed > 0 {
+                u.push(crate::telemetry::MetricUpdate { kind: crate::telemetry::MetricKind::Counter, name: SINK_FAILURES.to_string(), value: failed });
+            }
+            if dropped > 0 {
+                u.push(crate::telemetry::MetricUpdate { kind: crate::telemetry::MetricKind::Counter, name: SAMPLES_DROPPED.to_string(), value: dropped });
+            }
+            emit_metrics(&u);
+        }
     }
 }
 
