@@ -43,6 +43,8 @@ pub enum Ingress {
     OpenAi,
     /// Anthropic Messages (`POST /v1/messages`).
     Messages,
+    /// OpenAI Responses (`POST /v1/responses`), stateless.
+    Responses,
 }
 
 /// What a request path asks for.
@@ -71,6 +73,7 @@ pub fn endpoint(path: &str) -> Option<Endpoint> {
         "/v1/embeddings" => (Ingress::OpenAi, Operation::Embeddings, "embeddings", None),
         "/v1/messages" => (Ingress::Messages, Operation::Chat, "messages", None),
         "/v1/messages/count_tokens" => (Ingress::Messages, Operation::Chat, "messages_count_tokens", Some(Local::CountTokens)),
+        "/v1/responses" => (Ingress::Responses, Operation::Chat, "responses", None),
         _ => return None,
     };
     Some(Endpoint { ingress, op, operation, local })
@@ -105,6 +108,10 @@ impl Ingress {
         let canonical = match self {
             Ingress::OpenAi => return Ok(Canonical { body: body.to_vec(), untranslatable: None }),
             Ingress::Messages => super::messages::to_canonical(body, limits)?,
+            Ingress::Responses => {
+                let (body, untranslatable) = super::responses::to_canonical(body, limits)?;
+                Canonical { body, untranslatable }
+            }
         };
         // The canonical body goes through the same checks as a client's chat request would.
         parse_chat_request_with(&canonical.body, limits).map_err(|e| self.rename_param(e))?;
@@ -113,24 +120,30 @@ impl Ingress {
 
     /// Errors found on the canonical body name canonical fields; say so in the client's terms.
     fn rename_param(self, mut e: ApiError) -> ApiError {
-        if let (Ingress::Messages, Some(p)) = (self, e.param.as_deref()) {
-            e.param = Some(super::messages::client_param(p));
+        match (self, e.param.as_deref()) {
+            (Ingress::Messages, Some(p)) => e.param = Some(super::messages::client_param(p)),
+            (Ingress::Responses, Some(p)) => e.param = Some(super::responses::client_param(p)),
+            _ => {}
         }
         e
     }
 
-    /// The answer translator for one request, `None` for the canonical API.
-    pub fn answer_translator(self, stream: bool) -> Option<Box<dyn AnswerTranslate>> {
+    /// The answer translator for one request, `None` for the canonical API. `original` is the
+    /// client's body (a Responses object repeats its settings), `id_base` a fresh random string for
+    /// the ids an answer needs (`resp_<id_base>`), `now` the time in Unix seconds.
+    pub fn answer_translator(self, stream: bool, original: &[u8], id_base: &str, now: u64) -> Option<Box<dyn AnswerTranslate>> {
         match self {
             Ingress::OpenAi => None,
             Ingress::Messages => Some(Box::new(super::messages::AnswerWriter::new(stream))),
+            Ingress::Responses => Some(Box::new(super::responses::AnswerWriter::new(stream, original, id_base, now))),
         }
     }
 
     /// An error body in the ingress API's shape (the status is the error's).
     pub fn error_json(self, e: &ApiError) -> Vec<u8> {
         match self {
-            Ingress::OpenAi => e.to_json(),
+            // The Responses API's errors are OpenAI's.
+            Ingress::OpenAi | Ingress::Responses => e.to_json(),
             Ingress::Messages => super::messages::error_json(e),
         }
     }
@@ -154,6 +167,7 @@ impl Ingress {
                 out
             }
             Ingress::Messages => super::messages::error_event(e),
+            Ingress::Responses => super::responses::error_event(e),
         }
     }
 
@@ -163,6 +177,8 @@ impl Ingress {
         match self {
             Ingress::OpenAi => false,
             Ingress::Messages => backend.schema == Schema::Anthropic,
+            // OpenAI itself (a plain `openai` backend; presets are other providers' chat APIs).
+            Ingress::Responses => backend.schema == Schema::Openai && backend.preset.is_none(),
         }
     }
 
@@ -170,6 +186,7 @@ impl Ingress {
     pub fn native_request(self, backend: &Backend, original: &[u8], ctx: &AttemptContext) -> Result<UpstreamRequest, ApiError> {
         match self {
             Ingress::Messages => providers::anthropic::native_request(backend, original, ctx),
+            Ingress::Responses => providers::openai::responses_request(backend, original, ctx),
             Ingress::OpenAi => Err(ApiError::gateway(500, "no native request for the canonical API")),
         }
     }
@@ -182,6 +199,10 @@ impl Ingress {
             Ingress::Messages => Some(CanonicalView {
                 answer: |body, created| providers::anthropic::response_body(body, created),
                 stream: |created| Box::new(providers::anthropic::StreamTranslator::new(created)),
+            }),
+            Ingress::Responses => Some(CanonicalView {
+                answer: super::responses::chat_from_response,
+                stream: |created| Box::new(super::responses::ChatFromResponses::new(created)),
             }),
         }
     }

@@ -1570,6 +1570,38 @@ impl AnswerWriter {
     }
 }
 
+impl super::ingress::AnswerTranslate for AnswerWriter {
+    fn answer(&mut self, canonical: &[u8]) -> Result<Vec<u8>, ApiError> {
+        AnswerWriter::answer(self, canonical)
+    }
+    fn push(&mut self, canonical: &[u8], out: &mut Vec<u8>) {
+        AnswerWriter::push(self, canonical, out)
+    }
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        AnswerWriter::finish(self, out)
+    }
+}
+
+/// The `error` event of a stream the gateway has to end itself (a native stream cut short; the
+/// gateway does not count that stream's events, so the event carries no sequence number).
+pub fn error_event(e: &ApiError) -> Vec<u8> {
+    let data = json!({"type": "error", "code": e.code.as_deref().unwrap_or(e.kind), "message": e.message, "param": e.param});
+    let mut out = b"event: error\ndata: ".to_vec();
+    out.extend_from_slice(data.to_string().as_bytes());
+    out.extend_from_slice(b"\n\n");
+    out
+}
+
+/// The 400 for the Responses API's stored-response endpoints (`GET`/`DELETE /v1/responses/{id}`,
+/// `…/cancel`, `…/input_items`): the gateway stores no response.
+pub fn stored_response_error(method: &str, path: &str) -> ApiError {
+    ApiError::invalid_request(format!(
+        "This gateway is stateless: it stores no responses, so {method} {path} cannot be served. \
+         Responses are returned whole (or streamed) by POST /v1/responses and are not kept."
+    ))
+    .with_code("unsupported_operation")
+}
+
 /// A Responses request in canonical form: the chat body, and — when the request uses what only
 /// OpenAI serves — the 400 other backends answer.
 pub fn to_canonical(body: &[u8], limits: &RequestLimits) -> Result<(Vec<u8>, Option<ApiError>), ApiError> {

@@ -159,7 +159,7 @@ impl GatewayFilter {
         // Another API's front door: everything from here on works on the canonical form.
         let canonical = self.ingress.to_canonical(body, &self.cfg.limits).map_err(invalid)?;
         self.on_canonical_body(op, &canonical.body)?;
-        self.answer = self.ingress.answer_translator(self.stream);
+        self.answer = self.ingress.answer_translator(self.stream, body, &random_hex(12), now_ms() / 1000);
         if let Some(state) = &self.state {
             let mut st = state.borrow_mut();
             st.ingress = self.ingress;
@@ -610,6 +610,11 @@ impl HttpContext for GatewayFilter {
             self.op = Some(op);
             return Action::Pause;
         }
+        if path.starts_with("/v1/responses/") {
+            // A stored response (retrieve, delete, cancel, input items): the gateway keeps none.
+            self.record.operation = "responses";
+            return self.reject(&crate::api::responses::stored_response_error(method, path), Rejection::Validation, &[]);
+        }
         self.record.operation = "models";
         if path == "/v1/models" || path.starts_with("/v1/models/") {
             if method != "GET" {
@@ -981,6 +986,23 @@ impl HttpContext for GatewayFilter {
             emit_metrics(&telemetry::metric_updates(&self.record, self.cfg.label_options));
         }
     }
+}
+
+/// `n` random bytes as hex (ids the gateway makes; a counter keeps them unique on this thread when
+/// no randomness is available).
+fn random_hex(n: usize) -> String {
+    thread_local!(static FALLBACK: std::cell::Cell<u64> = const { std::cell::Cell::new(0) });
+    let mut r = vec![0u8; n];
+    if getrandom::getrandom(&mut r).is_err() {
+        let c = FALLBACK.with(|c| {
+            c.set(c.get().wrapping_add(1));
+            c.get()
+        });
+        for (b, x) in r.iter_mut().zip(c.to_le_bytes()) {
+            *b = x;
+        }
+    }
+    r.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A uniform number in [0, 1) (1.0 when no randomness is available: the stable arm).
