@@ -24,6 +24,7 @@ const GOLDEN: &[(&str, &str, &str)] = &[
     ("examples/demo.yaml", "envoy", "envoy/demo.yaml"),
     ("examples/gateway.yaml", "envoy", "envoy/envoy.yaml"),
     ("examples/routing.yaml", "envoy", "tests/golden/routing.envoy.yaml"),
+    ("examples/routing.yaml", "istio", "tests/golden/routing.istio.yaml"),
 ];
 
 #[test]
@@ -293,4 +294,102 @@ fn a_reloadable_rendering_writes_a_bootstrap_and_watched_files() {
     };
     assert_eq!(vm(&listeners), vm(&demo));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn istio_docs(example: &str) -> Vec<Value> {
+    let (ok, out, err) = run(&["render", example, "--target", "istio"]);
+    assert!(ok, "{err}");
+    serde_yaml::Deserializer::from_str(&out).map(|d| serde::Deserialize::deserialize(d).unwrap()).collect()
+}
+
+fn dns_label(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 63 && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') && !s.starts_with('-') && !s.ends_with('-')
+}
+
+#[test]
+fn istio_resources_are_structurally_sound() {
+    let docs = istio_docs("examples/routing.yaml");
+    let source: Value = serde_yaml::from_str(&std::fs::read_to_string(repo().join("examples/routing.yaml")).unwrap()).unwrap();
+    let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds.iter().filter(|k| **k == "ServiceEntry").count(), 6, "{kinds:?}");
+    assert_eq!(kinds[6..], ["EnvoyFilter"]);
+    for d in &docs {
+        let want = match d["kind"].as_str().unwrap() {
+            "EnvoyFilter" => "networking.istio.io/v1alpha3",
+            "ServiceEntry" => "networking.istio.io/v1",
+            other => panic!("unexpected kind {other}"),
+        };
+        assert_eq!(d["apiVersion"], want);
+        assert!(dns_label(d["metadata"]["name"].as_str().unwrap()), "{}", d["metadata"]["name"]);
+        assert_eq!(d["metadata"]["namespace"], "istio-system");
+    }
+    let ef = docs.iter().find(|d| d["kind"] == "EnvoyFilter").unwrap();
+    assert_eq!(ef["spec"]["workloadSelector"]["labels"], serde_json::json!({"istio": "ingressgateway"}));
+    let patches = ef["spec"]["configPatches"].as_array().unwrap();
+    for p in patches {
+        let op = p["patch"]["operation"].as_str().unwrap();
+        match p["applyTo"].as_str().unwrap() {
+            "CLUSTER" => assert_eq!(op, "ADD"),
+            "HTTP_ROUTE" => assert_eq!(op, "INSERT_FIRST"),
+            "HTTP_FILTER" => {
+                assert_eq!(op, "INSERT_BEFORE");
+                assert_eq!(p["match"]["listener"]["filterChain"]["filter"]["subFilter"]["name"], "envoy.filters.http.router");
+            }
+            other => panic!("unexpected applyTo {other}"),
+        }
+        assert_eq!(p["match"]["context"], "GATEWAY");
+    }
+    // The gateway filter first (it sets the headers header_to_metadata reads), both before the router.
+    let filters: Vec<&Value> = patches.iter().filter(|p| p["applyTo"] == "HTTP_FILTER").map(|p| &p["patch"]["value"]).collect();
+    assert_eq!(filters[0]["name"], "switchyard.gateway");
+    assert_eq!(filters[1]["name"], "envoy.filters.http.header_to_metadata");
+    let gw = &filters[0]["typed_config"]["config"];
+    assert_eq!(gw["allow_on_headers_stop_iteration"], true);
+    assert_eq!(gw["root_id"], "switchyard");
+    let plugin: Value = serde_json::from_str(gw["configuration"]["value"].as_str().unwrap()).unwrap();
+    assert_eq!(plugin["role"], "gateway");
+    let models: Vec<Value> = plugin["models"].as_array().unwrap().clone();
+    assert_eq!(models.len(), source["models"].as_array().unwrap().len());
+    let clusters: Vec<&Value> = patches.iter().filter(|p| p["applyTo"] == "CLUSTER").map(|p| &p["patch"]["value"]).collect();
+    let routes: Vec<&Value> = patches.iter().filter(|p| p["applyTo"] == "HTTP_ROUTE").map(|p| &p["patch"]["value"]).collect();
+    for m in &models {
+        let route = m.get("route").or(m.get("name")).and_then(Value::as_str).unwrap();
+        let r = routes.iter().find(|r| r["match"]["headers"][0]["string_match"]["exact"] == route).unwrap_or_else(|| panic!("no route {route}"));
+        assert!(clusters.iter().any(|c| c["name"] == r["route"]["cluster"]), "no cluster for {route}");
+    }
+    // Both roles in one VM: the same vm_config everywhere, the module from its pinned URL.
+    let mut vms = Vec::new();
+    walk(ef, &mut |n| {
+        if let Some(vm) = n.get("vm_config") {
+            vms.push(vm);
+        }
+    });
+    assert_eq!(vms.len(), clusters.len(), "the gateway filter and a backend filter per route cluster");
+    for vm in &vms {
+        assert_eq!(*vm, vms[0]);
+        assert_eq!(vm["vm_id"], "switchyard");
+        assert_eq!(vm["code"]["remote"]["sha256"], source["module"]["sha256"]);
+        assert_eq!(vm["code"]["remote"]["http_uri"]["uri"], source["module"]["url"]);
+    }
+    assert!(clusters.iter().any(|c| c["name"] == vms[0]["code"]["remote"]["http_uri"]["cluster"]));
+    // ServiceEntries cover every provider host the clusters reach over TLS.
+    let hosts: Vec<&Value> = docs.iter().filter(|d| d["kind"] == "ServiceEntry").map(|d| &d["spec"]["hosts"][0]).collect();
+    for c in &clusters {
+        for m in c["transport_socket_matches"].as_array().into_iter().flatten() {
+            let sni = &m["transport_socket"]["typed_config"]["sni"];
+            assert!(hosts.contains(&sni), "no ServiceEntry for {sni}");
+        }
+    }
+    for d in docs.iter().filter(|d| d["kind"] == "ServiceEntry") {
+        assert_eq!(d["spec"]["location"], "MESH_EXTERNAL");
+        assert_eq!(d["spec"]["resolution"], "DNS");
+        assert_eq!(d["spec"]["ports"][0]["protocol"], "TLS");
+        assert_eq!(d["spec"]["ports"][0]["number"], 443);
+    }
+}
+
+#[test]
+fn istio_needs_a_module_url() {
+    let (ok, _, err) = run(&["render", "examples/demo.yaml", "--target", "istio"]);
+    assert!(!ok && err.contains("module: --target istio needs module: {url"), "{err}");
 }

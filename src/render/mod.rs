@@ -72,8 +72,6 @@ pub struct GatewayFile {
     pub listen: (String, u16),
     pub admin: Option<(String, u16)>,
     pub module: Module,
-    /// OCI image of the module for Istio (`oci://…`), if set.
-    pub image: Option<String>,
     pub vm_id: String,
     pub env: Vec<String>,
     pub access_log: Option<String>,
@@ -87,6 +85,15 @@ pub struct GatewayFile {
     pub routes: Vec<RouteDef>,
     /// Whether the gateway sets `x-switchyard-needs-*` headers (capabilities are configured).
     pub capabilities: bool,
+    /// `--target istio`: namespace, workload labels, route configuration port.
+    pub istio: IstioSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct IstioSettings {
+    pub namespace: String,
+    pub selector: Vec<(String, String)>,
+    pub port: Option<u16>,
 }
 
 pub const DEFAULT_MODULE: &str = "target/wasm32-wasip1/release/switchyard.wasm";
@@ -98,7 +105,6 @@ const TOP: &[&str] = &[
     "listen",
     "admin",
     "module",
-    "image",
     "vm_id",
     "env",
     "access_log",
@@ -114,6 +120,7 @@ const TOP: &[&str] = &[
     "capabilities",
     "limits",
     "metrics",
+    "istio",
 ];
 
 /// Errors that name the field and say what to do.
@@ -287,12 +294,6 @@ fn build(doc: &Node, p: &mut Problems) -> Option<GatewayFile> {
             return None;
         }
     };
-    let image = str_field(doc, "image", p, "");
-    if let Some(i) = &image {
-        if !i.starts_with("oci://") {
-            p.err("image", format!("{i:?}: write the module's OCI image as oci://REGISTRY/REPO:TAG (what scripts/package pushes)"));
-        }
-    }
     let vm_id = str_field(doc, "vm_id", p, "").unwrap_or_else(|| "switchyard".into());
     let mut env: Vec<String> = Vec::new();
     match doc.get("env") {
@@ -456,12 +457,12 @@ fn build(doc: &Node, p: &mut Problems) -> Option<GatewayFile> {
     }
     let gateway = Node::Map(gateway);
     let capabilities = gateway.get("capabilities").is_some_and(|c| !matches!(c, Node::Null));
+    let istio = istio_settings(doc.get("istio"), p);
     if p.errors.is_empty() {
         Some(GatewayFile {
             listen,
             admin,
             module,
-            image,
             vm_id,
             env,
             access_log,
@@ -473,6 +474,7 @@ fn build(doc: &Node, p: &mut Problems) -> Option<GatewayFile> {
             backends,
             routes,
             capabilities,
+            istio,
         })
     } else {
         None
@@ -691,4 +693,37 @@ pub fn header(source: &str, target: &str) -> String {
     format!(
         "# Rendered by `switchyard render {source} --target {target}`: do not edit. Edit {source}, then\n# render again (`switchyard check {source}` validates it first).\n"
     )
+}
+
+fn istio_settings(n: Option<&Node>, p: &mut Problems) -> IstioSettings {
+    let mut out = IstioSettings {
+        namespace: "istio-system".into(),
+        selector: vec![("istio".into(), "ingressgateway".into())],
+        port: None,
+    };
+    let Some(n) = n else { return out };
+    let Node::Map(m) = n else {
+        p.err("istio", "must be a mapping: {namespace: NS, selector: {label: value}, port: N}");
+        return out;
+    };
+    for (k, v) in m {
+        match (k.as_str(), v) {
+            ("namespace", Node::Str(s)) if !s.is_empty() => out.namespace = s.clone(),
+            ("selector", Node::Map(labels)) if !labels.is_empty() => {
+                out.selector.clear();
+                for (lk, lv) in labels {
+                    match lv.as_str() {
+                        Some(v) => out.selector.push((lk.clone(), v.to_string())),
+                        None => p.err(&format!("istio.selector.{lk}"), "a label value is a string"),
+                    }
+                }
+            }
+            ("port", Node::Int(i)) if (1..=65535).contains(i) => out.port = Some(*i as u16),
+            ("namespace" | "selector" | "port", _) => {
+                p.err(&format!("istio.{k}"), "namespace is a string, selector a mapping of labels, port a number")
+            }
+            _ => p.err(&format!("istio.{k}"), "unknown field; istio knows namespace, selector (the gateway's pod labels) and port"),
+        }
+    }
+    out
 }

@@ -159,3 +159,97 @@ def test_a_module_with_another_sha256_is_refused(mocks_only, module_server, tmp_
         assert "Retry limit exceeded for fetching data from remote data source" in gw.log_since(0)
     finally:
         gw.stop()
+
+
+# --------------------------------------------------------------------------------------------------
+# --target istio, checked offline: no cluster is available, so the EnvoyFilter's patches are applied
+# here the way Istio applies them (HTTP_FILTER INSERT_BEFORE the router, HTTP_ROUTE INSERT_FIRST in the
+# virtual host, CLUSTER ADD) to a listener shaped like an Istio ingress gateway's, and run in Envoy.
+
+
+def istio_like_bootstrap(docs: list[dict], listener: int, admin: int) -> dict:
+    router = {"name": "envoy.filters.http.router", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+    vhost = {"name": "*:80", "domains": ["*"], "routes": [
+        {"match": {"prefix": "/mesh-service"}, "direct_response": {"status": 204}}]}
+    hcm = {"@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+           "stat_prefix": "outbound_0.0.0.0_8080", "route_config": {"name": "http.8080", "virtual_hosts": [vhost]},
+           "http_filters": [router]}
+    clusters = []
+    kinds = [d["kind"] for d in docs]
+    assert kinds.count("EnvoyFilter") == 1, kinds
+    for p in next(d for d in docs if d["kind"] == "EnvoyFilter")["spec"]["configPatches"]:
+        what, op, value = p["applyTo"], p["patch"]["operation"], p["patch"]["value"]
+        if what == "CLUSTER" and op == "ADD":
+            clusters.append(value)
+        elif what == "HTTP_ROUTE" and op == "INSERT_FIRST":
+            vhost["routes"].insert(0, value)
+        elif what == "HTTP_FILTER" and op == "INSERT_BEFORE":
+            assert p["match"]["listener"]["filterChain"]["filter"]["subFilter"]["name"] == router["name"]
+            hcm["http_filters"].insert(hcm["http_filters"].index(router), value)
+        else:
+            raise AssertionError(f"unexpected patch {what} {op}")
+    return {"admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+            "static_resources": {"listeners": [{
+                "name": "0.0.0.0_8080",
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": listener}},
+                "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                                "typed_config": hcm}]}]}],
+                "clusters": clusters}}
+
+
+def test_the_istio_rendering_of_the_routing_example_is_valid_envoy_configuration(tmp_path):
+    docs = list(yaml.safe_load_all(harness.render_gateway_file(
+        yaml.safe_load((harness.REPO / "examples/routing.yaml").read_text()), target="istio", workdir=tmp_path)))
+    (tmp_path / "istio-envoy.yaml").write_text(yaml.safe_dump(istio_like_bootstrap(docs, 1, 2)))
+    r = envoy_validate(tmp_path / "istio-envoy.yaml")
+    assert r.returncode == 0 and "OK" in r.stdout, r.stdout + r.stderr
+
+
+class IstioLikeGateway(harness.GatewayFileGateway):
+    def render(self) -> str:
+        text = harness.render_gateway_file(self.local_file(), target="istio", workdir=self.workdir)
+        docs = list(yaml.safe_load_all(text))
+        return yaml.safe_dump(istio_like_bootstrap(docs, self.listener_port, self.admin_port), sort_keys=False)
+
+
+def test_the_istio_patches_serve_and_fail_over_in_envoy(mocks_only, module_server, tmp_path):
+    url, sha = module_server
+    gw = IstioLikeGateway(tmp_path, mocks_only, gateway_file=remote_file(url, sha))
+    start(gw, harness.build_wasm())
+    try:
+        client = openai.OpenAI(base_url=gw.base_url, api_key="x", max_retries=0, timeout=30)
+        r = client.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "Hello"}],
+            extra_headers={"x-mock-openai": "503"})
+        assert r.headers["x-switchyard-backend"] == "anthropic-demo"
+        chunks = list(client.chat.completions.create(model="gemini-flash", stream=True,
+                                                     messages=[{"role": "user", "content": "Hi"}]))
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert client.embeddings.create(model="cohere-embed", input="Hi").data[0].embedding
+        assert gw.alive() and not gw.wasm_failures()
+    finally:
+        gw.stop()
+
+
+def test_the_gateway_filter_needs_allow_on_headers_stop_iteration(mocks_only, tmp_path):
+    """Why --target istio does not use a WasmPlugin for the gateway role: a WasmPlugin cannot set
+    allow_on_headers_stop_iteration, and without it (Envoy's default, false) the gateway filter
+    stalls a request it pauses for the body."""
+
+    class NoStopIteration(harness.GatewayFileGateway):
+        def render(self) -> str:
+            doc = yaml.safe_load(super().render())
+            hcm = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+            cfg = hcm["http_filters"][0]["typed_config"]["config"]
+            assert cfg["allow_on_headers_stop_iteration"] is True
+            del cfg["allow_on_headers_stop_iteration"]
+            return yaml.safe_dump(doc, sort_keys=False)
+
+    gw = start(NoStopIteration(tmp_path, mocks_only), harness.build_wasm())
+    try:
+        client = openai.OpenAI(base_url=gw.base_url, api_key="x", max_retries=0, timeout=5)
+        with pytest.raises(openai.APITimeoutError):
+            client.chat.completions.create(model="claude-haiku", messages=[{"role": "user", "content": "Hi"}])
+    finally:
+        gw.stop()
