@@ -211,6 +211,14 @@ fn check_names_the_field_and_says_what_to_do() {
          &[".gateway.note", "looks like a credential"]),
         ("gateway-check", &format!("{BASE}gateway:\n  max_request_body_bytes: 0\n"), &["max_request_body_bytes must be positive"]),
         ("url-without-digest", &format!("{BASE}module: {{ url: \"http://127.0.0.1:1/x.wasm\" }}\n"), &["module.sha256", "pinned sha256"]),
+        ("sds-relative", "backends:\n  o: { schema: openai, host: api.openai.com, credential: { sds: secrets/o.yaml } }\nmodels:\n- { name: m, candidates: [o] }\n",
+         &["backends.o.credential.sds", "absolute path"]),
+        ("sds-no-host", "backends:\n  o: { schema: ollama, address: \"127.0.0.1:1\", credential: { sds: /s/o.yaml } }\nmodels:\n- { name: m, candidates: [o] }\n",
+         &["backends.o.host", ":authority"]),
+        ("sds-same-host", "backends:\n  a: { schema: openai, host: h.example, credential: { sds: /s/a.yaml } }\n  b: { schema: openai, host: h.example, credential: { sds: /s/b.yaml } }\nmodels:\n- { name: m, candidates: [a, b] }\n",
+         &["backends.b.host", "its own host"]),
+        ("sds-and-env", "backends:\n  a: { schema: openai, credential: { sds: /s/a.yaml, env: A } }\nmodels:\n- { name: m, candidates: [a] }\n",
+         &["backends.a.credential", "either env or sds"]),
         ("floating-forbidden", "backends:\n  openai: { schema: openai }\nmodels:\n- { name: m, pin_versions: forbid, candidates: [openai/gpt-4o-mini] }\n",
          &["floating name gpt-4o-mini"]),
     ];
@@ -392,4 +400,33 @@ fn istio_resources_are_structurally_sound() {
 fn istio_needs_a_module_url() {
     let (ok, _, err) = run(&["render", "examples/demo.yaml", "--target", "istio"]);
     assert!(!ok && err.contains("module: --target istio needs module: {url"), "{err}");
+}
+
+#[test]
+fn an_sds_credential_renders_envoys_credential_injector_for_that_host() {
+    let text = "backends:\n  anthropic: { schema: anthropic, host: api.anthropic.com, credential: { sds: /etc/switchyard/anthropic.yaml } }\n  openai: { schema: openai, credential: { env: OPENAI_API_KEY } }\nmodels:\n- { name: m, candidates: [anthropic/claude-3-5-haiku-20241022, openai/gpt-4o-mini-2024-07-18] }\n";
+    let path = write_tmp("sds.yaml", text);
+    let (ok, out, err) = run(&["render", path.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let doc: Value = serde_yaml::from_str(&out).unwrap();
+    assert!(doc["node"]["id"].is_string(), "SDS from files needs a node");
+    let cluster = &doc["static_resources"]["clusters"][0];
+    let filters = cluster["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["http_filters"].as_array().unwrap();
+    let names: Vec<&str> = filters.iter().map(|f| f["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["switchyard.backend", "envoy.filters.http.match_delegate", "envoy.filters.http.upstream_codec"]);
+    let md = &filters[1]["typed_config"];
+    let generic = &md["extension_config"]["typed_config"]["credential"]["typed_config"];
+    assert_eq!(generic["header"], "x-api-key", "Anthropic's credential header");
+    assert!(generic.get("header_value_prefix").is_none());
+    assert_eq!(generic["credential"]["sds_config"]["path_config_source"]["path"], "/etc/switchyard/anthropic.yaml");
+    assert_eq!(generic["credential"]["sds_config"]["path_config_source"]["watched_directory"]["path"], "/etc/switchyard");
+    let pred = &md["xds_matcher"]["matcher_list"]["matchers"][0];
+    assert_eq!(pred["predicate"]["not_matcher"]["single_predicate"]["value_match"]["exact"], "api.anthropic.com");
+    assert_eq!(pred["on_match"]["action"]["typed_config"]["@type"], "type.googleapis.com/envoy.extensions.filters.common.matcher.action.v3.SkipFilter");
+    // The backend filter sends no credential of its own for that backend; the env one keeps its variable.
+    let plugin: Value = serde_json::from_str(filters[0]["typed_config"]["config"]["configuration"]["value"].as_str().unwrap()).unwrap();
+    assert!(plugin["backends"]["anthropic"].get("credential").is_none(), "{plugin}");
+    assert_eq!(plugin["backends"]["openai"]["credential"]["env"], "OPENAI_API_KEY");
+    let keys = &filters[0]["typed_config"]["config"]["vm_config"]["environment_variables"]["host_env_keys"];
+    assert_eq!(keys, &serde_json::json!(["OPENAI_API_KEY"]));
 }

@@ -125,15 +125,108 @@ pub fn gateway_filter(f: &GatewayFile) -> Node {
     wasm_filter("switchyard.gateway", "switchyard-gateway", vm_config(f), json_plugin(&f.gateway))
 }
 
-/// The upstream filters of every route's cluster: the backend filter, then the codec.
+/// Envoy's credential injector for one backend's SDS credential, skipped unless the request goes
+/// to that backend's host (the backend filter has set `:authority`).
+fn credential_injector(s: &super::SdsCredential) -> Node {
+    let mut generic = vec![
+        ("@type".to_string(), Node::from("type.googleapis.com/envoy.extensions.http.injected_credentials.generic.v3.Generic")),
+        (
+            "credential".into(),
+            map([
+                ("name", (&s.secret).into()),
+                (
+                    "sds_config",
+                    map([(
+                        "path_config_source",
+                        map([
+                            ("path", (&s.path).into()),
+                            ("watched_directory", map([("path", s.path.rsplit_once('/').map_or("/", |(d, _)| if d.is_empty() { "/" } else { d }).into())])),
+                        ]),
+                    )]),
+                ),
+            ]),
+        ),
+        ("header".into(), (&s.header).into()),
+    ];
+    if !s.prefix.is_empty() {
+        generic.push(("header_value_prefix".into(), (&s.prefix).into()));
+    }
+    let authority = map([
+        ("name", "authority".into()),
+        (
+            "typed_config",
+            map([("@type", "type.googleapis.com/envoy.type.matcher.v3.HttpRequestHeaderMatchInput".into()), ("header_name", ":authority".into())]),
+        ),
+    ]);
+    map([
+        ("name", "envoy.filters.http.match_delegate".into()),
+        (
+            "typed_config",
+            map([
+                ("@type", "type.googleapis.com/envoy.extensions.common.matching.v3.ExtensionWithMatcher".into()),
+                (
+                    "extension_config",
+                    map([
+                        ("name", "envoy.filters.http.credential_injector".into()),
+                        (
+                            "typed_config",
+                            map([
+                                ("@type", "type.googleapis.com/envoy.extensions.filters.http.credential_injector.v3.CredentialInjector".into()),
+                                ("overwrite", true.into()),
+                                ("credential", map([("name", "envoy.http.injected_credentials.generic".into()), ("typed_config", Node::Map(generic))])),
+                            ]),
+                        ),
+                    ]),
+                ),
+                (
+                    "xds_matcher",
+                    map([(
+                        "matcher_list",
+                        map([(
+                            "matchers",
+                            Node::List(vec![map([
+                                (
+                                    "predicate",
+                                    map([(
+                                        "not_matcher",
+                                        map([("single_predicate", map([("input", authority), ("value_match", map([("exact", (&s.host).into())]))]))]),
+                                    )]),
+                                ),
+                                (
+                                    "on_match",
+                                    map([(
+                                        "action",
+                                        map([
+                                            ("name", "skip".into()),
+                                            ("typed_config", map([("@type", "type.googleapis.com/envoy.extensions.filters.common.matcher.action.v3.SkipFilter".into())])),
+                                        ]),
+                                    )]),
+                                ),
+                            ])]),
+                        )]),
+                    )]),
+                ),
+            ]),
+        ),
+    ])
+}
+
+/// The upstream filters of every route's cluster: the backend filter, Envoy's credential injector
+/// for each backend whose credential comes from SDS, then the codec.
 pub fn upstream_filters(f: &GatewayFile) -> Node {
-    Node::List(vec![
-        wasm_filter("switchyard.backend", "switchyard-backend", vm_config(f), json_plugin(&backend_plugin(f))),
+    let mut filters = vec![wasm_filter("switchyard.backend", "switchyard-backend", vm_config(f), json_plugin(&backend_plugin(f)))];
+    for b in &f.backends {
+        if let Some(s) = &b.sds {
+            filters.push(credential_injector(s));
+        }
+    }
+    filters.push(
         map([
             ("name", "envoy.filters.http.upstream_codec".into()),
             ("typed_config", map([("@type", "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec".into())])),
         ]),
-    ])
+    );
+    Node::List(filters)
 }
 
 pub fn retry_policy(r: &RouteDef) -> Node {
@@ -618,7 +711,12 @@ fn header_top(f: &GatewayFile) -> Vec<(String, Node)> {
 
 /// The whole static bootstrap.
 pub fn render(f: &GatewayFile) -> Node {
-    let mut top = header_top(f);
+    let mut top = Vec::new();
+    if f.backends.iter().any(|b| b.sds.is_some()) {
+        // SDS from files needs a node identity.
+        top.push(("node".to_string(), map([("id", (&f.vm_id).into()), ("cluster", (&f.vm_id).into())])));
+    }
+    top.extend(header_top(f));
     top.push((
         "static_resources".into(),
         map([("listeners", Node::List(vec![listener(f)])), ("clusters", Node::List(clusters(f)))]),

@@ -45,6 +45,20 @@ pub struct BackendDef {
     pub endpoint: Endpoint,
     /// Environment variables the backend reads its credentials from.
     pub env: Vec<String>,
+    /// A credential Envoy reads from an SDS file it watches (rotated without a restart).
+    pub sds: Option<SdsCredential>,
+}
+
+/// `credential: {sds: PATH}`: Envoy's credential injector (an upstream filter after the backend
+/// filter) sets the header from the generic secret in PATH, an SDS file Envoy watches; it applies
+/// to requests whose `:authority` is the backend's `host`.
+#[derive(Debug, Clone)]
+pub struct SdsCredential {
+    pub path: String,
+    pub secret: String,
+    pub header: String,
+    pub prefix: String,
+    pub host: String,
 }
 
 #[derive(Debug, Clone)]
@@ -426,7 +440,15 @@ fn build(doc: &Node, p: &mut Problems) -> Option<GatewayFile> {
         let on_route: Vec<bool> = hedges.iter().filter(|(n, _)| *n == r.name).map(|(_, h)| *h).collect();
         r.hedge = !on_route.is_empty() && on_route.iter().all(|h| *h);
     }
-    for b in &backends {
+    for (i, b) in backends.iter().enumerate() {
+        if let Some(s) = &b.sds {
+            if let Some(o) = backends[..i].iter().find(|o| o.sds.as_ref().is_some_and(|os| os.host == s.host)) {
+                p.err(
+                    &format!("backends.{}.host", b.name),
+                    format!("{} is also backends.{}'s host: credentials from SDS are chosen by :authority, give each such backend its own host", s.host, o.name),
+                );
+            }
+        }
         if !routes.iter().any(|r| r.candidates.iter().any(|c| c.backend == b.name)) {
             p.warnings.push(format!("backends.{}: no model's candidates use it (remove it, or add it to a model's candidates)", b.name));
         }
@@ -505,18 +527,35 @@ fn backend(name: &str, b: &Node, p: &mut Problems) -> Option<BackendDef> {
         p.err(&path, "must be a mapping, e.g. {schema: openai, credential: {env: OPENAI_API_KEY}}");
         return None;
     };
+    let mut sds_fields: Option<Node> = None;
     if let Some(Node::Map(c)) = b.get("credential") {
         for (k, _) in c {
-            if !["env", "header", "prefix"].contains(&k.as_str()) {
+            if !["env", "header", "prefix", "sds", "name"].contains(&k.as_str()) {
                 p.err(
                     &format!("{path}.credential.{k}"),
-                    "a credential is read from the environment: write credential: {env: VARIABLE} (never the secret itself)",
+                    "a credential is read from the environment (credential: {env: VARIABLE}) or from an SDS file Envoy watches (credential: {sds: /path/secret.yaml}), never written here",
                 );
                 return None;
             }
         }
+        if b.get("credential").and_then(|c| c.get("sds")).is_some() {
+            sds_fields = b.get("credential").cloned();
+        }
     }
     let mut config = Node::Map(fields.iter().filter(|(k, _)| !RENDER_BACKEND_KEYS.contains(&k.as_str())).cloned().collect());
+    if let Some(c) = &sds_fields {
+        // The backend filter gets a credential-less backend (it sends none); its header and prefix
+        // are worked out by the filter's own rules with a stand-in variable.
+        if c.get("env").is_some() {
+            p.err(&format!("{path}.credential"), "give either env or sds, not both");
+            return None;
+        }
+        let mut stand_in = c.clone();
+        stand_in.remove("sds");
+        stand_in.remove("name");
+        stand_in.set("env", "SWITCHYARD_SDS_STAND_IN".into());
+        config.set("credential", stand_in);
+    }
     // The backend plugin's own parse: schema, preset, vertex, aws… and the preset's defaults.
     let mut one = serde_json::Map::new();
     one.insert(name.to_string(), config.to_json());
@@ -573,7 +612,23 @@ fn backend(name: &str, b: &Node, p: &mut Problems) -> Option<BackendDef> {
         },
     };
     let mut env = Vec::new();
-    if let Some(c) = &parsed.credential {
+    let mut sds = None;
+    if let Some(c) = &sds_fields {
+        config.remove("credential");
+        let sds_path = c.get("sds").and_then(Node::as_str).unwrap_or_default().to_string();
+        if !sds_path.starts_with('/') {
+            p.err(&format!("{path}.credential.sds"), "must be the absolute path of an SDS file holding the secret (see README \"Provider credentials\")");
+        }
+        if parsed.schema == crate::config::Schema::Bedrock {
+            p.err(&format!("{path}.credential.sds"), "Bedrock signs requests with AWS keys: use the environment (aws: {…}); see README \"Provider credentials\"");
+        }
+        let Some(host) = b.get("host").and_then(Node::as_str).map(str::to_string) else {
+            p.err(&format!("{path}.host"), "a credential from SDS is applied by the request's :authority: set the backend's `host`");
+            return None;
+        };
+        let secret = c.get("name").and_then(Node::as_str).unwrap_or(name).to_string();
+        sds = Some(SdsCredential { path: sds_path, secret, header: parsed.credential_header().to_string(), prefix: parsed.credential_prefix().to_string(), host });
+    } else if let Some(c) = &parsed.credential {
         env.push(c.env.clone());
     }
     if parsed.schema == crate::config::Schema::Bedrock {
@@ -584,7 +639,7 @@ fn backend(name: &str, b: &Node, p: &mut Problems) -> Option<BackendDef> {
         }
     }
     // The :authority the provider sees: keep the file's `host` (or none, for a local server).
-    Some(BackendDef { name: name.to_string(), config, endpoint, env })
+    Some(BackendDef { name: name.to_string(), config, endpoint, env, sds })
 }
 
 fn candidates(c: &Node, path: &str, backends: &[BackendDef], p: &mut Problems) -> Vec<Candidate> {

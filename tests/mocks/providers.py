@@ -564,6 +564,17 @@ class Provider:
             "type": "mock_error", "param": None, "code": "unknown_scenario"}})
 
 
+def credential_accepted(name: str, headers: dict) -> bool:
+    """``x-mock-require-credential: <mock>=<value>``: that mock (openai, anthropic) answers its 401
+    unless a credential header of the request contains <value> (a provider that accepts only the
+    rotated key)."""
+    for item in (headers.get("x-mock-require-credential") or "").split(","):
+        who, sep, value = item.strip().partition("=")
+        if sep and who == name:
+            return any(value in headers.get(h, "") for h in CREDENTIAL_HEADERS)
+    return True
+
+
 def without_retry_after(reply: Reply) -> Reply:
     for k in [k for k in reply.headers if k.lower() in ("retry-after", "retry-after-ms")]:
         del reply.headers[k]
@@ -1344,8 +1355,11 @@ class Handler(BaseHTTPRequestHandler):
             if scenario == "stall":
                 secs = headers.get("x-mock-stall-seconds")
                 time.sleep(float(secs) if secs else provider.stall_seconds)
-            reply = (echo_auth(provider.error(401), headers) if scenario == "echo-auth"
-                     else provider.handle(self.command, path, body, scenario))
+            if not credential_accepted(provider.name, headers):
+                reply = provider.error(401)
+            else:
+                reply = (echo_auth(provider.error(401), headers) if scenario == "echo-auth"
+                         else provider.handle(self.command, path, body, scenario))
             reply = apply_fault(reply, headers, provider.stall_seconds)
             reply.first_token_delay = first_token_delay(headers, provider.name)
             self._send_reply(reply)
