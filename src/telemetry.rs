@@ -25,6 +25,7 @@ pub const STATS_TAG_LABELS: &[&str] = &[
     "detector",
     "action",
     "direction",
+    "gen_ai_operation_name",
 ];
 
 pub const REQUESTS: &str = "switchyard_requests";
@@ -244,7 +245,10 @@ pub fn metric_updates(r: &RequestRecord, opts: LabelOptions) -> Vec<MetricUpdate
     let counter = |name: String, value: u64| MetricUpdate { kind: MetricKind::Counter, name, value };
     let histogram = |name: String, value: u64| MetricUpdate { kind: MetricKind::Histogram, name, value };
 
-    out.push(counter(stat_name(REQUESTS, &base), 1));
+    // The API the client spoke (`chat`, `embeddings`, `messages`, …): on the request counter only.
+    let mut with_op = base.clone();
+    with_op.push(("gen_ai_operation_name", if r.operation.is_empty() { "unknown" } else { r.operation }));
+    out.push(counter(stat_name(REQUESTS, &with_op), 1));
 
     if let Some(rej) = r.rejection {
         let mut labels = vec![("reason", rej.as_str()), ("gen_ai_request_model", req_model)];

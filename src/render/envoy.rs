@@ -28,6 +28,7 @@ pub const STAT_TAGS: &[&str] = &[
     "detector",
     "action",
     "direction",
+    "gen_ai_operation_name",
 ];
 
 /// The access log's JSON fields beyond Envoy's own: the gateway's filter state.

@@ -197,3 +197,323 @@ def test_stream_event_sequence(gateway, model):
     assert names[-2:] == ["message_delta", "message_stop"]
     assert names.count("content_block_start") == names.count("content_block_stop") >= 1
     assert "content_block_delta" in names
+
+
+# --------------------------------------------------------------------------------------------------
+# tools round trip
+
+
+def tool_turn_back(first, tool_result_text: str) -> list[dict]:
+    """The conversation of a tool round trip: the question, the assistant's answer as the SDK gave
+    it, and a tool_result for each tool_use."""
+    blocks = [b.model_dump(exclude_none=True) for b in first.content]
+    for b in blocks:
+        b.pop("caller", None)
+    results = [{"type": "tool_result", "tool_use_id": b["id"], "content": tool_result_text}
+               for b in blocks if b["type"] == "tool_use"]
+    return [{"role": "user", "content": "What is the weather in Paris?"},
+            {"role": "assistant", "content": blocks},
+            {"role": "user", "content": results}]
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_tools_round_trip(gateway, claude, model, stream):
+    ask = dict(model=model, max_tokens=400, tools=[WEATHER], tool_choice={"type": "auto"},
+               messages=[{"role": "user", "content": "What is the weather in Paris?"}])
+    if stream:
+        with claude.messages.stream(**ask) as s:
+            first = s.get_final_message()
+    else:
+        first = claude.messages.create(**ask)
+    calls = [b for b in first.content if b.type == "tool_use"]
+    assert calls and first.stop_reason == "tool_use"
+    assert all(c.name == "get_weather" and isinstance(c.input, dict) and c.id for c in calls)
+    sent = only(gateway.mock_requests(MOCK_OF[model]))["body"]
+    if model == NATIVE:
+        assert sent["tools"] == [WEATHER] and sent["tool_choice"] == {"type": "auto"}
+    elif model == "gpt-4o-mini":
+        assert sent["tools"] == [{"type": "function", "function": {
+            "name": "get_weather", "description": WEATHER["description"], "parameters": WEATHER["input_schema"]}}]
+        assert sent["tool_choice"] == "auto"
+        # The canonical answer's tool calls, as the gateway's chat API gives them.
+        gateway.clear_mocks()
+        canonical = {k: v for k, v in sent.items() if k not in ("stream", "stream_options")}
+        if stream:
+            want_calls = [{"id": c["id"], "function": {"name": c["name"], "arguments": c["arguments"]}}
+                          for _, c in sorted(chat_stream(gateway, canonical)["calls"].items())]
+        else:
+            want_calls = chat(gateway, canonical)["choices"][0]["message"]["tool_calls"]
+        assert [(c.id, c.name, c.input) for c in calls] == [
+            (w["id"], w["function"]["name"], json.loads(w["function"]["arguments"])) for w in want_calls]
+    else:
+        assert sent["tools"][0]["functionDeclarations"][0]["name"] == "get_weather"
+    gateway.clear_mocks()
+    second = claude.messages.create(model=model, max_tokens=400, tools=[WEATHER],
+                                    messages=tool_turn_back(first, "22 degrees and sunny"))
+    assert second.stop_reason in ("end_turn", "tool_use") and second.content
+    got = only(gateway.mock_requests(MOCK_OF[model]))["body"]
+    if model == NATIVE:
+        assert got["messages"] == tool_turn_back(first, "22 degrees and sunny")
+    elif model == "gpt-4o-mini":
+        tool_msgs = [m for m in got["messages"] if m["role"] == "tool"]
+        assert [m["tool_call_id"] for m in tool_msgs] == [c.id for c in calls]
+        assert all(m["content"] == "22 degrees and sunny" for m in tool_msgs)
+        assistant = next(m for m in got["messages"] if m["role"] == "assistant")
+        assert [tc["id"] for tc in assistant["tool_calls"]] == [c.id for c in calls]
+        assert text_of(second) == chat(gateway, {"model": model, "messages": got["messages"], "tools": got["tools"]})["choices"][0]["message"]["content"]
+    else:
+        responses = [p["functionResponse"] for c in got["contents"] for p in c["parts"] if "functionResponse" in p]
+        assert [r["name"] for r in responses] == [c.name for c in calls]
+        assert "22 degrees and sunny" in json.dumps(responses)
+
+
+# --------------------------------------------------------------------------------------------------
+# images
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_images_base64_and_url(gateway, claude, model):
+    url = "https://upload.wikimedia.org/wikipedia/commons/4/47/PNG_transparency_demonstration_1.png"
+    content = [{"type": "text", "text": "What is in these images?"},
+               {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG_B64}},
+               {"type": "image", "source": {"type": "url", "url": url}}]
+    msg = claude.messages.create(model=model, max_tokens=100, messages=[{"role": "user", "content": content}])
+    assert text_of(msg)
+    got = only(gateway.mock_requests(MOCK_OF[model]))["body"]
+    if model == NATIVE:
+        assert got["messages"][0]["content"] == content
+    elif model == "gpt-4o-mini":
+        assert got["messages"][0]["content"][1:] == [
+            {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG_B64}"}},
+            {"type": "image_url", "image_url": {"url": url}}]
+    else:
+        assert got["contents"][0]["parts"][1:] == [
+            {"inlineData": {"mimeType": "image/png", "data": PNG_B64}},
+            {"fileData": {"mimeType": "image/png", "fileUri": url}}]
+
+
+# --------------------------------------------------------------------------------------------------
+# thinking
+
+
+def test_thinking_native_keeps_anthropics_signed_blocks(gateway, claude):
+    with claude.messages.stream(model=NATIVE, max_tokens=4096, thinking={"type": "enabled", "budget_tokens": 1024},
+                                messages=[{"role": "user", "content": "How do I cross the street?"}]) as s:
+        final = s.get_final_message()
+    import recorded as rec
+    from test_anthropic_features import recording
+    want = recording()
+    assert [b.type for b in final.content] == ["thinking", "text"]
+    assert final.content[0].thinking == want["thinking"]
+    assert final.content[0].signature == want["signature"]
+    assert text_of(final) == want["text"]
+    assert only(gateway.mock_requests("anthropic"))["body"]["thinking"] == {"type": "enabled", "budget_tokens": 1024}
+    del rec
+
+
+@pytest.mark.parametrize("model", TRANSLATED)
+def test_thinking_becomes_reasoning_effort(gateway, claude, model):
+    msg = claude.messages.create(model=model, max_tokens=20000, thinking={"type": "enabled", "budget_tokens": 10000},
+                                 messages=[{"role": "user", "content": QUESTION}])
+    assert text_of(msg)
+    got = only(gateway.mock_requests(MOCK_OF[model]))["body"]
+    if model == "gpt-4o-mini":
+        assert got["reasoning_effort"] == "high"
+    else:
+        # The Gemini backend's own reasoning_effort table: "high" → 24576 thinking tokens, thoughts included.
+        assert got["generationConfig"]["thinkingConfig"] == {"thinkingBudget": 24576, "includeThoughts": True}
+
+
+# --------------------------------------------------------------------------------------------------
+# failover across schemas, in the Messages format
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_failover_from_openai_to_native_anthropic(gateway, claude, stream):
+    """gpt-4o-mini: the OpenAI attempt fails before its first byte; Anthropic (priority 1) serves,
+    natively: it gets the client's own Messages body and the client its recorded answer."""
+    ask = dict(model="gpt-4o-mini", max_tokens=300, messages=[{"role": "user", "content": QUESTION}],
+               extra_headers={"x-mock-openai": "503" if not stream else "reset"})
+    if stream:
+        with claude.messages.with_streaming_response.create(stream=True, **ask) as r:
+            headers = r.headers
+            body = b"".join(r.iter_bytes())
+        import recorded as rec
+        want = (rec.FIXTURES / "anthropic-sdk/basic_response.txt").read_bytes()
+        # The native stream, byte for byte.
+        assert body.replace(b"\r\n", b"\n").strip() == want.replace(b"\r\n", b"\n").strip()
+    else:
+        r = claude.messages.with_raw_response.create(**ask)
+        headers = r.headers
+        assert text_of(r.parse()) == gateway_recorded_text()["content"][0]["text"]
+    assert headers["x-switchyard-backend"] == "anthropic-demo"
+    assert headers["x-switchyard-attempts"] == "2"
+    assert len(gateway.mock_requests("openai")) == 1
+    native = only(gateway.mock_requests("anthropic"))["body"]
+    assert native["messages"] == [{"role": "user", "content": QUESTION}] and native["max_tokens"] == 300
+    assert "stream_options" not in native
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_failover_across_three_schemas(gateway, claude, stream):
+    """any-chat: OpenAI and Gemini fail, Bedrock serves; the client gets Messages throughout."""
+    ask = dict(model="any-chat", max_tokens=300, messages=[{"role": "user", "content": QUESTION}],
+               extra_headers={"x-mock-openai": "reset" if stream else "503", "x-mock-more": "gemini=503"})
+    if stream:
+        with claude.messages.stream(**ask) as s:
+            final = s.get_final_message()
+    else:
+        final = claude.messages.create(**ask)
+    assert [q["provider"] for q in gateway.mock_requests("more")] == ["gemini", "bedrock"]
+    gateway.clear_mocks()
+    # The canonical answer of the same request, as the gateway's chat API gives it (Bedrock's
+    # recorded stream and whole answer differ).
+    canonical = {"model": "any-chat", "max_tokens": 300, "messages": [{"role": "user", "content": QUESTION}]}
+    if stream:
+        r = requests.post(gateway.base_url + "/chat/completions", stream=True, timeout=20,
+                          json={**canonical, "stream": True, "stream_options": {"include_usage": True}},
+                          headers={"authorization": f"Bearer {CLIENT_API_KEY}", "x-mock-openai": "503", "x-mock-more": "gemini=503"})
+        text, usage = "", None
+        for line in r.iter_lines(decode_unicode=True):
+            if line.startswith("data: {"):
+                ev = json.loads(line[6:])
+                usage = ev.get("usage") or usage
+                text += "".join((c.get("delta") or {}).get("content") or "" for c in ev.get("choices") or [])
+        want_text, want_usage = text, usage
+    else:
+        want = chat(gateway, canonical, headers={"x-mock-openai": "503", "x-mock-more": "gemini=503"})
+        want_text, want_usage = want["choices"][0]["message"]["content"], want["usage"]
+    assert text_of(final) == want_text
+    assert_usage_matches(final.usage, want_usage)
+
+
+# --------------------------------------------------------------------------------------------------
+# errors, all in Anthropic's shape
+
+
+def raw(gateway, body, headers=None, method="POST", path="/v1/messages"):
+    h = {"x-api-key": CLIENT_API_KEY, "anthropic-version": "2023-06-01", "content-type": "application/json"}
+    h.update(headers or {})
+    data = body if isinstance(body, (bytes, str)) else json.dumps(body)
+    return requests.request(method, gateway.gateway_url + path, data=data, headers=h, timeout=20)
+
+
+def anthropic_error(r, status: int, kind: str) -> str:
+    assert r.status_code == status, (r.status_code, r.text)
+    assert r.headers["content-type"].startswith("application/json")
+    doc = r.json()
+    assert set(doc) == {"type", "error"} and doc["type"] == "error", doc
+    assert doc["error"]["type"] == kind, doc
+    assert isinstance(doc["error"]["message"], str) and doc["error"]["message"]
+    return doc["error"]["message"]
+
+
+OK = {"model": "gpt-4o-mini", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.mark.parametrize("case", [
+    ("malformed JSON", b'{"model": "gpt-4o-mini", "messages": [', 400, "invalid_request_error", "JSON"),
+    ("not an object", b"[1, 2]", 400, "invalid_request_error", "object"),
+    ("no messages", {"model": "gpt-4o-mini", "max_tokens": 10}, 400, "invalid_request_error", "messages"),
+    ("bad role", {**OK, "messages": [{"role": "system", "content": "x"}]}, 400, "invalid_request_error", "messages.0.role"),
+    ("bad block", {**OK, "messages": [{"role": "user", "content": [{"type": "image", "source": {"type": "file"}}]}]}, 400, "invalid_request_error", "messages.0.content.0.source.type"),
+    ("max_tokens 0", {**OK, "max_tokens": 0}, 400, "invalid_request_error", "max_tokens"),
+    ("unknown model", {**OK, "model": "no-such-model"}, 404, "not_found_error", "no-such-model"),
+], ids=lambda c: c[0])
+def test_bad_input_is_answered_in_anthropics_shape(gateway, case):
+    _, body, status, kind, mention = case
+    assert mention in anthropic_error(raw(gateway, body), status, kind)
+    assert gateway.mock_requests("openai") == []
+
+
+def test_sdk_raises_its_own_error_classes(gateway, claude):
+    with pytest.raises(anthropic.NotFoundError) as ei:
+        claude.messages.create(model="no-such-model", max_tokens=5, messages=[{"role": "user", "content": "hi"}])
+    assert ei.value.body["error"]["type"] == "not_found_error"
+    with pytest.raises(anthropic.RateLimitError):
+        claude.messages.create(model="claude-haiku", max_tokens=5, messages=[{"role": "user", "content": "hi"}],
+                               extra_headers={"x-mock-anthropic": "429"})
+    with pytest.raises(anthropic.RateLimitError) as ei:
+        claude.messages.create(model="gemini-flash", max_tokens=5, messages=[{"role": "user", "content": "hi"}],
+                               extra_headers={"x-mock-more": "gemini=429"})
+    assert ei.value.body["error"]["type"] == "rate_limit_error"
+
+
+def test_wrong_method_too_large_and_unknown_paths(gateway):
+    anthropic_error(raw(gateway, b"", method="GET"), 405, "invalid_request_error")
+    from helpers import max_body_bytes
+    big = {**OK, "messages": [{"role": "user", "content": "x" * (max_body_bytes(gateway) + 10)}]}
+    anthropic_error(raw(gateway, big), 413, "request_too_large")
+    anthropic_error(raw(gateway, OK, path="/v1/messages/batches"), 404, "not_found_error")
+
+
+def test_provider_errors_and_envoys_own_failures(gateway):
+    # The provider's 400 (OpenAI's recorded invalid_request_error) in Anthropic's shape.
+    anthropic_error(raw(gateway, OK, {"x-mock-openai": "400"}), 400, "invalid_request_error")
+    # Anthropic backend's own error (native): translated for the retry policy, back in its shape.
+    anthropic_error(raw(gateway, {**OK, "model": "claude-haiku"}, {"x-mock-anthropic": "529"}), 503, "overloaded_error")
+    # Every candidate fails: Envoy's own answer, rewritten.
+    anthropic_error(raw(gateway, OK, {"x-mock-openai": "reset", "x-mock-anthropic": "reset"}), 503, "overloaded_error")
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_stream_failing_mid_way_ends_with_an_error_event(gateway, claude, model):
+    header = {"claude-haiku": {"x-mock-anthropic": "error-mid-stream"}, "gpt-4o-mini": {"x-mock-openai": "error-mid-stream"},
+              "gemini-flash": {"x-mock-more": "gemini=error-mid-stream"}}[model]
+    r = raw(gateway, {**OK, "model": model, "stream": True}, header)
+    assert r.status_code == 200
+    names = [line[7:] for line in r.text.splitlines() if line.startswith("event: ")]
+    assert names[0] == "message_start" and names[-1] == "error" and "message_stop" not in names
+    with pytest.raises(anthropic.APIStatusError):
+        with claude.messages.stream(model=model, max_tokens=10, messages=[{"role": "user", "content": "hi"}],
+                                    extra_headers=header) as s:
+            s.get_final_message()
+
+
+# --------------------------------------------------------------------------------------------------
+# count_tokens, the model list, telemetry
+
+
+def test_count_tokens_is_the_gateways_estimate(gateway, claude):
+    short = claude.messages.count_tokens(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    long = claude.messages.count_tokens(model="claude-haiku", system="Be brief.",
+                                        messages=[{"role": "user", "content": "word " * 400}])
+    assert 0 < short.input_tokens < long.input_tokens
+    assert 400 <= long.input_tokens <= 1000
+    assert gateway.mock_requests("openai") == [] and gateway.mock_requests("anthropic") == []
+    with pytest.raises(anthropic.NotFoundError):
+        claude.messages.count_tokens(model="no-such-model", messages=[{"role": "user", "content": "hi"}])
+
+
+def test_models_list_is_the_one_list(gateway, claude):
+    listed = {m.id for m in claude.models.list()}
+    r = requests.get(gateway.base_url + "/models", headers={"authorization": f"Bearer {CLIENT_API_KEY}"}, timeout=10)
+    assert listed == {m["id"] for m in r.json()["data"]} and NATIVE in listed
+
+
+def requests_with_operation(gateway, op: str) -> float:
+    total = 0.0
+    for line in gateway.prometheus().splitlines():
+        if line.startswith("switchyard_requests{") and f'gen_ai_operation_name="{op}"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_metrics_and_access_log_carry_the_messages_operation(gateway, claude):
+    from test_fault_matrix import access_log_line
+    before = requests_with_operation(gateway, "messages")
+    r = claude.messages.with_raw_response.create(model="gpt-4o-mini", max_tokens=10, messages=[{"role": "user", "content": "hi"}],
+                                                 extra_headers={"x-request-id": "messages-telemetry-1"})
+    usage = r.parse().usage
+    line = access_log_line(gateway, "messages-telemetry-1")
+    assert line["operation"] == "messages"
+    assert line["response_code"] == 200
+    assert int(line["output_tokens"]) == usage.output_tokens
+    assert int(line["input_tokens"]) == usage.input_tokens + (usage.cache_read_input_tokens or 0)
+    import time
+    for _ in range(50):
+        if requests_with_operation(gateway, "messages") >= before + 1:
+            break
+        time.sleep(0.1)
+    assert requests_with_operation(gateway, "messages") == before + 1

@@ -366,11 +366,12 @@ def test_requests_counter_by_route_backend_provider_models_status_and_error(run)
         if c.rejected:
             want[labels(route="unknown", backend="unknown", gen_ai_provider_name="unknown",
                         gen_ai_request_model="unknown", gen_ai_response_model="unknown",
-                        status_class=f"{c.status // 100}xx", error_type=c.error["type"])] += 1
+                        status_class=f"{c.status // 100}xx", error_type=c.error["type"],
+                        gen_ai_operation_name="chat")] += 1
         else:
             want[labels(route=c.route, backend=c.backend, gen_ai_provider_name=c.provider,
                         gen_ai_request_model=c.model, gen_ai_response_model=c.response_model,
-                        status_class="2xx", error_type="none")] += 1
+                        status_class="2xx", error_type="none", gen_ai_operation_name="chat")] += 1
     got = run.delta("switchyard_requests")
     assert got == dict(want), f"got:\n{fmt(got)}\nwant:\n{fmt(want)}"
     assert sum(got.values()) == len(run.cases)
