@@ -63,6 +63,10 @@ pub const CACHE_SAVED: &str = "switchyard_cache_saved_micros";
 pub const CACHE_STORES: &str = "switchyard_cache_stores";
 pub const CACHE_EVICTIONS: &str = "switchyard_cache_evictions";
 pub const CACHE_TOO_LARGE: &str = "switchyard_cache_too_large";
+/// Hits served for a paraphrase (also counted in `switchyard_cache_hits`), and embeddings calls
+/// that failed (the request then went upstream).
+pub const CACHE_SEMANTIC_HITS: &str = "switchyard_cache_semantic_hits";
+pub const CACHE_SEMANTIC_ERRORS: &str = "switchyard_cache_semantic_errors";
 /// Quality samples queued for the sink, dropped (queue full, body too large), delivered, and
 /// lost to a sink failure (an error status, no answer, an unknown cluster).
 pub const SAMPLES_QUEUED: &str = "switchyard_quality_samples_queued";

@@ -48,6 +48,49 @@ impl Scope {
 
 /// The canonical bytes of a chat request body, its model replaced by the resolved one.
 pub fn canonical_request(body: &[u8], resolved_model: &str, cache_sampled: bool) -> Result<Vec<u8>, Skip> {
+    let obj = prepare(body, resolved_model, cache_sampled)?;
+    let mut out = Vec::with_capacity(body.len());
+    write_canonical(&Value::Object(obj), &mut out);
+    Ok(out)
+}
+
+/// For the semantic cache: the canonical request with the text of its last user message taken
+/// out (what must match exactly: model, history, system prompt, tools, parameters), and that text
+/// (what may be paraphrased). `None` when the last message is not a user message with text.
+pub fn semantic_parts(body: &[u8], resolved_model: &str, cache_sampled: bool) -> Option<(Vec<u8>, String)> {
+    let mut obj = prepare(body, resolved_model, cache_sampled).ok()?;
+    let last = obj.get_mut("messages")?.as_array_mut()?.last_mut()?.as_object_mut()?;
+    if last.get("role").and_then(Value::as_str) != Some("user") {
+        return None;
+    }
+    let text = match last.get("content")? {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => {
+            // Text parts only; a message with anything else (an image) is not paraphrasable.
+            let mut t = String::new();
+            for p in parts {
+                if p.get("type").and_then(Value::as_str) != Some("text") {
+                    return None;
+                }
+                if !t.is_empty() {
+                    t.push('\n');
+                }
+                t.push_str(p.get("text").and_then(Value::as_str)?);
+            }
+            t
+        }
+        _ => return None,
+    };
+    if text.trim().is_empty() {
+        return None;
+    }
+    last.insert("content".to_string(), Value::Null);
+    let mut out = Vec::with_capacity(body.len());
+    write_canonical(&Value::Object(obj), &mut out);
+    Some((out, text))
+}
+
+fn prepare(body: &[u8], resolved_model: &str, cache_sampled: bool) -> Result<Map<String, Value>, Skip> {
     let Ok(Value::Object(mut obj)) = serde_json::from_slice::<Value>(body) else {
         return Err(Skip::Unparsable);
     };
@@ -64,9 +107,16 @@ pub fn canonical_request(body: &[u8], resolved_model: &str, cache_sampled: bool)
         }
     }
     obj.insert("model".to_string(), Value::String(resolved_model.to_string()));
-    let mut out = Vec::with_capacity(body.len());
-    write_canonical(&Value::Object(obj), &mut out);
-    Ok(out)
+    Ok(obj)
+}
+
+/// The semantic partition: a scope's requests that differ at most in their last user message.
+pub fn partition_key(scope: &Scope, without_last: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"switchyard-semantic-v1\0");
+    h.update(scope.tag());
+    h.update(without_last);
+    h.finalize().into()
 }
 
 /// The entry's key: SHA-256 over a version, the scope and the canonical request.
@@ -214,6 +264,30 @@ mod tests {
         }
         assert_eq!(canonical_request(b"[1]", "m", true), Err(Skip::Unparsable));
         assert_eq!(canonical_request(b"{", "m", true), Err(Skip::Unparsable));
+    }
+
+    #[test]
+    fn semantic_parts_split_the_last_user_message_from_the_rest() {
+        let a = r#"{"model":"m","temperature":0,"messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"What is the capital of France?"}]}"#;
+        let b = r#"{"model":"m","temperature":0,"messages":[{"role":"system","content":"Be brief."},{"role":"user","content":[{"type":"text","text":"Which city is France's capital?"}]}]}"#;
+        let (pa, ta) = semantic_parts(a.as_bytes(), "gpt", false).unwrap();
+        let (pb, tb) = semantic_parts(b.as_bytes(), "gpt", false).unwrap();
+        assert_eq!(pa, pb, "same partition: only the question differs");
+        assert_eq!((ta.as_str(), tb.as_str()), ("What is the capital of France?", "Which city is France's capital?"));
+        // Another system prompt, model or scope: another partition.
+        let c = a.replace("Be brief.", "Be verbose.");
+        assert_ne!(semantic_parts(c.as_bytes(), "gpt", false).unwrap().0, pa);
+        assert_ne!(semantic_parts(a.as_bytes(), "other", false).unwrap().0, pa);
+        assert_ne!(partition_key(&Scope::Key("a".into()), &pa), partition_key(&Scope::Key("b".into()), &pa));
+        // Not a user question with text: no semantic lookup.
+        for body in [
+            r#"{"model":"m","temperature":0,"messages":[{"role":"assistant","content":"Hi"}]}"#,
+            r#"{"model":"m","temperature":0,"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"x"}}]}]}"#,
+            r#"{"model":"m","temperature":0,"messages":[{"role":"user","content":"  "}]}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"Hi"}]}"#,
+        ] {
+            assert!(semantic_parts(body.as_bytes(), "m", false).is_none(), "{body}");
+        }
     }
 
     #[test]

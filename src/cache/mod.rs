@@ -7,6 +7,7 @@
 pub mod key;
 pub mod replay;
 pub mod sample;
+pub mod semantic;
 pub mod slots;
 
 use serde::Deserialize;
@@ -45,6 +46,9 @@ pub struct CacheConfig {
     /// Resolved model names (`*` patterns) whose answers are cached; empty: every model.
     #[serde(default)]
     pub models: Vec<String>,
+    /// Serve paraphrases too (`semantic::SemanticConfig`). Absent: exact matches only.
+    #[serde(default)]
+    pub semantic: Option<semantic::SemanticConfig>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -92,6 +96,9 @@ impl CacheStatus {
 pub struct Cache {
     pub cfg: CacheConfig,
     slots: slots::Slots,
+    semantic: Option<semantic::SemanticIndex>,
+    /// `authorization` of the embeddings call, read from `semantic.api_key_env` at configuration.
+    semantic_auth: Option<String>,
 }
 
 /// A stored answer.
@@ -184,6 +191,31 @@ pub struct Caller<'a> {
 pub struct Ticket {
     pub status: CacheStatus,
     key: Option<[u8; 32]>,
+    semantic: Option<Box<SemanticPending>>,
+}
+
+/// A missed request's part in the semantic cache.
+#[derive(Debug)]
+struct SemanticPending {
+    partition: [u8; 32],
+    /// The last user message, to embed.
+    text: String,
+    /// Look up (not a refresh).
+    lookup: bool,
+    /// Its embedding, once the call answered.
+    vector: Option<Vec<f32>>,
+    model: String,
+}
+
+/// The embeddings call of a missed request.
+#[derive(Debug)]
+pub struct SemanticCall<'a> {
+    pub cluster: &'a str,
+    pub path: &'a str,
+    pub authority: &'a str,
+    pub authorization: Option<&'a str>,
+    pub body: Vec<u8>,
+    pub timeout_ms: u32,
 }
 
 /// The outcome of [`Cache::begin`].
@@ -200,8 +232,16 @@ impl Cache {
         if cfg.max_entries == 0 || cfg.max_bytes == 0 || cfg.ttl_seconds == 0 {
             return Err("cache: max_entries, max_bytes and ttl_seconds must be positive".into());
         }
-        let slots = slots::Slots::new("cache", cfg.max_entries, cfg.max_bytes, cfg.max_entry_bytes, u64::from(cfg.ttl_seconds) * 1000);
-        Ok(Cache { cfg, slots })
+        let ttl_ms = u64::from(cfg.ttl_seconds) * 1000;
+        let slots = slots::Slots::new("cache", cfg.max_entries, cfg.max_bytes, cfg.max_entry_bytes, ttl_ms);
+        let mut semantic = None;
+        let mut semantic_auth = None;
+        if let Some(s) = &cfg.semantic {
+            s.validate()?;
+            semantic = Some(semantic::SemanticIndex::new(s, ttl_ms));
+            semantic_auth = s.api_key_env.as_ref().and_then(|k| std::env::var(k).ok()).filter(|v| !v.is_empty()).map(|v| format!("Bearer {v}"));
+        }
+        Ok(Cache { cfg, slots, semantic, semantic_auth })
     }
 
     /// The scope a caller's entries live in.
@@ -217,7 +257,7 @@ impl Cache {
 
     /// Decides for one chat request (its body as sent, the model it resolved to).
     pub fn begin<S: SharedStore + ?Sized>(&self, store: &S, body: &[u8], resolved_model: &str, caller: &Caller, control: Control, now_ms: u64) -> Begin {
-        let bypass = Begin::Upstream(Ticket { status: CacheStatus::Bypass, key: None });
+        let bypass = Begin::Upstream(Ticket { status: CacheStatus::Bypass, key: None, semantic: None });
         if control == Control::Bypass || caller.byok || caller.guarded {
             return bypass;
         }
@@ -231,7 +271,48 @@ impl Cache {
                 return Begin::Hit(e);
             }
         }
-        Begin::Upstream(Ticket { status: CacheStatus::Miss, key: Some(k) })
+        let semantic = self.semantic.as_ref().and_then(|_| {
+            let (without_last, text) = key::semantic_parts(body, resolved_model, self.cfg.cache_sampled)?;
+            Some(Box::new(SemanticPending {
+                partition: key::partition_key(&self.scope_of(caller), &without_last),
+                text,
+                lookup: control == Control::Normal,
+                vector: None,
+                model: resolved_model.to_string(),
+            }))
+        });
+        Begin::Upstream(Ticket { status: CacheStatus::Miss, key: Some(k), semantic })
+    }
+
+    /// The embeddings call a missed request makes before going upstream: `(cluster, path,
+    /// authority, authorization, body)`. `None` when the semantic cache has nothing to do.
+    pub fn semantic_call(&self, ticket: &Ticket) -> Option<SemanticCall<'_>> {
+        let cfg = self.cfg.semantic.as_ref()?;
+        let p = ticket.semantic.as_ref().filter(|_| ticket.key.is_some())?;
+        Some(SemanticCall {
+            cluster: &cfg.cluster,
+            path: &cfg.path,
+            authority: cfg.authority(),
+            authorization: self.semantic_auth.as_deref(),
+            body: cfg.request_body(&p.text),
+            timeout_ms: cfg.timeout_ms,
+        })
+    }
+
+    /// The embeddings call answered: remembers the vector (to index the answer once stored) and
+    /// returns the cached answer of the nearest paraphrase, if any, with its similarity.
+    pub fn semantic_answer<S: SharedStore + ?Sized>(&self, store: &S, ticket: &mut Ticket, status: u16, body: &[u8], now_ms: u64) -> Option<(Entry, f32)> {
+        let index = self.semantic.as_ref()?;
+        let p = ticket.semantic.as_mut()?;
+        if !(200..300).contains(&status) {
+            return None;
+        }
+        let vector = semantic::parse_embedding(body)?;
+        let found = if p.lookup { index.nearest(store, &p.partition, &vector, now_ms) } else { None };
+        p.vector = Some(vector);
+        let (exact, similarity) = found?;
+        let entry = self.slots.get(store, &exact, now_ms).and_then(|b| Entry::decode(&b))?;
+        Some((entry, similarity))
     }
 
     /// Stores a finished answer of a missed request, if it is one to keep: a 200 whose body is a
@@ -244,7 +325,14 @@ impl Cache {
         }
         let entry = Entry { folded, cost_micros, body: body.to_vec() };
         match self.slots.insert(store, &k, &entry.encode(), now_ms) {
-            Ok(evicted) => StoreResult::Stored { evicted },
+            Ok(evicted) => {
+                if let (Some(index), Some(p)) = (self.semantic.as_ref(), ticket.semantic.as_ref()) {
+                    if let Some(v) = &p.vector {
+                        index.insert(store, &p.partition, &k, v, now_ms);
+                    }
+                }
+                StoreResult::Stored { evicted }
+            }
             Err(slots::InsertError::TooLarge) => StoreResult::TooLarge,
             Err(slots::InsertError::Contention) => StoreResult::NotStored,
         }
@@ -259,6 +347,11 @@ impl Ticket {
     /// Whether the answer must be watched to be stored.
     pub fn wants_answer(&self) -> bool {
         self.key.is_some()
+    }
+
+    /// The resolved model of a request waiting for its embedding.
+    pub fn semantic_model(&self) -> Option<&str> {
+        self.semantic.as_ref().map(|p| p.model.as_str())
     }
 
     /// The answer will not be stored (an error, a cut stream).
@@ -569,6 +662,40 @@ mod tests {
         w.count_whole(ANSWER.len() + 10);
         w.set_whole(ANSWER.as_bytes().to_vec());
         assert_eq!(w.finish(), None);
+    }
+
+    #[test]
+    fn a_paraphrase_gets_the_answer_through_the_semantic_index() {
+        let store = MemStore::new();
+        let cfg: CacheConfig = serde_json::from_str(r#"{"scope":"key","semantic":{"cluster":"emb","model":"minilm","threshold":0.9}}"#).unwrap();
+        let c = Cache::new(cfg).unwrap();
+        let a = Caller { key_id: Some("a"), ..Caller::default() };
+        let b = Caller { key_id: Some("b"), ..Caller::default() };
+        let q1 = r#"{"model":"m","temperature":0,"messages":[{"role":"user","content":"What is the capital of France?"}]}"#;
+        let q2 = r#"{"model":"m","temperature":0,"messages":[{"role":"user","content":"Which city is the capital of France?"}]}"#;
+        let emb = |v: [f32; 2]| format!(r#"{{"data":[{{"embedding":[{},{}]}}]}}"#, v[0], v[1]);
+        let Begin::Upstream(mut t) = c.begin(&store, q1.as_bytes(), "gpt", &a, Control::Normal, 0) else { panic!() };
+        let call = c.semantic_call(&t).expect("a call");
+        assert_eq!((call.cluster, call.path), ("emb", "/v1/embeddings"));
+        assert!(String::from_utf8_lossy(&call.body).contains("What is the capital of France?"));
+        // Nothing indexed yet: a miss, the vector kept for the store.
+        assert!(c.semantic_answer(&store, &mut t, 200, emb([1.0, 0.0]).as_bytes(), 0).is_none());
+        assert_eq!(c.store(&store, &mut t, 200, ANSWER.as_bytes(), false, None, 0), StoreResult::Stored { evicted: 0 });
+        // The paraphrase (close vector) gets it; an unrelated question (far vector) does not.
+        let Begin::Upstream(mut t2) = c.begin(&store, q2.as_bytes(), "gpt", &a, Control::Normal, 1) else { panic!("exact hit?") };
+        let (e, sim) = c.semantic_answer(&store, &mut t2, 200, emb([0.99, 0.1]).as_bytes(), 1).expect("semantic hit");
+        assert_eq!(e.body, ANSWER.as_bytes());
+        assert!(sim > 0.99);
+        let Begin::Upstream(mut t3) = c.begin(&store, q2.as_bytes(), "gpt", &a, Control::Normal, 1) else { panic!() };
+        assert!(c.semantic_answer(&store, &mut t3, 200, emb([0.0, 1.0]).as_bytes(), 1).is_none());
+        // Another scope never gets it; a failed call is a miss.
+        let Begin::Upstream(mut t4) = c.begin(&store, q2.as_bytes(), "gpt", &b, Control::Normal, 1) else { panic!() };
+        assert!(c.semantic_answer(&store, &mut t4, 200, emb([1.0, 0.0]).as_bytes(), 1).is_none());
+        let Begin::Upstream(mut t5) = c.begin(&store, q2.as_bytes(), "gpt", &a, Control::Normal, 1) else { panic!() };
+        assert!(c.semantic_answer(&store, &mut t5, 503, emb([1.0, 0.0]).as_bytes(), 1).is_none());
+        // Bypassed requests make no call.
+        let Begin::Upstream(t6) = c.begin(&store, q2.as_bytes(), "gpt", &a, Control::Bypass, 1) else { panic!() };
+        assert!(c.semantic_call(&t6).is_none());
     }
 
     #[test]

@@ -536,7 +536,12 @@ impl GatewayFilter {
     }
 }
 
-impl Context for GatewayFilter {}
+impl Context for GatewayFilter {
+    fn on_http_call_response(&mut self, _token_id: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
+        // The only call a gateway request makes: the semantic cache's embedding.
+        self.on_semantic_answer(body_size);
+    }
+}
 
 impl HttpContext for GatewayFilter {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
@@ -681,6 +686,9 @@ impl HttpContext for GatewayFilter {
                 if let Some(hit) = self.cache_hit.take() {
                     let (answer, entry, model) = *hit;
                     return self.serve_cached(answer, entry, &model);
+                }
+                if let Some(paused) = self.start_semantic() {
+                    return paused; // resumed (or answered) when the embedding arrives
                 }
                 Action::Continue
             }

@@ -3,6 +3,7 @@
 //! configuration has a `cache` or `quality_sampling` section.
 
 use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
 use super::GatewayFilter;
@@ -11,7 +12,7 @@ use crate::filter::{emit_metrics, now_ms, publish_queue_sample, EnvoyStore};
 use crate::config::Gateway;
 use crate::policy::guardrails::RequestGuard;
 use crate::policy::{Outcome, Principal};
-use crate::telemetry::{stat_name, MetricKind, MetricUpdate, CACHE_EVICTIONS, CACHE_STORES, CACHE_TOO_LARGE, SAMPLES_DROPPED, SAMPLES_QUEUED};
+use crate::telemetry::{stat_name, MetricKind, MetricUpdate, CACHE_EVICTIONS, CACHE_SEMANTIC_ERRORS, CACHE_SEMANTIC_HITS, CACHE_STORES, CACHE_TOO_LARGE, SAMPLES_DROPPED, SAMPLES_QUEUED};
 
 /// What [`begin`] decided.
 pub(super) struct Begun {
@@ -76,6 +77,7 @@ impl GatewayFilter {
     pub(super) fn serve_cached(&mut self, answer: Vec<u8>, entry: cache::Entry, model: &str) -> Action {
         self.op = None;
         self.canary = None;
+        self.latency_model = None;
         self.record.status = 200;
         self.record.response_model = crate::api::chat::ResponseSummary::parse(&entry.body).model;
         let charge = self.cfg.cache.as_ref().is_some_and(|c| c.cfg.charge_hits);
@@ -121,6 +123,60 @@ impl GatewayFilter {
             log::warn!("switchyard: cannot send cached answer: {e:?}");
         }
         Action::Pause
+    }
+
+    /// A missed request's semantic lookup: asks the embeddings model, holding the request until it
+    /// answers. `None` (go on upstream) when there is nothing to ask or the call cannot be made.
+    pub(super) fn start_semantic(&mut self) -> Option<Action> {
+        let cfg = self.cfg.clone();
+        let cache = cfg.cache.as_ref()?;
+        let call = cache.semantic_call(self.watch.as_ref()?.ticket.as_ref()?)?;
+        let mut headers = vec![(":method", "POST"), (":path", call.path), (":authority", call.authority), ("content-type", "application/json")];
+        if let Some(a) = call.authorization {
+            headers.push(("authorization", a));
+        }
+        match self.dispatch_http_call(call.cluster, headers, Some(&call.body), vec![], std::time::Duration::from_millis(u64::from(call.timeout_ms))) {
+            Ok(_) => Some(Action::Pause),
+            Err(e) => {
+                log::debug!("switchyard: semantic cache: embeddings call to {} failed: {e:?}", call.cluster);
+                if cfg.emit_metrics {
+                    emit_metrics(&[counter(CACHE_SEMANTIC_ERRORS, 1)]);
+                }
+                None
+            }
+        }
+    }
+
+    /// The embedding arrived (or the call failed): serve the nearest paraphrase's answer, or let
+    /// the request go upstream.
+    pub(super) fn on_semantic_answer(&mut self, body_size: usize) {
+        let cfg = self.cfg.clone();
+        let status = self.get_http_call_response_header(":status").and_then(|s| s.parse::<u16>().ok()).unwrap_or(0);
+        let body = self.get_http_call_response_body(0, body_size).unwrap_or_default();
+        let (stream, wants_usage) = (self.stream, self.wants_usage);
+        let found = match (cfg.cache.as_ref(), self.watch.as_mut().and_then(|w| w.ticket.as_mut())) {
+            (Some(c), Some(t)) => {
+                let model = t.semantic_model().unwrap_or_default().to_string();
+                c.semantic_answer(&EnvoyStore, t, status, &body, now_ms()).map(|(e, _)| (e, model))
+            }
+            _ => None,
+        };
+        if cfg.emit_metrics && !(200..300).contains(&status) {
+            emit_metrics(&[counter(CACHE_SEMANTIC_ERRORS, 1)]);
+        }
+        if let Some((entry, model)) = found {
+            if let Some(answer) = entry.answer(stream, wants_usage) {
+                self.watch = None;
+                self.latency_model = None;
+                self.record.cache = Some(cache::CacheStatus::Hit.as_str());
+                if cfg.emit_metrics {
+                    emit_metrics(&[counter(CACHE_SEMANTIC_HITS, 1)]);
+                }
+                self.serve_cached(answer, entry, &model);
+                return;
+            }
+        }
+        self.resume_http_request();
     }
 
     /// The answer ended: store it (a miss whose answer is a complete 200) and queue its sample.
