@@ -77,6 +77,9 @@ class Sink:
                 sink.bodies.append((self.path, dict(self.headers), body))
                 self.send_response(204)
                 self.send_header("content-length", "0")
+                # No kept-alive connection outlives stop(): a stopped sink is really gone.
+                self.send_header("connection", "close")
+                self.close_connection = True
                 self.end_headers()
 
             def log_message(self, *a):
