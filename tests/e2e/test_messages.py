@@ -517,3 +517,57 @@ def test_metrics_and_access_log_carry_the_messages_operation(gateway, claude):
             break
         time.sleep(0.1)
     assert requests_with_operation(gateway, "messages") == before + 1
+
+
+# --------------------------------------------------------------------------------------------------
+# keys and limits: a second gateway with virtual keys
+
+
+@pytest.fixture(scope="module")
+def keyed(tmp_path_factory):
+    from keys_gateway import KeysGateway, key_hash
+    auth = {"keys": [
+        {"id": "msg-alice", "sha256": key_hash("sk-sy-msg-alice"), "models": ["gpt-4o-mini", "claude-haiku"],
+         "limits": {"rpm": 3}},
+        {"id": "msg-off", "sha256": key_hash("sk-sy-msg-off"), "disabled": True},
+    ], "pricing": {"models": {m: {"input_cost_per_token": 1e-06, "output_cost_per_token": 2e-06}
+                              for m in ("gpt-4o-mini", "claude-3-5-haiku-latest", "claude-3-opus-20240229",
+                                        "claude-3-opus-latest", "claude-haiku")}}}
+    kg = KeysGateway.start(tmp_path_factory.mktemp("messages-keys"), auth=auth)
+    try:
+        yield kg
+    finally:
+        problems = kg.stop()
+        assert not problems, problems
+
+
+def test_keys_and_limits_answer_in_anthropics_shape(keyed):
+    url = keyed.gw.gateway_url
+    ask = dict(model="gpt-4o-mini", max_tokens=10, messages=[{"role": "user", "content": "hi"}])
+    # No key, an unknown key, a disabled key: 401 authentication_error (the SDK's own class).
+    for key in ("", "sk-sy-nobody", "sk-sy-msg-off"):
+        r = requests.post(url + "/v1/messages", json=ask, timeout=10,
+                          headers={"x-api-key": key} if key else {})
+        anthropic_error(r, 401, "authentication_error")
+    with pytest.raises(anthropic.AuthenticationError):
+        anthropic.Anthropic(base_url=url, api_key="sk-sy-nobody", max_retries=0).messages.create(**ask)
+    # The key from x-api-key (the SDK) or Authorization: Bearer (Claude Code's ANTHROPIC_AUTH_TOKEN).
+    alice = anthropic.Anthropic(base_url=url, api_key="sk-sy-msg-alice", max_retries=0)
+    assert text_of(alice.messages.create(**ask))
+    bearer = anthropic.Anthropic(base_url=url, auth_token="sk-sy-msg-alice", max_retries=0)
+    assert text_of(bearer.messages.create(**{**ask, "model": "claude-haiku"}))
+    # A model the key may not use: 403 permission_error.
+    with pytest.raises(anthropic.PermissionDeniedError) as ei:
+        alice.messages.create(**{**ask, "model": "gemini-flash"})
+    assert ei.value.body["error"]["type"] == "permission_error"
+    # The third request in the minute passes, the fourth is the key's 429 (rate_limit_error, retry-after).
+    assert text_of(alice.messages.create(**ask))
+    with pytest.raises(anthropic.RateLimitError) as ei:
+        alice.messages.create(**ask)
+    assert ei.value.body["error"]["type"] == "rate_limit_error"
+    assert ei.value.response.headers.get("retry-after")
+    # Both answers (translated and native) were accounted: each has its usage and a cost in the log.
+    lines = keyed.log_lines("msg-alice", count=5)
+    served = [ln for ln in lines if ln.get("response_code") == 200]
+    assert len(served) == 3 and all(ln["operation"] == "messages" for ln in lines)
+    assert all(int(ln["output_tokens"]) > 0 and ln.get("cost_micros") not in (None, "", "-") for ln in served)
