@@ -26,6 +26,7 @@ from keys_gateway import KeysGateway, key_hash
 import recorded
 
 PRICE_IN, PRICE_OUT = 0.000001, 0.000002
+REPO = Path(__file__).resolve().parents[2]
 
 
 def K(name: str) -> str:
@@ -369,6 +370,47 @@ def test_sampled_pairs_reach_the_sink(kg, sink):
     path, headers, _ = sink.bodies[0]
     assert path == "/v1/samples" and headers.get("content-type", headers.get("Content-Type")) == "application/x-ndjson"
     assert stat(kg, "switchyard_quality_samples_delivered") >= 2
+
+
+def test_the_example_evaluator_scores_sampled_answers(kg, sink):
+    """examples/quality/evaluator.py over what the sink received: exact and JSON-schema checks per
+    model, and the LLM judge called through the gateway itself."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("evaluator", REPO / "examples" / "quality" / "evaluator.py")
+    evaluator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(evaluator)
+    c = client(kg, "sampled")
+    tag = uuid.uuid4().hex[:8]
+    right, wrong = f"The answer is 42 ({tag}).", f"What is 6 times 7 ({tag})?"
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"], "additionalProperties": False}
+    rf = {"type": "json_schema", "json_schema": {"name": "city", "schema": schema}}
+    echo = {"x-mock-openai": "echo"}   # the mock answers with the question itself
+    create(c, {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": right}]}, echo)
+    create(c, {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": wrong}]})
+    good, bad = json.dumps({"city": f"Paris {tag}"}), json.dumps({"city": 3, "tag": tag})
+    for text in (good, bad):
+        create(c, {"model": "gpt-4o-mini", "response_format": rf, "messages": [{"role": "user", "content": text}]}, echo)
+    mine = lambda s: tag in json.dumps(s["request"])  # noqa: E731
+    deadline = time.monotonic() + 10
+    while len([s for s in sink.samples() if mine(s)]) < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    samples = [s for s in sink.samples() if mine(s)]
+    assert len(samples) == 4, samples
+    kg.mocks.clear()
+    judge = openai.OpenAI(base_url=kg.base_url, api_key=K("plain"), max_retries=0, timeout=30)
+    ev = evaluator.Evaluator(cases={right: {"equals": right}, wrong: {"equals": "42"}}, judge=judge, judge_model="gpt-4o-mini")
+    ev.feed_lines("\n".join(json.dumps(s) for s in samples))
+    model = samples[0]["response_model"]
+    metrics = ev.metrics()
+    assert f'switchyard_quality_score{{model="{model}",check="exact"}} 0.5000' in metrics, metrics
+    assert f'switchyard_quality_score{{model="{model}",check="json_schema"}} 0.5000' in metrics, metrics
+    # The judge went through the gateway (four calls with the judge model); the mock's recorded
+    # answer carries no score, so each is counted as unparsed rather than guessed.
+    judged = kg.mocks.requests("openai")
+    assert len(judged) == 4 and all(r["body"]["model"] == "gpt-4o-mini" for r in judged)
+    assert all(r["body"]["messages"][0]["content"] == evaluator.JUDGE_SYSTEM for r in judged)
+    assert f'switchyard_quality_unscored_total{{model="{model}",check="judge",reason="judge_unparsed"}} 4' in metrics, metrics
+    assert f'switchyard_quality_samples_total{{model="{model}"}} 4' in metrics
 
 
 def test_a_dead_sink_does_not_hurt_clients_and_is_counted(kg, sink):
