@@ -12,6 +12,10 @@ recorded OpenAI and Anthropic answers), side by side:
   sw-openai      Switchyard, OpenAI-compatible passthrough
   sw-anthropic   Switchyard, OpenAI -> Anthropic translation
   sw-policy      Switchyard, OpenAI -> Anthropic, with virtual keys, rate limits and budgets on
+  sw-cache-hit   Switchyard, OpenAI passthrough, answer cache on: every request after the first a hit
+  sw-cache-miss  ... the same, each request with `cache-control: no-cache` (no lookup; the answer goes
+                 upstream and is stored again: the miss path's cost)
+  sw-sampling    Switchyard, OpenAI passthrough, quality sampling of every request to a sink (the mock)
   dm-noop2       Envoy + a trivial native dynamic module in the HCM and upstream (src/native prototype)
   sw-native-*    Switchyard's native prototype (src/native, an Envoy dynamic module), same configuration
   litellm-*      LiteLLM proxy, one worker (OpenAI passthrough and Anthropic translation)
@@ -189,6 +193,12 @@ def build_targets(data: dict[str, bytes]) -> list[Target]:
                by_model("claude-haiku", "claude-haiku-stream", ant)),
         Target("sw-policy", "Switchyard, OpenAI → Anthropic + keys, limits, budgets", "envoy", "switchyard-policy.yaml",
                by_model("claude-haiku", "claude-haiku-stream", ant)),
+        Target("sw-cache-hit", "Switchyard, OpenAI passthrough, cache on (hits)", "envoy", "switchyard-cache.yaml",
+               by_model("gpt-4o-mini", "gpt-4o-mini-stream", oai)),
+        Target("sw-cache-miss", "Switchyard, OpenAI passthrough, cache on (misses, stored)", "envoy", "switchyard-cache.yaml",
+               by_model("gpt-4o-mini", "gpt-4o-mini-stream", oai, {"cache-control": "no-cache"})),
+        Target("sw-sampling", "Switchyard, OpenAI passthrough, every request sampled", "envoy", "switchyard-sampling.yaml",
+               by_model("gpt-4o-mini", "gpt-4o-mini-stream", oai)),
         *native_targets(),
         Target("litellm-openai", "LiteLLM proxy, OpenAI passthrough", "litellm", None,
                by_model("gpt-4o-mini", "gpt-4o-mini-stream", oai)),
@@ -221,6 +231,15 @@ def write_configs(data: dict[str, bytes]) -> None:
              ec.switchyard(DUT_PORT, DUT_ADMIN, MOCK_PORT, ec.gateway_config(auth=ec.policy_auth(CLIENT_KEY))),
              "Switchyard with a virtual key, rate limits (rpm, tpm, concurrency) and budgets on, for key and team;\n"
              "limits far above the load, so every check runs and none refuses.")
+    ec.write(d / "switchyard-cache.yaml",
+             ec.switchyard(DUT_PORT, DUT_ADMIN, MOCK_PORT, ec.gateway_config(extra={"cache": {"scope": "global", "cache_sampled": True}})),
+             "switchyard.yaml with the exact answer cache on (README \"Caching\"); the benchmark's requests have no\n"
+             "temperature, so cache_sampled makes them cacheable.")
+    ec.write(d / "switchyard-sampling.yaml",
+             ec.switchyard(DUT_PORT, DUT_ADMIN, MOCK_PORT, ec.gateway_config(extra={"quality_sampling": {
+                 "cluster": "sink", "rate": 1.0, "flush_interval_ms": 200}}), sink=True),
+             "switchyard.yaml with quality sampling of every request (README \"Quality sampling\"), the sink\n"
+             "being the mock's /v1/samples (204).")
     ec.write(d / "native-noop2.yaml", ec.noop(DUT_PORT, DUT_ADMIN, MOCK_PORT, upstream_too=True, native=True),
              "Envoy + a trivial native dynamic module (src/native prototype, role noop) in the HCM and upstream.")
     ec.write(d / "switchyard-native.yaml", ec.switchyard(DUT_PORT, DUT_ADMIN, MOCK_PORT, native=True),

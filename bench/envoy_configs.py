@@ -183,6 +183,8 @@ def mock(port: int, admin_port: int, data: dict[str, bytes]) -> dict:
             "direct_response": {"status": 200, "body": {"inline_string": _Literal(data[fname].decode())}},
             "response_headers_to_add": [{"header": {"key": "content-type", "value": ctype}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}],
         })
+    # The quality-sampling sink of switchyard-sampling.yaml.
+    routes.append({"match": {"prefix": "/v1/samples"}, "direct_response": {"status": 204}})
     routes.append({"match": {"prefix": "/"}, "direct_response": {"status": 404, "body": {
         "inline_string": '{"error":{"message":"mock: unknown path","type":"invalid_request_error","param":null,"code":null}}'}}})
     # Read the whole request before answering, as a real provider does (and so an HTTP/1.1 answer
@@ -202,11 +204,12 @@ def noop(port: int, admin_port: int, mock_port: int, upstream_too: bool = False,
     return plain(port, admin_port, mock_port, [f], [f] if upstream_too else None)
 
 
-def gateway_config(models: dict[str, str] = GATEWAY_MODELS, auth: dict | None = None) -> str:
+def gateway_config(models: dict[str, str] = GATEWAY_MODELS, auth: dict | None = None, extra: dict | None = None) -> str:
     cfg: dict = {"role": "gateway", "max_request_body_bytes": 8388608,
                  "models": [{"name": m, "route": r} for m, r in models.items()]}
     if auth:
         cfg["auth"] = auth
+    cfg.update(extra or {})
     return json.dumps(cfg, indent=2) + "\n"
 
 
@@ -232,7 +235,8 @@ def backend_config() -> str:
     return '{\n  "role": "backend",\n  "backends": {\n' + ",\n".join(lines) + "\n  }\n}\n"
 
 
-def switchyard(port: int, admin_port: int, mock_port: int, gateway: str | None = None, native: bool = False) -> dict:
+def switchyard(port: int, admin_port: int, mock_port: int, gateway: str | None = None, native: bool = False,
+               sink: bool = False) -> dict:
     flt = _native if native else _wasm
     routes = []
     for route in MOCK_ROUTES:
@@ -245,6 +249,8 @@ def switchyard(port: int, admin_port: int, mock_port: int, gateway: str | None =
     backend = flt("switchyard.backend", backend_config())
     clusters = [_cluster(f"route_{route}", mock_port, {"backend": route, "model": model}, [backend])
                 for route, (_, _, _, _, model) in MOCK_ROUTES.items()]
+    if sink:
+        clusters.append(_cluster("sink", mock_port, None, None))   # quality sampling's sink: the mock
     return _bootstrap(admin_port, [_listener("llm", port, routes, [flt("switchyard.gateway", gateway or gateway_config())])], clusters)
 
 
