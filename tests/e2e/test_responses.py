@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import time
 import uuid
+from decimal import Decimal
 from pathlib import Path
 
 import openai
@@ -28,6 +30,7 @@ import harness
 import recorded as rec
 import recorded_providers as rp
 from helpers import ANTHROPIC_UPSTREAM_KEY, CLIENT_API_KEY, OPENAI_UPSTREAM_KEY
+from keys_gateway import KeysGateway, key_hash
 
 FIXTURES = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "openai-responses"
 
@@ -413,7 +416,16 @@ def _access_lines(gateway, ids, timeout=20.0) -> dict:
         time.sleep(0.1)
 
 
-def test_operation_is_responses_in_the_access_log(client, gateway):
+def requests_with_operation(gateway, op: str) -> float:
+    total = 0.0
+    for line in gateway.prometheus().splitlines():
+        if line.startswith("switchyard_requests{") and f'gen_ai_operation_name="{op}"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_operation_is_responses_in_the_access_log_and_metrics(client, gateway):
+    before = requests_with_operation(gateway, "responses")
     ids = {name: f"responses-{name}-{uuid.uuid4().hex}" for name in ("native", "translated", "stream")}
     client.responses.create(model="gpt-4o-mini", input="What is the capital of France?", extra_headers={"x-request-id": ids["native"]})
     client.responses.create(model="claude-haiku", input="What is the capital of France?", extra_headers={"x-request-id": ids["translated"]})
@@ -427,3 +439,96 @@ def test_operation_is_responses_in_the_access_log(client, gateway):
     u = rec.openai_usage_from_anthropic(rec.anthropic_text()["usage"])
     assert (int(translated["input_tokens"]), int(translated["output_tokens"])) == (u["prompt_tokens"], u["completion_tokens"])
     assert stream["stream"] == "true" and int(stream["output_tokens"]) == rec.anthropic_stream_text()["usage"]["output_tokens"]
+    for _ in range(50):
+        if requests_with_operation(gateway, "responses") >= before + 3:
+            break
+        time.sleep(0.1)
+    assert requests_with_operation(gateway, "responses") == before + 3
+
+
+# ==================================================================================================
+# keys, limits and budgets: the same as for chat (a gateway of its own, with an auth policy)
+
+PRICES = {"gpt-4o-mini": (Decimal("0.000001"), Decimal("0.000002")),
+          "claude-3-5-haiku-latest": (Decimal("0.000003"), Decimal("0.000005"))}
+
+
+def cost_micros(model: str, prompt: int, completion: int) -> int:
+    p_in, p_out = PRICES[model]
+    return math.ceil((prompt * p_in + completion * p_out) * 1_000_000)
+
+
+def _key(name: str) -> str:
+    return f"sk-sy-responses-{name}"
+
+
+KEYS_AUTH = {
+    "keys": [
+        {"id": "r-budget", "sha256": key_hash(_key("budget")), "budget": {"amount_usd": 1, "window": "total"}},
+        {"id": "r-haiku-only", "sha256": key_hash(_key("haiku")), "models": ["claude-haiku"]},
+        {"id": "r-rpm", "sha256": key_hash(_key("rpm")), "limits": {"rpm": 1}},
+    ],
+    "pricing": {
+        "builtin": False,
+        "models": {m: {"input_cost_per_token": float(i), "output_cost_per_token": float(o), "max_output_tokens": 1000}
+                   for m, (i, o) in PRICES.items()},
+        "aliases": {"claude-haiku": "claude-3-5-haiku-latest"},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def keyed(tmp_path_factory):
+    try:
+        g = KeysGateway.start(tmp_path_factory.mktemp("responses-keys"), KEYS_AUTH)
+    except Exception as e:  # noqa: BLE001
+        pytest.fail(f"could not start the keys gateway: {e}", pytrace=False)
+    try:
+        yield g
+    finally:
+        problems = g.stop()
+    if problems:
+        pytest.fail("keys gateway end-of-module check failed:\n  " + "\n  ".join(problems), pytrace=False)
+
+
+def keyed_client(g, key: str | None) -> openai.OpenAI:
+    return openai.OpenAI(base_url=g.base_url, api_key=key or "no-key", max_retries=0, timeout=60)
+
+
+def test_keys_limits_and_budgets_apply_to_responses(keyed):
+    g = keyed
+    # No key, or an unknown one: 401 in OpenAI's shape.
+    with pytest.raises(openai.AuthenticationError) as e:
+        keyed_client(g, None).responses.create(model="claude-haiku", input="hi")
+    assert e.value.body["code"] == "invalid_api_key"
+    # A key limited to another model.
+    with pytest.raises(openai.PermissionDeniedError) as e:
+        keyed_client(g, _key("haiku")).responses.create(model="gpt-4o-mini", input="hi")
+    assert e.value.body["code"] == "model_not_allowed"
+    assert g.mocks.requests("openai") == [] and g.mocks.requests("anthropic") == []
+    # Translated (Anthropic): the cost of the recorded usage at the configured prices.
+    c = keyed_client(g, _key("budget"))
+    r = c.responses.with_raw_response.create(model="claude-haiku", input="What is the capital of France?")
+    u = rec.openai_usage_from_anthropic(rec.anthropic_text()["usage"])
+    want_translated = cost_micros("claude-3-5-haiku-latest", u["prompt_tokens"], u["completion_tokens"])
+    assert int(Decimal(r.headers["x-switchyard-cost"]) * 1_000_000) == want_translated
+    # Native (OpenAI's own /v1/responses): its Responses usage, read through the canonical view.
+    r = c.responses.with_raw_response.create(model="gpt-4o-mini", input="What is the capital of France?")
+    ru = recorded_response(SIMPLE)["usage"]
+    want_native = cost_micros("gpt-4o-mini", ru["input_tokens"], ru["output_tokens"])
+    assert int(Decimal(r.headers["x-switchyard-cost"]) * 1_000_000) == want_native
+    left = Decimal(r.headers["x-switchyard-budget-remaining"])
+    assert int((Decimal(1) - left) * 1_000_000) == want_translated + want_native
+    # A native stream is charged from its `response.completed` usage.
+    events = events_of(c.responses.create(model="gpt-4o-mini", input="x", tools=[CAPITAL_TOOL], stream=True))
+    su = events[-1].response.usage
+    lines = g.log_lines("r-budget", count=3)
+    streamed = [l for l in lines if l["stream"] == "true"]
+    assert len(streamed) == 1 and streamed[0]["operation"] == "responses"
+    assert int(streamed[0]["cost_micros"]) == cost_micros("gpt-4o-mini", su.input_tokens, su.output_tokens)
+    # rpm: the second request in the minute is a 429.
+    c = keyed_client(g, _key("rpm"))
+    c.responses.create(model="claude-haiku", input="hi")
+    with pytest.raises(openai.RateLimitError) as e:
+        c.responses.create(model="claude-haiku", input="hi")
+    assert e.value.body["code"] == "rate_limit_exceeded"
