@@ -52,3 +52,11 @@ fn the_routing_example_is_valid() {
     assert!(ok, "{text}");
     assert!(text.contains("gateway configuration with 6 model entries is valid"), "{text}");
 }
+
+#[test]
+fn the_cache_and_sampling_example_is_valid() {
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/gateway-cache.json");
+    let (ok, text) = check(&example);
+    assert!(ok, "{text}");
+    assert!(text.contains("gateway configuration with 3 model entries is valid"), "{text}");
+}
