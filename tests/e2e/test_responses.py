@@ -295,6 +295,34 @@ def test_gemini_function_tool_round_trip(client, gateway):
 
 
 # ==================================================================================================
+# presets (translated through the canonical chat request): DeepSeek's reasoning
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_deepseek_reasoning_becomes_a_reasoning_item(client, gateway, stream):
+    if stream:
+        want = rp.deepseek_stream_summary()
+        with client.responses.stream(model="deepseek-reasoner", input="Hello!") as s:
+            reasoning = "".join(e.delta for e in s if e.type == "response.reasoning_text.delta")
+            resp = s.get_final_response()
+        assert reasoning == want["reasoning"]
+        usage = want["usage"]
+    else:
+        doc = rp.deepseek_text()
+        msg = doc["choices"][0]["message"]
+        want = {"reasoning": msg["reasoning_content"], "text": msg["content"]}
+        resp = client.responses.create(model="deepseek-reasoner", input="Hello!")
+        usage = doc["usage"]
+    kinds = [o.type for o in resp.output]
+    assert kinds == ["reasoning", "message"]
+    assert resp.output[0].content[0].text == want["reasoning"]
+    assert resp.output_text == want["text"]
+    assert (resp.usage.input_tokens, resp.usage.output_tokens) == (usage["prompt_tokens"], usage["completion_tokens"])
+    sent = only(gateway.mock_requests("more"))
+    assert sent["provider"] == "deepseek" and sent["body"]["messages"] == [{"role": "user", "content": "Hello!"}]
+
+
+# ==================================================================================================
 # failover across schemas
 
 
@@ -341,6 +369,28 @@ def test_openai_passthrough_errors_and_stream_failures_reach_the_client_as_opena
                                                extra_headers={"x-mock-openai": "error-mid-stream"}))
     assert [e.to_dict() for e in events[:4]] == recorded_events(STREAM, 1)[:4]
     assert events[-1].type == "error" and events[-1].code == "server_error"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_failover_across_three_schemas_to_bedrock(client, gateway, stream):
+    """any-chat: OpenAI (native) and Gemini fail before their first byte, Bedrock serves."""
+    headers = {"x-mock-openai": "reset" if stream else "503", "x-mock-more": "gemini=503"}
+    if stream:
+        want = rp.bedrock_stream_summary()
+        events = events_of(client.responses.create(model="any-chat", input="Hello!", stream=True, extra_headers=headers))
+        check_sequence(events)
+        resp = events[-1].response
+        usage = rp.bedrock_usage(want["usage"])
+        assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == want["text"]
+    else:
+        doc = rp.bedrock_text()
+        want = {"text": "".join(c.get("text", "") for c in doc["output"]["message"]["content"])}
+        resp = client.responses.create(model="any-chat", input="Hello!", extra_headers=headers)
+        usage = rp.bedrock_usage(doc["usage"])
+    assert resp.output_text == want["text"]
+    assert (resp.usage.input_tokens, resp.usage.output_tokens) == (usage["prompt_tokens"], usage["completion_tokens"])
+    assert [q["provider"] for q in gateway.mock_requests("more")] == ["gemini", "bedrock"]
+    assert [q["path"] for q in gateway.mock_requests("openai")] == ["/v1/responses"]
 
 
 # ==================================================================================================
