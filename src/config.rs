@@ -20,8 +20,9 @@ pub const MODEL_HEADER: &str = "x-switchyard-model";
 /// Header carrying the operation (`chat`, `embeddings`) from the gateway to the backend filter.
 pub const OP_HEADER: &str = "x-switchyard-op";
 /// Request headers the gateway sets for each capability a request needs (`vision`, `tools`,
-/// `json_schema`, `reasoning`), value `true`; Envoy's header_to_metadata filter turns them into
-/// `envoy.lb` metadata so that a cluster's subset load balancer only picks capable endpoints.
+/// `json_schema`, `reasoning`: value `true`; `context`: the context class, e.g. `16k`); Envoy's
+/// header_to_metadata filter turns them into `envoy.lb` metadata so that a cluster's subset load
+/// balancer only picks capable endpoints (`crate::policy::capabilities::lb_metadata`).
 pub const NEEDS_HEADER_PREFIX: &str = "x-switchyard-needs-";
 /// Every header with this prefix is internal: stripped from clients and from providers.
 pub const INTERNAL_HEADER_PREFIX: &str = "x-switchyard-";
@@ -61,9 +62,10 @@ pub struct GatewayConfig {
     #[serde(default)]
     pub routing: crate::policy::rules::RoutingConfig,
     /// What each model can serve, by model name (`crate::policy::capabilities`); defaults from the
-    /// price table's model fields. Empty: no capability checks.
+    /// price table's model fields (the built-in table's too). Absent: no capability checks; `{}`:
+    /// checks with the tables' defaults only.
     #[serde(default)]
-    pub capabilities: HashMap<String, crate::policy::capabilities::Capabilities>,
+    pub capabilities: Option<HashMap<String, crate::policy::capabilities::Capabilities>>,
     /// PII and secret detectors on requests (and answers) (`crate::policy::guardrails`). Absent: off.
     #[serde(default)]
     pub guardrails: Option<crate::policy::guardrails::GuardrailsConfig>,
@@ -520,8 +522,14 @@ impl Gateway {
         if let Some(s) = &cfg.quality_sampling {
             s.validate()?;
         }
-        let capabilities = crate::policy::capabilities::CapabilityTable::new(cfg.capabilities, cfg.auth.as_ref().map(|a| &a.pricing.models))?
-            .map(std::rc::Rc::new);
+        let builtin_prices = match &cfg.auth {
+            Some(a) if !a.pricing.builtin => None,
+            _ if cfg.capabilities.is_some() => Some(crate::policy::capabilities::CapabilityTable::builtin_entries()),
+            _ => None,
+        };
+        let price_tables: Vec<&serde_json::Map<String, serde_json::Value>> =
+            builtin_prices.iter().chain(cfg.auth.as_ref().map(|a| &a.pricing.models)).collect();
+        let capabilities = crate::policy::capabilities::CapabilityTable::new(cfg.capabilities, &price_tables)?.map(std::rc::Rc::new);
         let policy = match cfg.auth {
             Some(p) => Some(crate::policy::Policy::new(p).map_err(|e| format!("auth: {e}"))?),
             None => None,

@@ -18,7 +18,7 @@ use crate::api::ingress::{self, AnswerTranslate, Ingress, Local};
 use crate::api::{models, ApiError};
 use crate::config::{Gateway, NEEDS_HEADER_PREFIX, MODEL_HEADER, OP_HEADER, ROUTE_HEADER};
 use crate::api::chat::ChatRequest;
-use crate::policy::capabilities::{self, Needs};
+use crate::policy::capabilities::Needs;
 use crate::policy::canary;
 use crate::policy::deadline;
 use crate::policy::latency;
@@ -301,13 +301,8 @@ impl GatewayFilter {
         if let Some((n, _)) = &needs {
             // For Envoy's subset load balancer (header_to_metadata → `envoy.lb`): only endpoints
             // whose metadata says they can are chosen, first try and failover alike.
-            for (need, name) in [(n.vision, "vision"), (n.tools, "tools"), (n.json_schema, "json_schema"), (n.reasoning, "reasoning")] {
-                if need {
-                    set_request_header(&format!("{NEEDS_HEADER_PREFIX}{name}"), Some("true"));
-                }
-            }
-            if let Some(class) = capabilities::context_class(n.prompt_tokens) {
-                set_request_header(&format!("{NEEDS_HEADER_PREFIX}context-{class}"), Some("true"));
+            for (key, value) in n.lb_values() {
+                set_request_header(&format!("{NEEDS_HEADER_PREFIX}{key}"), Some(value));
             }
         }
         state.needs = needs;

@@ -247,23 +247,30 @@ impl Default for PricingConfig {
 
 /// Built-in prices for the models of the example configurations: public list prices of the
 /// providers (USD per token, standard tier, prompts up to 128k tokens for Gemini), in the
-/// model price table's shape.
+/// model price table's shape. Each entry also carries the model table's capability fields, from
+/// the providers' model documentation (`max_input_tokens` is the context window): OpenAI's GPT-4o
+/// family takes 128,000 tokens, tools and images, and `json_schema` output (Structured Outputs)
+/// from `gpt-4o-mini-2024-07-18` and `gpt-4o-2024-08-06` on, so not `gpt-4o-2024-05-13`; Anthropic's
+/// Claude 3 and 3.5 models take 200,000 tokens, tools and images (JSON schema output is emulated by
+/// the gateway's Anthropic translation, `src/providers/anthropic.rs`); Gemini 1.5 Flash takes
+/// 1,048,576 tokens, tools, images and a response schema. None of them takes `reasoning_effort`
+/// (extended thinking begins with Claude 3.7, OpenAI's reasoning models are the o-series).
 pub const BUILTIN_PRICES: &str = r#"{
-  "gpt-4o-mini":                {"input_cost_per_token": 1.5e-07, "output_cost_per_token": 6e-07, "cache_read_input_token_cost": 7.5e-08, "max_output_tokens": 16384, "litellm_provider": "openai", "mode": "chat"},
-  "gpt-4o-mini-2024-07-18":     {"input_cost_per_token": 1.5e-07, "output_cost_per_token": 6e-07, "cache_read_input_token_cost": 7.5e-08, "max_output_tokens": 16384, "litellm_provider": "openai", "mode": "chat"},
-  "gpt-4o":                     {"input_cost_per_token": 2.5e-06, "output_cost_per_token": 1e-05, "cache_read_input_token_cost": 1.25e-06, "max_output_tokens": 16384, "litellm_provider": "openai", "mode": "chat"},
-  "gpt-4o-2024-08-06":          {"input_cost_per_token": 2.5e-06, "output_cost_per_token": 1e-05, "cache_read_input_token_cost": 1.25e-06, "max_output_tokens": 16384, "litellm_provider": "openai", "mode": "chat"},
-  "gpt-4o-2024-11-20":          {"input_cost_per_token": 2.5e-06, "output_cost_per_token": 1e-05, "cache_read_input_token_cost": 1.25e-06, "max_output_tokens": 16384, "litellm_provider": "openai", "mode": "chat"},
-  "gpt-4o-2024-05-13":          {"input_cost_per_token": 5e-06, "output_cost_per_token": 1.5e-05, "max_output_tokens": 4096, "litellm_provider": "openai", "mode": "chat"},
-  "claude-3-5-haiku-20241022":  {"input_cost_per_token": 8e-07, "output_cost_per_token": 4e-06, "cache_creation_input_token_cost": 1e-06, "cache_read_input_token_cost": 8e-08, "max_output_tokens": 8192, "litellm_provider": "anthropic", "mode": "chat"},
-  "claude-3-5-haiku-latest":    {"input_cost_per_token": 8e-07, "output_cost_per_token": 4e-06, "cache_creation_input_token_cost": 1e-06, "cache_read_input_token_cost": 8e-08, "max_output_tokens": 8192, "litellm_provider": "anthropic", "mode": "chat"},
-  "claude-3-haiku-20240307":    {"input_cost_per_token": 2.5e-07, "output_cost_per_token": 1.25e-06, "cache_creation_input_token_cost": 3e-07, "cache_read_input_token_cost": 3e-08, "max_output_tokens": 4096, "litellm_provider": "anthropic", "mode": "chat"},
-  "claude-3-opus-20240229":     {"input_cost_per_token": 1.5e-05, "output_cost_per_token": 7.5e-05, "cache_creation_input_token_cost": 1.875e-05, "cache_read_input_token_cost": 1.5e-06, "max_output_tokens": 4096, "litellm_provider": "anthropic", "mode": "chat"},
-  "claude-3-opus-latest":       {"input_cost_per_token": 1.5e-05, "output_cost_per_token": 7.5e-05, "cache_creation_input_token_cost": 1.875e-05, "cache_read_input_token_cost": 1.5e-06, "max_output_tokens": 4096, "litellm_provider": "anthropic", "mode": "chat"},
-  "claude-3-5-sonnet-20240620": {"input_cost_per_token": 3e-06, "output_cost_per_token": 1.5e-05, "cache_creation_input_token_cost": 3.75e-06, "cache_read_input_token_cost": 3e-07, "max_output_tokens": 8192, "litellm_provider": "anthropic", "mode": "chat"},
-  "claude-3-5-sonnet-20241022": {"input_cost_per_token": 3e-06, "output_cost_per_token": 1.5e-05, "cache_creation_input_token_cost": 3.75e-06, "cache_read_input_token_cost": 3e-07, "max_output_tokens": 8192, "litellm_provider": "anthropic", "mode": "chat"},
-  "claude-3-5-sonnet-latest":   {"input_cost_per_token": 3e-06, "output_cost_per_token": 1.5e-05, "cache_creation_input_token_cost": 3.75e-06, "cache_read_input_token_cost": 3e-07, "max_output_tokens": 8192, "litellm_provider": "anthropic", "mode": "chat"},
-  "gemini-1.5-flash":           {"input_cost_per_token": 7.5e-08, "output_cost_per_token": 3e-07, "max_output_tokens": 8192, "litellm_provider": "gemini", "mode": "chat"}
+  "gpt-4o-mini":                {"input_cost_per_token": 1.5e-07, "output_cost_per_token": 6e-07, "cache_read_input_token_cost": 7.5e-08, "max_output_tokens": 16384, "litellm_provider": "openai", "mode": "chat", "max_input_tokens": 128000, "supports_function_calling": true, "supports_vision": true, "supports_response_schema": true, "supports_reasoning": false},
+  "gpt-4o-mini-2024-07-18":     {"input_cost_per_token": 1.5e-07, "output_cost_per_token": 6e-07, "cache_read_input_token_cost": 7.5e-08, "max_output_tokens": 16384, "litellm_provider": "openai", "mode": "chat", "max_input_tokens": 128000, "supports_function_calling": true, "supports_vision": true, "supports_response_schema": true, "supports_reasoning": false},
+  "gpt-4o":                     {"input_cost_per_token": 2.5e-06, "output_cost_per_token": 1e-05, "cache_read_input_token_cost": 1.25e-06, "max_output_tokens": 16384, "litellm_provider": "openai", "mode": "chat", "max_input_tokens": 128000, "supports_function_calling": true, "supports_vision": true, "supports_response_schema": true, "supports_reasoning": false},
+  "gpt-4o-2024-08-06":          {"input_cost_per_token": 2.5e-06, "output_cost_per_token": 1e-05, "cache_read_input_token_cost": 1.25e-06, "max_output_tokens": 16384, "litellm_provider": "openai", "mode": "chat", "max_input_tokens": 128000, "supports_function_calling": true, "supports_vision": true, "supports_response_schema": true, "supports_reasoning": false},
+  "gpt-4o-2024-11-20":          {"input_cost_per_token": 2.5e-06, "output_cost_per_token": 1e-05, "cache_read_input_token_cost": 1.25e-06, "max_output_tokens": 16384, "litellm_provider": "openai", "mode": "chat", "max_input_tokens": 128000, "supports_function_calling": true, "supports_vision": true, "supports_response_schema": true, "supports_reasoning": false},
+  "gpt-4o-2024-05-13":          {"input_cost_per_token": 5e-06, "output_cost_per_token": 1.5e-05, "max_output_tokens": 4096, "litellm_provider": "openai", "mode": "chat", "max_input_tokens": 128000, "supports_function_calling": true, "supports_vision": true, "supports_response_schema": false, "supports_reasoning": false},
+  "claude-3-5-haiku-20241022":  {"input_cost_per_token": 8e-07, "output_cost_per_token": 4e-06, "cache_creation_input_token_cost": 1e-06, "cache_read_input_token_cost": 8e-08, "max_output_tokens": 8192, "litellm_provider": "anthropic", "mode": "chat", "max_input_tokens": 200000, "supports_function_calling": true, "supports_vision": true, "supports_response_schema": true, "supports_reasoning": false},
+  "claude-3-5-haiku-latest":    {"input_cost_per_token": 8e-07, "output_cost_per_token": 4e-06, "cache_creation_input_token_cost": 1e-06, "cache_read_input_token_cost": 8e-08, "max_output_tokens": 8192, "litellm_provider": "anthropic", "mode": "chat", "max_input_tokens": 200000, "supports_function_calling": true, "supports_vision": true, "supports_response_schema": true, "supports_reasoning": false},
+  "claude-3-haiku-20240307":    {"input_cost_per_token": 2.5e-07, "output_cost_per_token": 1.25e-06, "cache_creation_input_token_cost": 3e-07, "cache_read_input_token_cost": 3e-08, "max_output_tokens": 4096, "litellm_provider": "anthropic", "mode": "chat", "max_input_tokens": 200000, "supports_function_calling": true, "supports_vision": true, "supports_response_schema": true, "supports_reasoning": false},
+  "claude-3-opus-20240229":     {"input_cost_per_token": 1.5e-05, "output_cost_per_token": 7.5e-05, "cache_creation_input_token_cost": 1.875e-05, "cache_read_input_token_cost": 1.5e-06, "max_output_tokens": 4096, "litellm_provider": "anthropic", "mode": "chat", "max_input_tokens": 200000, "supports_function_calling": true, "supports_vision": true, "supports_response_schema": true, "supports_reasoning": false},
+  "claude-3-opus-latest":       {"input_cost_per_token": 1.5e-05, "output_cost_per_token": 7.5e-05, "cache_creation_input_token_cost": 1.875e-05, "cache_read_input_token_cost": 1.5e-06, "max_output_tokens": 4096, "litellm_provider": "anthropic", "mode": "chat", "max_input_tokens": 200000, "supports_function_calling": true, "supports_vision": true, "supports_response_schema": true, "supports_reasoning": false},
+  "claude-3-5-sonnet-20240620": {"input_cost_per_token": 3e-06, "output_cost_per_token": 1.5e-05, "cache_creation_input_token_cost": 3.75e-06, "cache_read_input_token_cost": 3e-07, "max_output_tokens": 8192, "litellm_provider": "anthropic", "mode": "chat", "max_input_tokens": 200000, "supports_function_calling": true, "supports_vision": true, "supports_response_schema": true, "supports_reasoning": false},
+  "claude-3-5-sonnet-20241022": {"input_cost_per_token": 3e-06, "output_cost_per_token": 1.5e-05, "cache_creation_input_token_cost": 3.75e-06, "cache_read_input_token_cost": 3e-07, "max_output_tokens": 8192, "litellm_provider": "anthropic", "mode": "chat", "max_input_tokens": 200000, "supports_function_calling": true, "supports_vision": true, "supports_response_schema": true, "supports_reasoning": false},
+  "claude-3-5-sonnet-latest":   {"input_cost_per_token": 3e-06, "output_cost_per_token": 1.5e-05, "cache_creation_input_token_cost": 3.75e-06, "cache_read_input_token_cost": 3e-07, "max_output_tokens": 8192, "litellm_provider": "anthropic", "mode": "chat", "max_input_tokens": 200000, "supports_function_calling": true, "supports_vision": true, "supports_response_schema": true, "supports_reasoning": false},
+  "gemini-1.5-flash":           {"input_cost_per_token": 7.5e-08, "output_cost_per_token": 3e-07, "max_output_tokens": 8192, "litellm_provider": "gemini", "mode": "chat", "max_input_tokens": 1048576, "supports_function_calling": true, "supports_vision": true, "supports_response_schema": true, "supports_reasoning": false}
 }"#;
 
 const PRICE_FIELDS: [&str; 5] = [
@@ -343,14 +350,14 @@ pub fn base_name(model: &str) -> &str {
 
 /// Names indexed for lookup: exact, then without a provider prefix, then by [`base_name`].
 #[derive(Debug, Default)]
-struct NameIndex<T> {
+pub(crate) struct NameIndex<T> {
     exact: HashMap<String, T>,
     /// base name → (rank, value); the best-ranked entry wins whatever the insertion order.
     base: HashMap<String, ((bool, bool, String), T)>,
 }
 
 impl<T: Copy> NameIndex<T> {
-    fn insert(&mut self, name: &str, v: T) {
+    pub(crate) fn insert(&mut self, name: &str, v: T) {
         self.exact.insert(name.to_string(), v);
         let base = base_name(name);
         // Prefer the entry named exactly like the base, then unprefixed names, then the latest
@@ -365,7 +372,11 @@ impl<T: Copy> NameIndex<T> {
         }
     }
 
-    fn get(&self, model: &str) -> Option<T> {
+    pub(crate) fn exact_contains(&self, model: &str) -> bool {
+        self.exact.contains_key(model)
+    }
+
+    pub(crate) fn get(&self, model: &str) -> Option<T> {
         if let Some(v) = self.exact.get(model) {
             return Some(*v);
         }

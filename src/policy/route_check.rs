@@ -11,7 +11,8 @@
 
 use serde_json::Value;
 
-use crate::config::{Gateway, ModelEntry, PinVersions, PluginConfig, ROUTE_HEADER};
+use crate::config::{Gateway, ModelEntry, PinVersions, PluginConfig, NEEDS_HEADER_PREFIX, ROUTE_HEADER};
+use crate::policy::capabilities;
 
 /// What the check found.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -57,6 +58,8 @@ pub fn is_floating(model: &str) -> bool {
 struct Candidate {
     priority: u64,
     model: String,
+    /// The endpoint's `envoy.lb` metadata (for the subset load balancer), if any.
+    lb: Option<Value>,
 }
 
 /// Checks every gateway plugin configuration found in `envoy` against the routes and clusters.
@@ -69,6 +72,7 @@ pub fn check_envoy(envoy: &Value) -> Result<Findings, String> {
     }
     let routes = route_clusters(envoy);
     let mut f = Findings::default();
+    let mut subsets_needed = false;
     for g in &gateways {
         for entry in g.router.entries() {
             let route = entry.route.as_deref().unwrap_or(&entry.name);
@@ -77,25 +81,123 @@ pub fn check_envoy(envoy: &Value) -> Result<Findings, String> {
                 continue;
             };
             let candidates = cluster_candidates(envoy, cluster, &backends, &entry.name);
-            check_route(g, entry, cluster, &candidates, &mut f);
+            let subsets = cluster_node(envoy, cluster).is_some_and(|c| c.get("lb_subset_config").is_some());
+            check_route(g, entry, cluster, &candidates, subsets, &mut f);
+            subsets_needed |= check_subsets(envoy, g, entry, cluster, &candidates, &mut f);
+        }
+    }
+    if subsets_needed {
+        let mut mapped = Vec::new();
+        walk(envoy, &mut |node| {
+            if let Some(h) = node.get("header").and_then(Value::as_str) {
+                let ns = node.get("on_header_present").and_then(|o| o.get("metadata_namespace")).and_then(Value::as_str);
+                if ns == Some("envoy.lb") {
+                    mapped.push(h.to_string());
+                }
+            }
+        });
+        let missing: Vec<String> = capabilities::LB_KEYS
+            .iter()
+            .map(|k| format!("{NEEDS_HEADER_PREFIX}{k}"))
+            .filter(|h| !mapped.contains(h))
+            .collect();
+        if !missing.is_empty() {
+            f.warnings.push(format!(
+                "no envoy.filters.http.header_to_metadata rule turns {} into envoy.lb metadata: the subset load balancers cannot see what a request needs (README \"Routing\")",
+                missing.join(", ")
+            ));
         }
     }
     Ok(f)
 }
 
-fn check_route(g: &Gateway, entry: &ModelEntry, cluster: &str, candidates: &[Candidate], f: &mut Findings) {
+/// A route whose candidates differ in what they can serve needs its cluster's subset load
+/// balancer (`lb_subset_config` and each endpoint's `envoy.lb` metadata, see
+/// [`capabilities::lb_metadata`]): without it a request can fail over to, or start on, a candidate
+/// that cannot serve it. Returns whether the route needs one.
+fn check_subsets(envoy: &Value, g: &Gateway, entry: &ModelEntry, cluster: &str, candidates: &[Candidate], f: &mut Findings) -> bool {
+    let Some(caps) = g.capabilities.as_deref() else { return false };
+    let want: Vec<Value> = candidates.iter().map(|c| capabilities::lb_metadata(caps.get(&c.model))).collect();
+    if want.windows(2).all(|w| w[0] == w[1]) {
+        return false;
+    }
+    let describe = || {
+        candidates
+            .iter()
+            .zip(&want)
+            .map(|(c, w)| format!("{} (priority {}): {w}", c.model, c.priority))
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    let subset = cluster_node(envoy, cluster).and_then(|c| c.get("lb_subset_config"));
+    let Some(subset) = subset else {
+        f.warnings.push(format!(
+            "route {} (cluster {cluster}): its candidates differ in what they can serve, and the cluster has no lb_subset_config: a request can be sent to one that cannot serve it and get a 400 instead of the next candidate. Give the cluster lb_subset_config (README \"Routing\") and its endpoints this envoy.lb metadata: {}",
+            entry.name,
+            describe()
+        ));
+        return true;
+    };
+    let mut problems = Vec::new();
+    if subset.get("list_as_any").and_then(Value::as_bool) != Some(true) {
+        problems.push("list_as_any: true".to_string());
+    }
+    if subset.get("fallback_policy").and_then(Value::as_str) != Some("ANY_ENDPOINT") {
+        problems.push("fallback_policy: ANY_ENDPOINT".to_string());
+    }
+    let have: Vec<Vec<String>> = subset
+        .get("subset_selectors")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.get("keys").and_then(Value::as_array))
+        .map(|keys| {
+            let mut k: Vec<String> = keys.iter().filter_map(Value::as_str).map(str::to_string).collect();
+            k.sort();
+            k
+        })
+        .collect();
+    let lacking = capabilities::subset_selectors().into_iter().filter(|s| !have.iter().any(|h| h == s)).count();
+    if lacking > 0 {
+        problems.push(format!("{lacking} of the 31 subset_selectors (every combination of {:?})", capabilities::LB_KEYS));
+    }
+    if !problems.is_empty() {
+        f.warnings.push(format!("route {} (cluster {cluster}): lb_subset_config lacks {}", entry.name, problems.join(", ")));
+    }
+    for (c, w) in candidates.iter().zip(&want) {
+        if c.lb.as_ref() != Some(w) {
+            f.warnings.push(format!(
+                "route {} (cluster {cluster}): endpoint {} (priority {}) has envoy.lb metadata {}, expected {w}",
+                entry.name,
+                c.model,
+                c.priority,
+                c.lb.as_ref().map_or_else(|| "none".to_string(), Value::to_string)
+            ));
+        }
+    }
+    true
+}
+
+/// The cluster named `name`.
+fn cluster_node<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
+    let clusters = v.get("static_resources")?.get("clusters")?.as_array()?;
+    clusters.iter().find(|c| c.get("name").and_then(Value::as_str) == Some(name))
+}
+
+fn check_route(g: &Gateway, entry: &ModelEntry, cluster: &str, candidates: &[Candidate], subsets: bool, f: &mut Findings) {
     if let Some(caps) = g.capabilities.as_deref() {
         for p in candidates.iter().filter(|c| c.priority == 0) {
             for fb in candidates.iter().filter(|c| c.priority > 0) {
                 let lost = caps.regressions(&p.model, &fb.model);
                 if !lost.is_empty() {
                     f.warnings.push(format!(
-                        "route {} (cluster {cluster}): fallback {} (priority {}) lacks {} that primary {} has",
+                        "route {} (cluster {cluster}): fallback {} (priority {}) lacks {} that primary {} has{}",
                         entry.name,
                         fb.model,
                         fb.priority,
                         lost.join(", "),
-                        p.model
+                        p.model,
+                        if subsets { " (the cluster's subset load balancer skips it for requests that need it)" } else { "" }
                     ));
                 }
             }
@@ -179,7 +281,8 @@ fn cluster_candidates(v: &Value, cluster: &str, backends: &[crate::config::Backe
                     .map(str::to_string)
                     .or_else(|| backend.and_then(|b| backends.iter().find_map(|cfg| cfg.backends.get(b)).and_then(|b| b.model.clone())))
                     .unwrap_or_else(|| gateway_model.to_string());
-                out.push(Candidate { priority, model });
+                let lb = ep.get("metadata").and_then(|m| m.get("filter_metadata")).and_then(|m| m.get("envoy.lb")).cloned();
+                out.push(Candidate { priority, model, lb });
             }
         }
     });
@@ -247,8 +350,14 @@ mod tests {
                                      "command-r7b-12-2024":{"vision":false,"tools":true,"context_window":8192}}}"#;
         let f = check_envoy(&envoy(gw)).unwrap();
         assert!(f.errors.is_empty(), "{f:?}");
-        assert_eq!(f.warnings.len(), 3, "{f:?}");
+        assert_eq!(f.warnings.len(), 6, "{f:?}");
         assert!(f.warnings.iter().any(|w| w.contains("fallback command-r7b-12-2024 (priority 1) lacks vision, context_window that primary gpt-4o-mini has")));
+        // Both routes' candidates differ (chat: images and context; pinned: context only), and
+        // neither cluster has a subset load balancer; the warning says what to write.
+        assert!(f.warnings.iter().any(|w| w.starts_with("route chat (cluster route_chat): its candidates differ")
+            && w.contains(r#"command-r7b-12-2024 (priority 1): {"context":["8k"],"json_schema":"true","reasoning":"true","tools":"true","vision":"false"}"#)));
+        assert!(f.warnings.iter().any(|w| w.starts_with("route pinned (cluster route_pinned): its candidates differ")));
+        assert!(f.warnings.iter().any(|w| w.starts_with("no envoy.filters.http.header_to_metadata rule turns x-switchyard-needs-context")));
         assert!(f.warnings.iter().any(|w| w.contains("route pinned") && w.contains("floating name claude-3-5-haiku-latest")));
         assert!(f.warnings.iter().any(|w| w.contains("model orphan: no Envoy route")));
         // Forbidden: the same finding is an error.
@@ -258,5 +367,44 @@ mod tests {
         let f = check_envoy(&envoy(r#"{"role":"gateway","models":[{"name":"chat"},{"name":"pinned"}]}"#)).unwrap();
         assert_eq!(f, Findings::default());
         assert!(check_envoy(&serde_json::json!({"static_resources": {}})).is_err());
+    }
+
+    #[test]
+    fn a_complete_subset_configuration_checks_clean_and_a_wrong_one_is_named() {
+        let gw = r#"{"role":"gateway","models":[{"name":"chat"}],
+                     "capabilities":{"command-r7b-12-2024":{"vision":false,"tools":true,"context_window":8192}}}"#;
+        let mut doc = envoy(gw);
+        let clusters = doc["static_resources"]["clusters"].as_array_mut().unwrap();
+        clusters.retain(|c| c["name"] == "route_chat");
+        let selectors: Vec<Value> = capabilities::subset_selectors().into_iter().map(|k| serde_json::json!({"keys": k})).collect();
+        clusters[0]["lb_subset_config"] = serde_json::json!({"fallback_policy": "ANY_ENDPOINT", "list_as_any": true, "subset_selectors": selectors});
+        let caps = match PluginConfig::parse(gw.as_bytes()).unwrap() {
+            PluginConfig::Gateway(g) => Gateway::new(g).unwrap().capabilities.unwrap(),
+            _ => unreachable!(),
+        };
+        for (i, model) in ["gpt-4o-mini", "command-r7b-12-2024"].iter().enumerate() {
+            clusters[0]["load_assignment"]["endpoints"][i]["lb_endpoints"][0]["metadata"]["filter_metadata"]["envoy.lb"] =
+                capabilities::lb_metadata(caps.get(model));
+        }
+        let rules: Vec<Value> = capabilities::LB_KEYS
+            .iter()
+            .map(|k| serde_json::json!({"header": format!("x-switchyard-needs-{k}"), "on_header_present": {"metadata_namespace": "envoy.lb", "key": k}}))
+            .collect();
+        doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({"name": "envoy.filters.http.header_to_metadata", "typed_config": {"request_rules": rules}}));
+        let f = check_envoy(&doc).unwrap();
+        // Only the fallback's missing capabilities remain (a fact of the route, not a mistake).
+        assert_eq!(f.warnings.len(), 1, "{f:?}");
+        assert!(f.warnings[0].contains("lacks vision, context_window"), "{f:?}");
+        // The text-only endpoint claiming images, and a selector missing: both named.
+        let mut wrong = doc.clone();
+        wrong["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][1]["lb_endpoints"][0]["metadata"]["filter_metadata"]["envoy.lb"]["vision"] =
+            Value::from("true");
+        wrong["static_resources"]["clusters"][0]["lb_subset_config"]["subset_selectors"].as_array_mut().unwrap().pop();
+        let f = check_envoy(&wrong).unwrap();
+        assert!(f.warnings.iter().any(|w| w.contains("endpoint command-r7b-12-2024 (priority 1) has envoy.lb metadata") && w.contains(r#""vision":"false""#)), "{f:?}");
+        assert!(f.warnings.iter().any(|w| w.contains("lacks 1 of the 31 subset_selectors")), "{f:?}");
     }
 }

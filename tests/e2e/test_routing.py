@@ -53,6 +53,9 @@ ROUTES = {
                           ("more", "cohere-demo", "command-r7b-12-2024"),
                           ("anthropic", "anthropic-demo", "claude-3-5-haiku-latest")]),
     "cap-text": ({}, [("more", "cohere-demo", "command-r7b-12-2024")]),
+    # A text-only primary, then Anthropic.
+    "cap-text-first": ({}, [("more", "cohere-demo", "command-r7b-12-2024"),
+                            ("anthropic", "anthropic-demo", "claude-3-5-haiku-latest")]),
     # Version pinning: a floating name is refused, a dated one served.
     "pinned-floating": ({"pin_versions": "forbid"}, [("openai", "openai-demo", "gpt-4o-mini")]),
     "pinned-dated": ({"pin_versions": "forbid"}, [("openai", "openai-demo", "gpt-4o-mini-2024-07-18")]),
@@ -63,16 +66,32 @@ ROUTES = {
     "canary-ok-new": ({}, [("anthropic", "anthropic-demo", "claude-3-5-haiku-latest")]),
 }
 
-SUBSET_ROUTES = ("cap-fallback",)
-# src/policy/capabilities.rs CONTEXT_CLASSES
-CONTEXT_CLASSES = [("8k", 8192), ("16k", 16384), ("32k", 32768), ("128k", 131072), ("200k", 200000),
-                   ("1m", 1000000)]
+# Routes whose clusters get a subset load balancer (README "Routing"): the gateway's
+# x-switchyard-needs-* headers become `envoy.lb` metadata (envoy/demo.yaml's header_to_metadata
+# filter), and only endpoints whose metadata holds what the request needs are picked.
+SUBSET_ROUTES = ("cap-fallback", "cap-text-first")
 
-# What the models can do (README "Routing"): the Cohere model takes no images and 8k tokens.
+# What the models can do (README "Routing"): the Cohere model takes no images and 8k tokens;
+# Gemini 2.5 Flash and Nova Micro are the demo's any-chat candidates (envoy/demo.yaml).
 CAPABILITIES = {
     "command-r7b-12-2024": {"vision": False, "tools": True, "context_window": 8192},
     "gpt-4o-mini": {"vision": True, "tools": True, "json_schema": True, "context_window": 128000},
     "claude-3-5-haiku-latest": {"vision": True, "tools": True, "context_window": 200000},
+    "gemini-2.5-flash": {"vision": True, "tools": True, "json_schema": True, "reasoning": True,
+                         "context_window": 1048576},
+    "us.amazon.nova-micro-v1:0": {"vision": False, "tools": True, "json_schema": True, "reasoning": False,
+                                  "context_window": 128000},
+}
+
+# Each endpoint's `envoy.lb` metadata, written out as an operator writes it for the models above
+# (`switchyard check` compares it with the capabilities: tests/check_cli.rs).
+LB = {
+    "command-r7b-12-2024": {"context": ["8k"], "json_schema": "true", "reasoning": "true", "tools": "true",
+                            "vision": "false"},
+    "gpt-4o-mini": {"context": ["8k", "16k", "32k", "128k"], "json_schema": "true", "reasoning": "false",
+                    "tools": "true", "vision": "true"},
+    "claude-3-5-haiku-latest": {"context": ["8k", "16k", "32k", "128k", "200k"], "json_schema": "true",
+                                "reasoning": "false", "tools": "true", "vision": "true"},
 }
 
 LOG_FIELDS = ("first_token_timeout_ms", "hedge", "deadlines_fired", "winner_attempt",
@@ -120,29 +139,14 @@ class RoutingGateway(harness.Gateway):
             cfg["value"] = json.dumps(plugin)
         listener = doc["static_resources"]["listeners"][0]
         hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
-        fmt = hcm["access_log"][0]["typed_config"]["log_format"]["json_format"]
-        for f in LOG_FIELDS + ("routing_rule", "skipped_candidates", "canary_arm"):
-            fmt[f] = f"%FILTER_STATE(wasm.switchyard.{f}:PLAIN)%"
         routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
         template = next(r for r in routes
                         if r["match"].get("headers", [{}])[0].get("string_match", {}).get("exact") == "gpt-4o-mini")
         clusters = doc["static_resources"]["clusters"]
         cluster_template = next(c for c in clusters if c["name"] == "route_gpt-4o-mini")
-        # The gateway's x-switchyard-needs-* headers become `envoy.lb` metadata for the subset
-        # load balancer of the capability-aware clusters (README "Routing").
-        filters = hcm["http_filters"]
-        at = next(i for i, f in enumerate(filters) if f["name"] == "envoy.filters.http.router")
-        filters.insert(at, {
-            "name": "envoy.filters.http.header_to_metadata",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.header_to_metadata.v3.Config",
-                "request_rules": [
-                    {"header": f"x-switchyard-needs-{cap}", "remove": True,
-                     "on_header_present": {"metadata_namespace": "envoy.lb", "key": cap, "type": "STRING"}}
-                    for cap in ("vision", "tools", "json_schema")] + [
-                    {"header": f"x-switchyard-needs-context-{c}", "remove": True,
-                     "on_header_present": {"metadata_namespace": "envoy.lb", "key": f"context_{c}", "type": "STRING"}}
-                    for c, _ in CONTEXT_CLASSES]}})
+        # The shipped subset load balancer (envoy/demo.yaml's any-chat cluster), for the routes of
+        # SUBSET_ROUTES; the access-log fields and header_to_metadata filter are the shipped ones.
+        subset_config = next(c for c in clusters if c["name"] == "route_any-chat")["lb_subset_config"]
         for name, (_, endpoints) in ROUTES.items():
             r = copy.deepcopy(template)
             r["match"]["headers"][0]["string_match"]["exact"] = name
@@ -157,20 +161,12 @@ class RoutingGateway(harness.Gateway):
                 e["priority"] = prio
                 ep = e["lb_endpoints"][0]
                 ep["endpoint"]["address"]["socket_address"]["port_value"] = ports[mock]
-                ep["metadata"]["filter_metadata"]["switchyard"] = {"backend": backend, "model": model}
+                ep["metadata"]["filter_metadata"] = {"switchyard": {"backend": backend, "model": model}}
                 if name in SUBSET_ROUTES:
-                    caps = CAPABILITIES.get(model, {})
-                    lb = {cap: "true" if caps.get(cap) else "false" for cap in ("vision", "tools", "json_schema")}
-                    for cls, w in CONTEXT_CLASSES:
-                        lb[f"context_{cls}"] = "true" if caps.get("context_window", 0) >= w else "false"
-                    ep["metadata"]["filter_metadata"]["envoy.lb"] = lb
+                    ep["metadata"]["filter_metadata"]["envoy.lb"] = LB[model]
                 c["load_assignment"]["endpoints"].append(e)
             if name in SUBSET_ROUTES:
-                c["lb_subset_config"] = {
-                    "fallback_policy": "ANY_ENDPOINT",
-                    "subset_selectors": [{"keys": ["vision"]}, {"keys": ["tools"]}, {"keys": ["json_schema"]},
-                                         {"keys": ["tools", "vision"]}]
-                    + [{"keys": [f"context_{c}"]} for c, _ in CONTEXT_CLASSES]}
+                c["lb_subset_config"] = copy.deepcopy(subset_config)
             clusters.append(c)
         return yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)
 
@@ -509,6 +505,55 @@ def test_an_image_request_skips_a_text_only_fallback(rgw, rclient):
     rec = log_line(rgw, "cap-image")
     # Envoy's subset load balancer never picked the text-only endpoint: two attempts, none skipped.
     assert (rec["attempts"], rec["status"], rec.get("skipped_candidates")) == ("2", "200", None)
+
+
+def test_an_image_request_with_tools_skips_the_text_only_fallback(rgw, rclient):
+    # Two needs at once (tools and images): the subset of endpoints that have both.
+    tools = [{"type": "function", "function": {"name": "describe", "parameters": {"type": "object"}}}]
+    raw = rclient.chat.completions.with_raw_response.create(
+        model="cap-fallback", messages=IMAGE_MSG, tools=tools,
+        extra_headers={"x-mock-openai": "503", "x-request-id": "cap-image-tools"})
+    assert raw.headers["x-switchyard-backend"] == "anthropic-demo"
+    assert rgw.mock_requests("more") == []
+    assert log_line(rgw, "cap-image-tools")["attempts"] == "2"
+
+
+def test_an_image_request_skips_a_text_only_primary(rgw, rclient):
+    raw = rclient.chat.completions.with_raw_response.create(
+        model="cap-text-first", messages=IMAGE_MSG, extra_headers={"x-request-id": "cap-primary"})
+    assert raw.headers["x-switchyard-backend"] == "anthropic-demo"
+    assert raw.parse().choices[0].message.content == recorded.anthropic_text()["content"][0]["text"]
+    # The first attempt went to Anthropic: the text-only primary never saw the request.
+    assert rgw.mock_requests("more") == [] and len(rgw.mock_requests("anthropic")) == 1
+    rec = log_line(rgw, "cap-primary")
+    assert (rec["attempts"], rec["failover"], rec.get("skipped_candidates")) == ("1", "false", None), rec
+    # Without an image the primary serves.
+    raw = rclient.chat.completions.with_raw_response.create(model="cap-text-first", messages=MSG)
+    assert raw.headers["x-switchyard-backend"] == "cohere-demo"
+
+
+def test_the_shipped_any_chat_cluster_never_falls_back_to_its_text_only_candidate(rgw, rclient):
+    """envoy/demo.yaml's any-chat (OpenAI, then Gemini, then Nova Micro, which takes no images),
+    with its shipped subset load balancer and header_to_metadata filter."""
+    raw = rclient.chat.completions.with_raw_response.create(
+        model="any-chat", messages=IMAGE_MSG, extra_headers={"x-mock-openai": "503", "x-request-id": "any-image-1"})
+    assert raw.headers["x-switchyard-backend"] == "gemini-demo"
+    assert [r["provider"] for r in rgw.mock_requests("more")] == ["gemini"]
+    rgw.clear_mocks()
+    # Both image-capable candidates fail: the client gets their failure, never a request sent to
+    # the text-only model (whose own error would be a 400 about the image).
+    with pytest.raises(openai.APIStatusError) as e:
+        rclient.chat.completions.create(model="any-chat", messages=IMAGE_MSG,
+                                        extra_headers={"x-mock-openai": "503", "x-mock-more": "gemini=503",
+                                                       "x-request-id": "any-image-2"})
+    assert e.value.status_code == 503, e.value
+    assert "bedrock" not in [r["provider"] for r in rgw.mock_requests("more")], rgw.mock_requests("more")
+    assert len(rgw.mock_requests("openai")) >= 1
+    rgw.clear_mocks()
+    # The same failures without an image: Nova Micro serves.
+    raw = rclient.chat.completions.with_raw_response.create(
+        model="any-chat", messages=MSG, extra_headers={"x-mock-openai": "503", "x-mock-more": "gemini=503"})
+    assert raw.headers["x-switchyard-backend"] == "bedrock-demo"
 
 
 def test_the_text_only_fallback_serves_what_it_can(rgw, rclient):

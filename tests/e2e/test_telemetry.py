@@ -518,6 +518,9 @@ def expected_log_line(c: Case, gateway) -> dict:
         "ttfb_ms": None if rejected else (lambda v: 0 <= _int(v) <= c.t_end_ms - c.t_start_ms + 2),
         "ttft_ms": (lambda v: 0 <= _int(v) <= c.t_end_ms - c.t_start_ms + 2) if c.stream and not rejected
         else None,
+        # routing (README "Routing"): these requests use none of it, so every field is null
+        **{f: None for f in ("routing_rule", "canary_arm", "skipped_candidates", "first_token_timeout_ms",
+                             "hedge", "deadlines_fired", "winner_attempt", "winner_ttft_ms")},
     }
 
 
