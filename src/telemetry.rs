@@ -41,6 +41,9 @@ pub const TOKENS_PER_REQUEST: &str = "switchyard_request_tokens";
 pub const DEADLINES_FIRED: &str = "switchyard_first_token_deadlines";
 /// Counter: requests on a route with a deadline, by route and the backend that won.
 pub const DEADLINE_WINS: &str = "switchyard_deadline_winners";
+/// Counter: attempts Envoy cancelled after sending them (abandoned at the deadline, or a hedge's
+/// loser), by route and backend.
+pub const CANCELLED_ATTEMPTS: &str = "switchyard_cancelled_attempts";
 /// Histogram: the winning attempt's own time to first token (from its start), by route and backend.
 pub const ATTEMPT_TTFT: &str = "switchyard_attempt_ttft_ms";
 /// Gauge: a canary's current share of its route (parts per million), by `route` = the route's model.
@@ -153,6 +156,8 @@ pub struct RequestRecord {
     pub routing_rule: Option<String>,
     /// The route's first-token deadline and what it did (`None` on routes without one).
     pub deadline: Option<DeadlineRecord>,
+    /// Attempts Envoy cancelled after sending them (`crate::policy::deadline::cancelled`).
+    pub cancelled_attempts: Vec<CancelledAttempt>,
     /// The configured `*` pattern the requested model matched (its metric label; the access log
     /// keeps the name as sent).
     pub model_pattern: Option<String>,
@@ -162,6 +167,17 @@ pub struct RequestRecord {
     pub cache: Option<&'static str>,
     /// A hit's original cost, which this request did not pay again.
     pub cache_saved_micros: Option<u64>,
+}
+
+/// An attempt cancelled by Envoy (a deadline, a hedge's winner) after its provider got it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CancelledAttempt {
+    pub backend: String,
+    /// Its backend's schema (`gen_ai_provider_name`).
+    pub provider: String,
+    /// Its prompt at its model's input price (with prices configured; a provider bills a request
+    /// it started processing).
+    pub cost_micros: Option<u64>,
 }
 
 /// What a first-token deadline did to one request (`crate::policy::deadline::report`).
@@ -297,6 +313,10 @@ pub fn metric_updates(r: &RequestRecord, opts: LabelOptions) -> Vec<MetricUpdate
         }
     }
     if let Some(c) = r.cost_micros {
+        // The record's cost is the request's; cancelled attempts are counted under their own
+        // provider below.
+        let cancelled: u64 = r.cancelled_attempts.iter().filter_map(|a| a.cost_micros).sum();
+        let c = c.saturating_sub(cancelled);
         if c > 0 {
             out.push(counter(stat_name(COST, &model_labels), c));
         }
@@ -325,6 +345,16 @@ pub fn metric_updates(r: &RequestRecord, opts: LabelOptions) -> Vec<MetricUpdate
         out.push(counter(stat_name(name, &[("gen_ai_request_model", req_model)]), 1));
         if let Some(s) = r.cache_saved_micros.filter(|s| *s > 0) {
             out.push(counter(stat_name(CACHE_SAVED, &[("gen_ai_request_model", req_model)]), s));
+        }
+    }
+    for c in &r.cancelled_attempts {
+        out.push(counter(stat_name(CANCELLED_ATTEMPTS, &[("route", route), ("backend", c.backend.as_str())]), 1));
+        if let Some(micros) = c.cost_micros.filter(|m| *m > 0) {
+            let mut l = model_labels.clone();
+            if let Some(p) = l.first_mut() {
+                p.1 = c.provider.as_str();
+            }
+            out.push(counter(stat_name(COST, &l), micros));
         }
     }
     // Latency histograms only for requests that reached a provider.
@@ -500,6 +530,35 @@ mod tests {
         assert!(a.iter().any(|m| m.name.contains("gen_ai_request_model=claude-*")), "{a:?}");
         let r = RequestRecord { requested_model: Some("claude-made-up-1".into()), model_pattern: Some("claude-*".into()), ..record() };
         assert!(log_fields(&r).iter().any(|(k, v)| *k == "requested_model" && v == "claude-made-up-1"));
+    }
+
+    #[test]
+    fn cancelled_attempts_are_counted_and_their_cost_labelled_with_their_provider() {
+        // The request cost 50 µ$: 42 for Anthropic's answer, 8 for the prompt OpenAI started on.
+        let r = RequestRecord {
+            cost_micros: Some(50),
+            cancelled_attempts: vec![CancelledAttempt { backend: "openai".into(), provider: "openai".into(), cost_micros: Some(8) }],
+            ..record()
+        };
+        let u = metric_updates(&r, LabelOptions::default());
+        let cost: Vec<_> = u.iter().filter(|m| m.name.starts_with(COST)).map(|m| (m.name.as_str(), m.value)).collect();
+        assert_eq!(
+            cost,
+            vec![
+                ("switchyard_cost_micros;gen_ai_provider_name=anthropic;gen_ai_request_model=gpt-4o-mini", 42),
+                ("switchyard_cost_micros;gen_ai_provider_name=openai;gen_ai_request_model=gpt-4o-mini", 8)
+            ]
+        );
+        assert!(u.iter().any(|m| m.name == "switchyard_cancelled_attempts;route=gpt-4o-mini;backend=openai" && m.value == 1));
+        assert!(log_fields(&r).contains(&("cost_micros", "50".to_string())));
+        // Unpriced: counted, no cost.
+        let r = RequestRecord {
+            cancelled_attempts: vec![CancelledAttempt { backend: "openai".into(), provider: "openai".into(), cost_micros: None }],
+            ..record()
+        };
+        let u = metric_updates(&r, LabelOptions::default());
+        assert!(u.iter().any(|m| m.name.starts_with(CANCELLED_ATTEMPTS)));
+        assert!(!u.iter().any(|m| m.name.starts_with(COST) && m.name.contains("openai")));
     }
 
     #[test]

@@ -344,6 +344,8 @@ impl HttpContext for BackendFilter {
             if st.deadline_ms.is_some() {
                 let attempt = st.timings.len();
                 st.timings.push(crate::policy::deadline::AttemptTiming { start_ms: now_ms(), ..Default::default() });
+                let target = (Rc::from(backend.name.as_str()), backend.cfg.schema.as_str(), self.model.clone());
+                st.timed_targets.push(target);
                 self.deadline = Some(Box::new(DeadlineHold { attempt, holding: false, held_len: 0, watch: FirstTokenWatch::new() }));
             }
         }
@@ -414,6 +416,11 @@ impl HttpContext for BackendFilter {
         let mut hold_stream = false;
         if self.deadline.is_some() {
             if status >= 400 {
+                if let (Some(hold), Some(state)) = (&self.deadline, &self.state) {
+                    if let Some(t) = state.borrow_mut().timings.get_mut(hold.attempt) {
+                        t.failed = true;
+                    }
+                }
                 self.settle_attempt(false);
             } else if end_of_stream {
                 self.settle_attempt(true);

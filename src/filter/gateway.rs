@@ -345,7 +345,12 @@ impl GatewayFilter {
         if rt.needs_prompt_tokens() {
             facts.prompt_tokens = est.map_or_else(|| RequestEstimate::from_chat(req).prompt_tokens, |e| e.prompt_tokens);
         }
-        if rt.needs_last_user_message() {
+        if rt.needs_last_user_text() {
+            facts.last_user_text = rules::last_user_text(req);
+            if rt.needs_last_user_message() {
+                facts.last_user_message = facts.last_user_text.to_lowercase();
+            }
+        } else if rt.needs_last_user_message() {
             facts.last_user_message = rules::last_user_message(req);
         }
         // Candidates of a policy are gateway model names: capabilities and prices are looked up
@@ -430,8 +435,22 @@ impl GatewayFilter {
     /// Settles the admission (once): the real cost from usage, or what a cut stream produced,
     /// or nothing for an answer that never came.
     fn settle(&mut self) -> Option<crate::policy::Settlement> {
-        let admission = self.admission.take()?;
-        let policy = self.cfg.policy.as_ref()?;
+        // Attempts Envoy cancelled after sending them (a deadline, a hedge's loser): counted in
+        // metrics, and charged their prompt where prices are configured.
+        let cancelled: Vec<(Rc<str>, &'static str, String)> = match (&self.state, &self.record.deadline) {
+            (Some(st), Some(d)) => {
+                let st = st.borrow();
+                deadline::cancelled(&st.timings, d.timeout_ms, now_ms()).into_iter().filter_map(|i| st.timed_targets.get(i).cloned()).collect()
+            }
+            _ => Vec::new(),
+        };
+        let (Some(admission), Some(policy)) = (self.admission.take(), self.cfg.policy.as_ref()) else {
+            self.record.cancelled_attempts = cancelled
+                .iter()
+                .map(|(b, p, _)| telemetry::CancelledAttempt { backend: b.to_string(), provider: p.to_string(), cost_micros: None })
+                .collect();
+            return None;
+        };
         let status = self.record.status;
         let outcome = if status == 0 || status >= 400 {
             Outcome::NotServed
@@ -447,8 +466,18 @@ impl GatewayFilter {
             }
             None => (None, None),
         };
-        let s = policy.settle(admission, outcome, model.as_deref(), backend.as_deref(), now_ms(), &EnvoyStore);
-        self.record.cost_micros = s.cost_micros;
+        let targets: Vec<(&str, &str)> = cancelled.iter().map(|(b, _, m)| (m.as_str(), &**b)).collect();
+        let s = policy.settle_with_cancelled(admission, outcome, model.as_deref(), backend.as_deref(), &targets, now_ms(), &EnvoyStore);
+        self.record.cancelled_attempts = cancelled
+            .iter()
+            .zip(&s.cancelled_micros)
+            .map(|((b, p, _), c)| telemetry::CancelledAttempt { backend: b.to_string(), provider: p.to_string(), cost_micros: *c })
+            .collect();
+        let extra: u64 = s.cancelled_micros.iter().flatten().sum();
+        self.record.cost_micros = match (s.cost_micros, extra) {
+            (c, 0) => c,
+            (c, e) => Some(c.unwrap_or(0).saturating_add(e)),
+        };
         if s.estimated && self.usage.is_none() {
             // No usage report (a stream cut short): the tokens are what was charged, the prompt
             // estimate and the output that reached the client.

@@ -39,6 +39,8 @@ pub struct RequestState {
     pub deadline_ms: Option<u32>,
     /// Timings of the attempts, in start order (only with a deadline).
     pub timings: Vec<crate::policy::deadline::AttemptTiming>,
+    /// What each timed attempt was sent to: backend, its schema, the model sent (same order).
+    pub timed_targets: Vec<(Rc<str>, &'static str, String)>,
     /// What the request needs of a model, and what each model can do (only with capabilities
     /// configured): an attempt to a model that lacks something is skipped.
     pub needs: Option<(crate::policy::capabilities::Needs, Rc<crate::policy::capabilities::CapabilityTable>)>,
@@ -66,7 +68,7 @@ pub struct Refused {
 
 impl RequestState {
     pub fn new(model: String, op: Operation) -> Self {
-        RequestState { model, op, attempts: 0, first_backend: None, served_backend: None, served_provider: None, served_model: None, provider_headers: Vec::new(), byok: None, refused: Vec::new(), deadline_ms: None, timings: Vec::new(), needs: None, skipped: 0, forbid_floating: false, ingress: Default::default(), native_body: None, untranslatable: None, native_answer: false }
+        RequestState { model, op, attempts: 0, first_backend: None, served_backend: None, served_provider: None, served_model: None, provider_headers: Vec::new(), byok: None, refused: Vec::new(), deadline_ms: None, timings: Vec::new(), timed_targets: Vec::new(), needs: None, skipped: 0, forbid_floating: false, ingress: Default::default(), native_body: None, untranslatable: None, native_answer: false }
     }
 
     /// How a provider refused `backend`'s credential in this request, if it did.

@@ -53,6 +53,8 @@ pub struct AttemptTiming {
     pub settled_ms: Option<u64>,
     /// Its answer was released to the router (it is the one the client got).
     pub released: bool,
+    /// It ended with the provider's error answer (not cancelled by Envoy).
+    pub failed: bool,
 }
 
 /// What the deadlines did to one request.
@@ -89,12 +91,54 @@ pub fn report(attempts: &[AttemptTiming], timeout_ms: u32, now_ms: u64) -> Deadl
     r
 }
 
+/// The attempts (indexes, in start order) that Envoy cancelled after they had been sent to their
+/// provider: abandoned at their deadline (the per-try timeout), or, when hedging, overtaken by
+/// another attempt's first token (reset when the winner was released). A provider that bills a
+/// request it started processing bills these too. Attempts that failed on their own (an error
+/// answer, a refused connection) are not among them.
+pub fn cancelled(attempts: &[AttemptTiming], timeout_ms: u32, now_ms: u64) -> Vec<usize> {
+    let slack = u64::from(timeout_ms / 20).min(50);
+    let won_at = attempts.iter().find(|a| a.released).and_then(|a| a.settled_ms);
+    attempts
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| !a.released && !a.failed)
+        .filter(|(_, a)| {
+            let end = a.settled_ms.unwrap_or(now_ms);
+            let at_deadline = end.saturating_sub(a.start_ms) >= u64::from(timeout_ms) - slack;
+            let overtaken = won_at.is_some_and(|w| a.start_ms <= w && end + slack >= w);
+            at_deadline || overtaken
+        })
+        .map(|(i, _)| i)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    #[test]
+    fn cancelled_attempts_are_those_envoy_ended() {
+        // Abandoned at its deadline, then a winner: the first was cancelled.
+        assert_eq!(cancelled(&[at(1000, Some(1500), false), at(1560, Some(1700), true)], 500, 9000), vec![0]);
+        // Hedging, the first wins late: the hedge (started at the deadline) is reset as the first
+        // is released, before its own deadline.
+        assert_eq!(cancelled(&[at(0, Some(700), true), at(500, Some(700), false)], 500, 800), vec![1]);
+        assert_eq!(cancelled(&[at(0, Some(650), false), at(500, Some(650), true)], 500, 800), vec![0]);
+        // Quick failures (a refused connection, an error answer) were not cancelled; nor the winner.
+        let failed = AttemptTiming { failed: true, ..at(60, Some(260), false) };
+        assert!(cancelled(&[at(0, Some(10), false), failed, at(310, Some(700), true)], 500, 60_000).is_empty());
+        // An error answer arriving exactly at the winner's release is still the provider's own.
+        let failed = AttemptTiming { failed: true, ..at(500, Some(700), false) };
+        assert!(cancelled(&[at(0, Some(700), true), failed], 500, 800).is_empty());
+        // Every attempt abandoned (a 504): all cancelled, the last one still pending at the end.
+        assert_eq!(cancelled(&[at(0, Some(500), false), at(550, None, false)], 500, 1060), vec![0, 1]);
+        // Without a deadline passing or a winner, nothing.
+        assert!(cancelled(&[at(0, None, false)], 500, 400).is_empty());
+    }
+
     fn at(start_ms: u64, settled_ms: Option<u64>, released: bool) -> AttemptTiming {
-        AttemptTiming { start_ms, settled_ms, released }
+        AttemptTiming { start_ms, settled_ms, released, failed: false }
     }
 
     #[test]

@@ -241,6 +241,9 @@ pub enum Outcome<'a> {
 pub struct Settlement {
     /// Cost in micro-USD (rounded up); `None` when the model has no price.
     pub cost_micros: Option<u64>,
+    /// Cost of each cancelled attempt given to [`Policy::settle_with_cancelled`] (`None`: its
+    /// model has no price), in the order given; charged to budgets on top of `cost_micros`.
+    pub cancelled_micros: Vec<Option<u64>>,
     /// Whether the cost was charged to budgets (not for BYOK requests, nor when not served).
     pub charged: bool,
     pub prompt_tokens: u64,
@@ -687,14 +690,39 @@ impl Policy {
     /// that stays contended is logged and the leases expire on their own.
     pub fn settle<S: SharedStore + ?Sized>(
         &self,
-        mut admission: Admission,
+        admission: Admission,
         outcome: Outcome,
         served_model: Option<&str>,
         backend: Option<&str>,
         now_ms: u64,
         store: &S,
     ) -> Settlement {
+        self.settle_with_cancelled(admission, outcome, served_model, backend, &[], now_ms, store)
+    }
+
+    /// [`Self::settle`], also charging the attempts Envoy cancelled after their providers had
+    /// started on them (a first-token deadline, a hedge's loser: `(model, backend)` each): their
+    /// prompt, the admission's estimate, at that model's input price on that backend. Their cost
+    /// is in the settlement's `cancelled_micros` (each) and charged to the budgets even when no
+    /// attempt served (providers bill a request they started); a bring-your-own-key request is
+    /// never charged.
+    #[allow(clippy::too_many_arguments)]
+    pub fn settle_with_cancelled<S: SharedStore + ?Sized>(
+        &self,
+        mut admission: Admission,
+        outcome: Outcome,
+        served_model: Option<&str>,
+        backend: Option<&str>,
+        cancelled: &[(&str, &str)],
+        now_ms: u64,
+        store: &S,
+    ) -> Settlement {
         admission.armed = false;
+        let cancelled_micros: Vec<Option<u64>> = cancelled
+            .iter()
+            .map(|(m, b)| self.prices.lookup_on(m, Some(b)).map(|p| femto_to_micros_ceil(p.cost_of_tokens_femto(admission.est_prompt_tokens, 0))))
+            .collect();
+        let extra: u64 = if admission.byok { 0 } else { cancelled_micros.iter().flatten().sum() };
         let (prompt, completion, total, estimated) = match outcome {
             Outcome::Usage(u) => {
                 let total = if u.total_tokens > 0 { u.total_tokens } else { u.prompt_tokens.saturating_add(u.completion_tokens) };
@@ -717,7 +745,7 @@ impl Policy {
         });
         let served = !matches!(outcome, Outcome::NotServed);
         let charged = served && !admission.byok;
-        let charge = if charged { cost_micros.unwrap_or(0) } else { 0 };
+        let charge = if charged { cost_micros.unwrap_or(0) } else { 0 }.saturating_add(extra);
         let mut remaining: Option<u64> = None;
         for g in &admission.scopes {
             if let Some(l) = self.settle_scope(store, g, now_ms, total, charge, false) {
@@ -726,6 +754,7 @@ impl Policy {
         }
         Settlement {
             cost_micros,
+            cancelled_micros,
             charged,
             prompt_tokens: prompt,
             completion_tokens: completion,
@@ -1061,6 +1090,35 @@ mod tests {
         let later = NOW + (DEFAULT_LEASE_SECS + 31) * 1000;
         let adm = p.admit(&a, &est(1, Some(1)), "gpt-4o-mini", None, later, &store).unwrap();
         p.release(adm, later, &store);
+    }
+
+    #[test]
+    fn attempts_cancelled_by_envoy_are_charged_their_prompt() {
+        let p = policy();
+        let store = MemStore::new();
+        let a = p.authenticate(&bearer(KEY_A), NOW).unwrap();
+        // A hedge: OpenAI's gpt-4o started on the 2000-token prompt and was cancelled when
+        // Claude's first token won; Claude served 2000 in, 100 out.
+        let adm = p.admit(&a, &est(2000, Some(1000)), "gpt-4o", None, NOW, &store).unwrap();
+        let s = p.settle_with_cancelled(
+            adm,
+            Outcome::Usage(&usage(2000, 100)),
+            Some("claude-3-5-haiku-20241022"),
+            Some("anthropic"),
+            &[("gpt-4o", "openai"), ("not-priced", "x")],
+            NOW,
+            &store,
+        );
+        // Claude: 2000×0.8 + 100×4 = 2000 µ$; OpenAI's prompt: 2000×2.5 = 5000 µ$; unpriced: none.
+        assert_eq!(s.cost_micros, Some(2_000));
+        assert_eq!(s.cancelled_micros, vec![Some(5_000), None]);
+        assert_eq!(state(&store, "switchyard:key:a").budget.spent_micros, 7_000);
+        // Every attempt abandoned (no answer): the cancelled ones are still charged.
+        let adm = p.admit(&a, &est(2000, Some(1000)), "gpt-4o", None, NOW, &store).unwrap();
+        let s = p.settle_with_cancelled(adm, Outcome::NotServed, None, None, &[("gpt-4o", "openai")], NOW, &store);
+        assert_eq!((s.cost_micros, s.charged, s.cancelled_micros.clone()), (Some(0), false, vec![Some(5_000)]));
+        let st = state(&store, "switchyard:key:a");
+        assert_eq!((st.budget.spent_micros, st.budget.reserved.total()), (12_000, 0));
     }
 
     #[test]

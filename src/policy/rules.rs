@@ -142,7 +142,19 @@ pub struct Conditions {
     /// Case-insensitive substrings, any of which the last user message contains.
     #[serde(default)]
     pub last_user_message_contains: Option<Vec<String>>,
+    /// Regular expressions (`regex-lite` syntax; `(?i)` for case-insensitive), any of which
+    /// matches somewhere in the last user message's text as sent.
+    #[serde(default)]
+    pub last_user_message_matches: Option<Vec<String>>,
+    /// `last_user_message_matches`, compiled when the table is built.
+    #[serde(skip)]
+    compiled: Vec<regex_lite::Regex>,
 }
+
+/// Longest regular expression a rule may have, and the most memory one may compile to: a
+/// configuration mistake must not make every request slow.
+const MAX_PATTERN_BYTES: usize = 1024;
+const REGEX_SIZE_LIMIT: usize = 256 * 1024;
 
 /// What rules may look at, computed once per request.
 #[derive(Debug, Default)]
@@ -159,8 +171,10 @@ pub struct RequestFacts<'a> {
     pub key_id: Option<&'a str>,
     pub team: Option<&'a str>,
     pub metadata: Option<&'a Map<String, Value>>,
-    /// The last user message's text, lower-cased (only when a rule looks at it).
+    /// The last user message's text, lower-cased (only when a rule looks for substrings).
     pub last_user_message: String,
+    /// The last user message's text as sent (only when a rule has a regular expression).
+    pub last_user_text: String,
 }
 
 /// The rules, validated against the configured models and indexed.
@@ -174,6 +188,7 @@ pub struct RoutingTable {
     header_names: Vec<String>,
     needs_prompt_tokens: bool,
     needs_last_user_message: bool,
+    needs_last_user_text: bool,
 }
 
 /// The model a rule (or a meta-model's default) chose.
@@ -221,7 +236,7 @@ impl RoutingTable {
             }
         }
         let mut header_names: Vec<String> = Vec::new();
-        let (mut needs_prompt_tokens, mut needs_last_user_message) = (false, false);
+        let (mut needs_prompt_tokens, mut needs_last_user_message, mut needs_last_user_text) = (false, false, false);
         let mut rules = cfg.rules;
         for (i, r) in rules.iter_mut().enumerate() {
             let label = r.name.clone().unwrap_or_else(|| format!("rules[{i}]"));
@@ -259,6 +274,22 @@ impl RoutingTable {
                 }
                 needs_last_user_message = true;
             }
+            if let Some(patterns) = w.last_user_message_matches.as_ref() {
+                if patterns.is_empty() {
+                    return Err(format!("routing {label}: last_user_message_matches needs at least one pattern"));
+                }
+                for p in patterns {
+                    if p.is_empty() || p.len() > MAX_PATTERN_BYTES {
+                        return Err(format!("routing {label}: a last_user_message_matches pattern must have 1 to {MAX_PATTERN_BYTES} bytes"));
+                    }
+                    let re = regex_lite::RegexBuilder::new(p)
+                        .size_limit(REGEX_SIZE_LIMIT)
+                        .build()
+                        .map_err(|e| format!("routing {label}: last_user_message_matches {p:?}: {e}"))?;
+                    w.compiled.push(re);
+                }
+                needs_last_user_text = true;
+            }
             needs_prompt_tokens |= w.prompt_tokens.is_some();
             labels.push(label);
         }
@@ -274,6 +305,7 @@ impl RoutingTable {
             header_names,
             needs_prompt_tokens,
             needs_last_user_message,
+            needs_last_user_text,
         }))
     }
 
@@ -297,6 +329,11 @@ impl RoutingTable {
 
     pub fn needs_last_user_message(&self) -> bool {
         self.needs_last_user_message
+    }
+
+    /// Some rule has a regular expression over the last user message (its text as sent).
+    pub fn needs_last_user_text(&self) -> bool {
+        self.needs_last_user_text
     }
 
     /// Candidates of `fastest` meta-models (their latency is measured).
@@ -362,6 +399,7 @@ impl Conditions {
                 f.metadata.is_some_and(|have| want.iter().all(|(k, v)| have.get(k) == Some(v)))
             })
             && self.last_user_message_contains.as_ref().is_none_or(|words| words.iter().any(|w| f.last_user_message.contains(w.as_str())))
+            && (self.last_user_message_matches.is_none() || self.compiled.iter().any(|re| re.is_match(&f.last_user_text)))
     }
 }
 
@@ -384,12 +422,17 @@ pub fn chat_facts<'a>(req: &'a ChatRequest) -> RequestFacts<'a> {
 
 /// The text of the last user message, lower-cased.
 pub fn last_user_message(req: &ChatRequest) -> String {
+    last_user_text(req).to_lowercase()
+}
+
+/// The text of the last user message, as sent.
+pub fn last_user_text(req: &ChatRequest) -> String {
     req.messages
         .iter()
         .rev()
         .find(|m| m.role == Role::User)
         .and_then(|m| m.content.as_ref())
-        .map(|c| c.joined_text().to_lowercase())
+        .map(|c| c.joined_text())
         .unwrap_or_default()
 }
 
@@ -422,6 +465,52 @@ mod tests {
 
     fn choose<'a>(t: &'a RoutingTable, f: &RequestFacts) -> Option<&'a str> {
         t.choose(f, &ANY).map(|c| c.label)
+    }
+
+    #[test]
+    fn regular_expressions_over_the_last_user_message() {
+        let t = table(
+            r#"{"meta_models": [{"name": "auto", "default": "mid"}],
+                "rules": [
+                  {"name": "ticket", "when": {"model": ["auto"], "last_user_message_matches": ["\\b[A-Z]{2,5}-\\d+\\b"]}, "model": "small"},
+                  {"name": "translate", "when": {"last_user_message_matches": ["(?i)^translate( this)? (in)?to \\w+", "(?i)\\bauf deutsch\\b"]}, "model": "fast"},
+                  {"name": "both", "when": {"last_user_message_contains": ["urgent"], "last_user_message_matches": ["\\d{3}"]}, "model": "frontier"}
+                ]}"#,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(t.needs_last_user_text() && t.needs_last_user_message());
+        let facts = |model: &'static str, body: &str| {
+            let r = req(&format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"earlier JIRA-1"}},{{"role":"assistant","content":"ok"}},{{"role":"user","content":{}}}]}}"#, serde_json::to_string(body).unwrap()));
+            let text = last_user_text(&r);
+            (r, text)
+        };
+        let run = |model: &'static str, body: &str| {
+            let (r, text) = facts(model, body);
+            let mut f = chat_facts(&r);
+            f.last_user_message = text.to_lowercase();
+            f.last_user_text = text;
+            choose(&t, &f).map(str::to_string)
+        };
+        // Case-sensitive unless the pattern says otherwise; only the last user message is read.
+        assert_eq!(run("auto", "Please look at OPS-4521 today").as_deref(), Some("ticket"));
+        assert_eq!(run("auto", "please look at ops-4521 today").as_deref(), Some("meta:auto"));
+        assert_eq!(run("auto", "Translate this into French: bonjour").as_deref(), Some("translate"));
+        assert_eq!(run("auto", "Das bitte AUF DEUTSCH").as_deref(), Some("translate"));
+        assert_eq!(run("auto", "Can you translate this into French?").as_deref(), Some("meta:auto"), "anchored at the start");
+        // Every condition of a rule must hold: a substring and a pattern.
+        assert_eq!(run("mid", "URGENT: call 555 now").as_deref(), Some("both"));
+        assert_eq!(run("mid", "urgent: call me now").as_deref(), None);
+        // Bad patterns are configuration errors, named.
+        let bad = table(r#"{"rules":[{"name":"r","when":{"last_user_message_matches":["(unclosed"]},"model":"small"}]}"#).unwrap_err();
+        assert!(bad.contains("routing r: last_user_message_matches") && bad.contains("(unclosed"), "{bad}");
+        assert!(table(r#"{"rules":[{"when":{"last_user_message_matches":[]},"model":"small"}]}"#).is_err());
+        let long = format!(r#"{{"rules":[{{"when":{{"last_user_message_matches":["{}"]}},"model":"small"}}]}}"#, "a".repeat(2000));
+        assert!(table(&long).is_err());
+        // A pattern that would compile to a huge program is refused.
+        assert!(table(r#"{"rules":[{"when":{"last_user_message_matches":["(\\w{100}){100}"]},"model":"small"}]}"#).is_err());
+        // A rule table without patterns does not ask for the text.
+        assert!(!table(RULES).unwrap().unwrap().needs_last_user_text());
     }
 
     #[test]

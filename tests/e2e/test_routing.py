@@ -117,6 +117,9 @@ ROUTING = {
          "when": {"model": ["auto"], "last_user_message_contains": ["summarize", "summarise", "tl;dr"]}},
         {"name": "classification", "model": "claude-haiku",
          "when": {"headers": {"x-task": "classify"}}},
+        # A regular expression (case-sensitive): an issue-tracker ticket id in the last user message.
+        {"name": "tickets", "model": "claude-haiku",
+         "when": {"model": ["auto"], "last_user_message_matches": [r"\b[A-Z]{2,5}-\d+\b"]}},
         {"name": "vision", "model": "gemini-flash", "when": {"model": ["auto"], "images": True}},
         {"name": "research-frontier", "model": "magistral",
          "when": {"model": ["auto"], "team": ["research"]}},
@@ -352,7 +355,15 @@ def test_a_route_without_deadline_waits_and_logs_no_deadline(rgw, rclient):
 # -- hedging
 
 
+CANCELLED = "wasmcustom.switchyard_cancelled_attempts;route={route};backend={backend}"
+COST = "wasmcustom.switchyard_cost_micros;gen_ai_provider_name={provider};gen_ai_request_model={model}"
+
+
 def test_hedge_the_second_candidate_wins_when_faster(rgw, rclient):
+    metric = {"cancelled": CANCELLED.format(route="ft-hedge", backend="openai-demo"),
+              "openai": COST.format(provider="openai", model="ft-hedge"),
+              "anthropic": COST.format(provider="anthropic", model="ft-hedge")}
+    before = {k: counter(rgw, v) for k, v in metric.items()}
     t0 = time.monotonic()
     raw, text = stream_text(rclient, "ft-hedge", {**delay(openai=3000), "x-request-id": "hedge-1"})
     elapsed = time.monotonic() - t0
@@ -361,11 +372,23 @@ def test_hedge_the_second_candidate_wins_when_faster(rgw, rclient):
     assert elapsed < 2.5, elapsed
     rec = log_line(rgw, "hedge-1")
     assert (rec["deadlines_fired"], rec["winner_attempt"], rec["hedge"]) == ("1", "2", "true")
+    # Both attempts count: the OpenAI attempt Envoy cancelled is in the metrics, and its prompt
+    # (which OpenAI had started on) in the cost, under its own provider.
+    harness.wait_until(lambda: counter(rgw, metric["cancelled"]) == before["cancelled"] + 1, 5, "cancelled attempts")
+    delta = {k: counter(rgw, v) - before[k] for k, v in metric.items() if k != "cancelled"}
+    # The winner: Claude's reported usage at its built-in prices (0.8 / 4 µ$ per token).
+    won = -(-(int(rec["input_tokens"]) * 8 + int(rec["output_tokens"]) * 40) // 10)
+    assert delta["anthropic"] == won > 0, (delta, rec)
+    # The loser: its prompt (the gateway's estimate, a few tokens here) at gpt-4o-mini's 0.15 µ$.
+    assert 1 <= delta["openai"] <= 10, delta
+    assert int(rec["cost_micros"]) == delta["anthropic"] + delta["openai"], (delta, rec)
 
 
 def test_hedge_the_first_candidate_still_wins_when_it_answers_first(rgw, rclient):
     # Without hedging the primary would be abandoned at 1000 ms and the secondary (2500 ms to its
     # first token) would time out too; with hedging both run and the primary's token at 1400 ms wins.
+    hedge_cancelled = CANCELLED.format(route="ft-hedge", backend="anthropic-demo")
+    before = counter(rgw, hedge_cancelled)
     raw, text = stream_text(rclient, "ft-hedge", {**delay(openai=1400, anthropic=2500),
                                                   "x-request-id": "hedge-2"})
     assert text == recorded.openai_stream_summary(recorded.openai_stream_text_chunks())["text"]
@@ -375,6 +398,8 @@ def test_hedge_the_first_candidate_still_wins_when_it_answers_first(rgw, rclient
     assert (rec["deadlines_fired"], rec["winner_attempt"]) == ("1", "1")
     assert rec["attempts"] == "2"
     assert int(rec["winner_ttft_ms"]) >= 1400
+    # The hedge (Anthropic) was reset when OpenAI's token won, before its own deadline: cancelled.
+    harness.wait_until(lambda: counter(rgw, hedge_cancelled) == before + 1, 5, "cancelled hedge")
 
 
 def test_without_hedging_the_same_timings_fail(rgw, rclient):
@@ -431,6 +456,22 @@ def test_a_summarisation_stream_is_served_by_the_rule_s_model(rgw, rclient):
     text = "".join((c.choices[0].delta.content or "") for c in raw.parse() if c.choices)
     assert raw.headers["x-switchyard-backend"] == "anthropic-demo"
     assert text == recorded.anthropic_stream_text()["text"]
+
+
+def test_a_regular_expression_rule_on_the_last_user_message(rgw, rclient):
+    raw = ask(rclient, "rule-regex", content="Why does OPS-4521 fail on staging?")
+    assert raw.headers["x-switchyard-backend"] == "anthropic-demo"
+    assert log_line(rgw, "rule-regex")["routing_rule"] == "tickets"
+    # The pattern is case-sensitive: a lower-case id is no ticket, and the default serves.
+    raw = ask(rclient, "rule-regex-no", content="why does ops-4521 fail on staging?")
+    assert raw.headers["x-switchyard-backend"] == "openai-demo"
+    assert log_line(rgw, "rule-regex-no")["routing_rule"] == "meta:auto"
+    # Only the last user message counts.
+    raw = rclient.chat.completions.with_raw_response.create(
+        model="auto", extra_headers={"x-request-id": "rule-regex-last"},
+        messages=[{"role": "user", "content": "OPS-4521"}, {"role": "assistant", "content": "ok"},
+                  {"role": "user", "content": "and now?"}])
+    assert raw.headers["x-switchyard-backend"] == "openai-demo"
 
 
 def test_a_header_rule_applies_to_a_configured_model(rgw, rclient):
