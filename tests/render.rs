@@ -145,10 +145,14 @@ fn the_routing_example_renders_its_routing_needs() {
     let eps = gpt["load_assignment"]["endpoints"].as_array().unwrap();
     assert_eq!(eps[0]["lb_endpoints"][0]["metadata"]["filter_metadata"]["envoy.lb"]["vision"], "true");
     assert_eq!(eps[2]["lb_endpoints"][0]["metadata"]["filter_metadata"]["envoy.lb"]["vision"], "false");
-    assert_eq!(eps[2]["lb_endpoints"][0]["metadata"]["filter_metadata"]["envoy.lb"]["context_200k"], "false");
+    // The context classes each window holds (128k for Cohere's, 200k too for Claude's).
+    assert_eq!(eps[2]["lb_endpoints"][0]["metadata"]["filter_metadata"]["envoy.lb"]["context"], serde_json::json!(["8k", "16k", "32k", "128k"]));
+    assert_eq!(eps[1]["lb_endpoints"][0]["metadata"]["filter_metadata"]["envoy.lb"]["context"][4], "200k");
     let sels = gpt["lb_subset_config"]["subset_selectors"].as_array().unwrap();
-    assert!(sels.iter().any(|s| s["keys"] == serde_json::json!(["vision", "tools", "context_16k"])));
+    assert_eq!(sels.len(), 31);
+    assert!(sels.iter().any(|s| s["keys"] == serde_json::json!(["context", "tools", "vision"])));
     assert_eq!(gpt["lb_subset_config"]["fallback_policy"], "ANY_ENDPOINT");
+    assert_eq!(gpt["lb_subset_config"]["list_as_any"], true);
     // Magistral has one candidate: nothing to skip, no subset balancer.
     assert!(cluster("route_magistral").get("lb_subset_config").is_none());
     // The weighted split shares priority 0.

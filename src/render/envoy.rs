@@ -59,10 +59,17 @@ pub const LOG_FIELDS: &[&str] = &[
     "duration_ms",
     "ttfb_ms",
     "ttft_ms",
+    // Routing (README "Routing"): published only for requests that use it, null otherwise.
+    "routing_rule",
+    "canary_arm",
+    "skipped_candidates",
+    "first_token_timeout_ms",
+    "hedge",
+    "deadlines_fired",
+    "winner_attempt",
+    "winner_ttft_ms",
 ];
 
-/// Capability keys of the subset load balancer (src/policy/capabilities.rs).
-pub const NEEDS: &[&str] = &["vision", "tools", "json_schema", "reasoning"];
 
 pub fn stats_tags() -> Node {
     Node::List(
@@ -358,11 +365,10 @@ pub fn header_to_metadata() -> Node {
             ("on_header_present", map([("metadata_namespace", "envoy.lb".into()), ("key", key.into()), ("type", "STRING".into())])),
         ])
     };
-    for n in NEEDS {
-        rules.push(rule(format!("x-switchyard-needs-{n}"), n.to_string()));
-    }
-    for (_, class) in crate::policy::capabilities::CONTEXT_CLASSES {
-        rules.push(rule(format!("x-switchyard-needs-context-{class}"), format!("context_{class}")));
+    // One per capability key (src/policy/capabilities.rs `LB_KEYS`): `x-switchyard-needs-context`
+    // carries the context class the prompt needs, the others `true`.
+    for key in crate::policy::capabilities::LB_KEYS {
+        rules.push(rule(format!("{}{key}", crate::config::NEEDS_HEADER_PREFIX), key.to_string()));
     }
     map([
         ("name", "envoy.filters.http.header_to_metadata".into()),
@@ -528,45 +534,29 @@ fn capability_metadata(f: &GatewayFile, r: &RouteDef) -> Option<Vec<Node>> {
         _ => return None,
     };
     let table = cfg.capabilities?;
-    let metas: Vec<Vec<(String, Node)>> = r
-        .candidates
-        .iter()
-        .map(|c| {
-            let caps = table.get(&candidate_model(f, r, c)).cloned().unwrap_or_default();
-            let mut m = Vec::new();
-            for (key, v) in [("vision", caps.vision), ("tools", caps.tools), ("json_schema", caps.json_schema), ("reasoning", caps.reasoning)] {
-                m.push((key.to_string(), Node::from(if v.unwrap_or(true) { "true" } else { "false" })));
-            }
-            for (window, class) in crate::policy::capabilities::CONTEXT_CLASSES {
-                let holds = caps.context_window.is_none_or(|w| w >= *window);
-                m.push((format!("context_{class}"), Node::from(if holds { "true" } else { "false" })));
-            }
-            m
-        })
-        .collect();
+    // The metadata `switchyard check` expects (`capabilities::lb_metadata`): the booleans, and
+    // `context`, the classes the model's window holds (`list_as_any`).
+    let metas: Vec<Node> = r.candidates.iter().map(|c| json_node(&crate::policy::capabilities::lb_metadata(table.get(&candidate_model(f, r, c))))).collect();
     let differ = metas.windows(2).any(|w| w[0] != w[1]);
-    differ.then(|| metas.into_iter().map(Node::Map).collect())
+    differ.then_some(metas)
 }
 
-/// Every combination of needs a request can carry: any set of the boolean needs, with or without
-/// one context class (a selector must name exactly the keys the request's metadata has).
-fn subset_selectors() -> Node {
-    let mut sels = Vec::new();
-    let classes: Vec<Option<String>> = std::iter::once(None)
-        .chain(crate::policy::capabilities::CONTEXT_CLASSES.iter().map(|(_, c)| Some(format!("context_{c}"))))
-        .collect();
-    for class in &classes {
-        for bits in 0u32..(1 << NEEDS.len()) {
-            let mut keys: Vec<String> = NEEDS.iter().enumerate().filter(|(i, _)| bits & (1 << i) != 0).map(|(_, n)| n.to_string()).collect();
-            if let Some(c) = class {
-                keys.push(c.clone());
-            }
-            if !keys.is_empty() {
-                sels.push(map([("keys", strs(&keys))]));
-            }
-        }
+fn json_node(v: &serde_json::Value) -> Node {
+    match v {
+        serde_json::Value::Null => Node::Null,
+        serde_json::Value::Bool(b) => Node::Bool(*b),
+        serde_json::Value::Number(n) => n.as_i64().map_or_else(|| Node::Float(n.as_f64().unwrap_or_default()), Node::Int),
+        serde_json::Value::String(s) => Node::Str(s.clone()),
+        serde_json::Value::Array(a) => Node::List(a.iter().map(json_node).collect()),
+        serde_json::Value::Object(o) => Node::Map(o.iter().map(|(k, v)| (k.clone(), json_node(v))).collect()),
     }
-    Node::List(sels)
+}
+
+/// Every combination of needs a request can carry (each non-empty set of the capability keys,
+/// `capabilities::subset_selectors`): a selector must name exactly the keys the request's
+/// metadata has.
+fn subset_selectors() -> Node {
+    Node::List(crate::policy::capabilities::subset_selectors().into_iter().map(|keys| map([("keys", strs(&keys))])).collect())
 }
 
 pub fn cluster(f: &GatewayFile, r: &RouteDef) -> Node {
@@ -616,7 +606,7 @@ pub fn cluster(f: &GatewayFile, r: &RouteDef) -> Node {
     if caps.is_some() {
         c.push((
             "lb_subset_config".into(),
-            map([("fallback_policy", "ANY_ENDPOINT".into()), ("subset_selectors", subset_selectors())]),
+            map([("fallback_policy", "ANY_ENDPOINT".into()), ("list_as_any", true.into()), ("subset_selectors", subset_selectors())]),
         ));
     }
     c.push(("load_assignment".into(), map([("cluster_name", (&name).into()), ("endpoints", Node::List(groups))])));

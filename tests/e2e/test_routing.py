@@ -13,8 +13,8 @@ own mocks and Envoy.
 """
 from __future__ import annotations
 
-import copy
 import hashlib
+import subprocess
 import json
 import tempfile
 import time
@@ -66,13 +66,12 @@ ROUTES = {
     "canary-ok-new": ({}, [("anthropic", "anthropic-demo", "claude-3-5-haiku-latest")]),
 }
 
-# Routes whose clusters get a subset load balancer (README "Routing"): the gateway's
-# x-switchyard-needs-* headers become `envoy.lb` metadata (envoy/demo.yaml's header_to_metadata
-# filter), and only endpoints whose metadata holds what the request needs are picked.
-SUBSET_ROUTES = ("cap-fallback", "cap-text-first")
-
 # What the models can do (README "Routing"): the Cohere model takes no images and 8k tokens;
-# Gemini 2.5 Flash and Nova Micro are the demo's any-chat candidates (envoy/demo.yaml).
+# Gemini 2.5 Flash and Nova Micro are the demo's any-chat candidates. With capabilities configured,
+# `switchyard render` gives every route whose candidates differ a subset load balancer (each
+# endpoint's `envoy.lb` metadata) and the listener the header_to_metadata filter that turns the
+# gateway's x-switchyard-needs-* headers into what it matches: only endpoints that can serve a
+# request are picked.
 CAPABILITIES = {
     "command-r7b-12-2024": {"vision": False, "tools": True, "context_window": 8192},
     "gpt-4o-mini": {"vision": True, "tools": True, "json_schema": True, "context_window": 128000},
@@ -81,17 +80,6 @@ CAPABILITIES = {
                          "context_window": 1048576},
     "us.amazon.nova-micro-v1:0": {"vision": False, "tools": True, "json_schema": True, "reasoning": False,
                                   "context_window": 128000},
-}
-
-# Each endpoint's `envoy.lb` metadata, written out as an operator writes it for the models above
-# (`switchyard check` compares it with the capabilities: tests/check_cli.rs).
-LB = {
-    "command-r7b-12-2024": {"context": ["8k"], "json_schema": "true", "reasoning": "true", "tools": "true",
-                            "vision": "false"},
-    "gpt-4o-mini": {"context": ["8k", "16k", "32k", "128k"], "json_schema": "true", "reasoning": "false",
-                    "tools": "true", "vision": "true"},
-    "claude-3-5-haiku-latest": {"context": ["8k", "16k", "32k", "128k", "200k"], "json_schema": "true",
-                                "reasoning": "false", "tools": "true", "vision": "true"},
 }
 
 LOG_FIELDS = ("first_token_timeout_ms", "hedge", "deadlines_fired", "winner_attempt",
@@ -129,49 +117,20 @@ ROUTING = {
 }
 
 
-class RoutingGateway(harness.Gateway):
-    """The demo gateway plus the routes of ROUTES and the deadline fields in the access log."""
+class RoutingGateway(harness.GatewayFileGateway):
+    """The demo gateway file (examples/demo.yaml) plus the models of ROUTES, rendered by
+    `switchyard render` like every shipped configuration."""
 
-    def render(self) -> str:
-        doc = yaml.safe_load(super().render())
-        ports = {"openai": self.mocks.openai_port, "anthropic": self.mocks.anthropic_port,
-                 "more": self.mocks.more_port, "dead": harness.free_ports(1)[0]}
-        for cfg, plugin in harness.plugin_configs(doc, "gateway"):
-            plugin["models"] = [{"name": name, "owned_by": "test", **fields}
-                                for name, (fields, _) in ROUTES.items()] + plugin["models"]
-            cfg["value"] = json.dumps(plugin)
-        listener = doc["static_resources"]["listeners"][0]
-        hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
-        routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
-        template = next(r for r in routes
-                        if r["match"].get("headers", [{}])[0].get("string_match", {}).get("exact") == "gpt-4o-mini")
-        clusters = doc["static_resources"]["clusters"]
-        cluster_template = next(c for c in clusters if c["name"] == "route_gpt-4o-mini")
-        # The shipped subset load balancer (envoy/demo.yaml's any-chat cluster), for the routes of
-        # SUBSET_ROUTES; the access-log fields and header_to_metadata filter are the shipped ones.
-        subset_config = next(c for c in clusters if c["name"] == "route_any-chat")["lb_subset_config"]
-        for name, (_, endpoints) in ROUTES.items():
-            r = copy.deepcopy(template)
-            r["match"]["headers"][0]["string_match"]["exact"] = name
-            r["route"]["cluster"] = f"route_{name}"
-            routes.insert(0, r)
-            c = copy.deepcopy(cluster_template)
-            c["name"] = c["load_assignment"]["cluster_name"] = f"route_{name}"
-            prio0 = c["load_assignment"]["endpoints"][0]
-            c["load_assignment"]["endpoints"] = []
-            for prio, (mock, backend, model) in enumerate(endpoints):
-                e = copy.deepcopy(prio0)
-                e["priority"] = prio
-                ep = e["lb_endpoints"][0]
-                ep["endpoint"]["address"]["socket_address"]["port_value"] = ports[mock]
-                ep["metadata"]["filter_metadata"] = {"switchyard": {"backend": backend, "model": model}}
-                if name in SUBSET_ROUTES:
-                    ep["metadata"]["filter_metadata"]["envoy.lb"] = LB[model]
-                c["load_assignment"]["endpoints"].append(e)
-            if name in SUBSET_ROUTES:
-                c["lb_subset_config"] = copy.deepcopy(subset_config)
-            clusters.append(c)
-        return yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)
+    def __init__(self, workdir, mocks, **kw):
+        doc = harness.demo_gateway_file()
+        backends = doc["backends"]
+        # Nothing listens there: connections are refused.
+        backends["openai-dead"] = {**backends["openai-demo"], "address": f"127.0.0.1:{harness.free_ports(1)[0]}"}
+        names = {"dead": "openai-dead"}
+        doc["models"] = [{"name": name, "owned_by": "test", **fields,
+                          "candidates": [f"{names.get(mock, backend)}/{model}" for mock, backend, model in endpoints]}
+                         for name, (fields, endpoints) in ROUTES.items()] + doc["models"]
+        super().__init__(workdir, mocks, gateway_file=doc, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -573,9 +532,25 @@ def test_an_image_request_skips_a_text_only_primary(rgw, rclient):
     assert raw.headers["x-switchyard-backend"] == "cohere-demo"
 
 
-def test_the_shipped_any_chat_cluster_never_falls_back_to_its_text_only_candidate(rgw, rclient):
-    """envoy/demo.yaml's any-chat (OpenAI, then Gemini, then Nova Micro, which takes no images),
-    with its shipped subset load balancer and header_to_metadata filter."""
+def test_the_rendered_configuration_gives_differing_routes_a_subset_balancer(rgw):
+    doc = yaml.safe_load(Path(rgw.config_path).read_text(encoding="utf-8"))
+    clusters = {c["name"]: c for c in doc["static_resources"]["clusters"]}
+    for name in ("cap-fallback", "cap-text-first", "any-chat"):
+        assert clusters[f"route_{name}"]["lb_subset_config"]["list_as_any"] is True, name
+    # One candidate: nothing to skip.
+    assert "lb_subset_config" not in clusters["route_cap-text"]
+    # `switchyard check` agrees with what was rendered: no subset or metadata finding.
+    # (Its one error is meant: pinned-floating sends a floating name, for the run-time refusal.)
+    p = subprocess.run([str(harness.switchyard_cli()), "check", str(rgw.config_path)], capture_output=True, text=True)
+    errors = [line for line in (p.stdout + p.stderr).splitlines() if ": error: " in line]
+    assert len(errors) == 1 and "route pinned-floating" in errors[0], p.stdout + p.stderr
+    for bad in ("envoy.lb metadata", "lb_subset_config", "header_to_metadata"):
+        assert bad not in p.stdout + p.stderr, p.stdout + p.stderr
+
+
+def test_the_demo_any_chat_route_never_falls_back_to_its_text_only_candidate(rgw, rclient):
+    """The demo's any-chat (OpenAI, then Gemini, then Nova Micro, which takes no images), rendered
+    with capabilities."""
     raw = rclient.chat.completions.with_raw_response.create(
         model="any-chat", messages=IMAGE_MSG, extra_headers={"x-mock-openai": "503", "x-request-id": "any-image-1"})
     assert raw.headers["x-switchyard-backend"] == "gemini-demo"
