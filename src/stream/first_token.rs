@@ -13,11 +13,20 @@ pub struct FirstTokenWatch {
     done: bool,
 }
 
-/// An OpenAI chunk's `data` that carries generated content (a role-only chunk does not).
+/// An OpenAI chunk's `data` that carries generated content (a role-only chunk does not). An
+/// Anthropic Messages event counts too (a native answer to a Messages client): a content delta
+/// (text, thinking or tool input) or the start of a `tool_use` block.
 pub fn is_content_event(data: &str) -> bool {
     (data.contains("\"content\":\"") && !data.contains("\"content\":\"\""))
         || data.contains("\"tool_calls\"")
         || (data.contains("\"reasoning_content\":\"") && !data.contains("\"reasoning_content\":\"\""))
+        || data.contains("\"type\":\"content_block_delta\"")
+        || (data.contains("\"type\":\"content_block_start\"") && data.contains("\"type\":\"tool_use\""))
+}
+
+/// An error event: OpenAI's `{"error":…}` or Anthropic's `{"type":"error",…}`.
+fn is_error_event(data: &str) -> bool {
+    data.starts_with("{\"error\"") || data.starts_with("{\"type\":\"error\"") || data.starts_with("{\"type\": \"error\"")
 }
 
 impl FirstTokenWatch {
@@ -35,7 +44,7 @@ impl FirstTokenWatch {
         let status = self.parser.push(chunk, |_, data| {
             if is_content_event(data) {
                 seen = true;
-            } else if data.starts_with("{\"error\"") {
+            } else if is_error_event(data) {
                 error = true;
             }
         });
@@ -73,6 +82,21 @@ mod tests {
         assert!(w.push(b"data: {\"choices\":[{\"delta\":{\"reasoning_content\":\"Let\"}}]}\n\n"));
         let mut w = FirstTokenWatch::new();
         assert!(w.push(b"data: {\"error\":{\"message\":\"overloaded\"}}\n\n"));
+        assert!(!w.token_seen());
+    }
+
+    #[test]
+    fn anthropic_messages_events_native_answers() {
+        // The recorded Messages stream: message_start, the empty text block and ping are not tokens.
+        let rec = include_str!("../../tests/fixtures/anthropic-sdk/basic_response.txt");
+        let first_delta = rec.find("event: content_block_delta").unwrap();
+        let mut w = FirstTokenWatch::new();
+        assert!(!w.push(rec[..first_delta].as_bytes()));
+        assert!(w.push(rec[first_delta..].as_bytes()) && w.token_seen());
+        let mut w = FirstTokenWatch::new();
+        assert!(w.push(b"event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":1,\"content_block\":{\"type\":\"tool_use\",\"id\":\"t\",\"name\":\"f\",\"input\":{}}}\n\n"));
+        let mut w = FirstTokenWatch::new();
+        assert!(w.push(b"event: error\ndata: {\"type\": \"error\", \"error\": {\"type\": \"overloaded_error\", \"message\": \"Overloaded\"}}\n\n"));
         assert!(!w.token_seen());
     }
 

@@ -273,6 +273,22 @@ def test_a_quick_failure_is_not_a_deadline_even_in_a_long_request(rgw, rclient):
     assert (rec["attempts"], rec["deadlines_fired"], rec["winner_attempt"]) == ("2", "0", "2"), rec
 
 
+def test_native_messages_stream_is_released_at_its_first_token(rgw):
+    # An Anthropic Messages client on the same route: attempt 2 is Anthropic, native (the client's
+    # own Messages stream passes untouched), slower in total than the deadline: its first token,
+    # a Messages content_block_delta, releases it; no deadline fires.
+    import anthropic
+    claude = anthropic.Anthropic(base_url=rgw.gateway_url, api_key="sk-apps", max_retries=0, timeout=30)
+    t0 = time.monotonic()
+    with claude.messages.stream(model="ft-refused", max_tokens=50, messages=[{"role": "user", "content": "Hello"}],
+                                extra_headers={"x-mock-anthropic": "slow-stream", "x-request-id": "ft-native"}) as s:
+        final = s.get_final_message()
+    assert time.monotonic() - t0 > DEADLINE_MS / 1000
+    assert "".join(b.text for b in final.content if b.type == "text") == recorded.anthropic_stream_text()["text"]
+    rec = log_line(rgw, "ft-native")
+    assert (rec["attempts"], rec["deadlines_fired"], rec["winner_attempt"]) == ("2", "0", "2"), rec
+
+
 def test_translated_stream_deadline_gemini_to_openai(rgw, rclient):
     raw, text = stream_text(rclient, "ft-gemini", {**delay(gemini=6000), "x-request-id": "ft-gem-1"})
     assert text == recorded.openai_stream_summary(recorded.openai_stream_text_chunks())["text"]
