@@ -75,6 +75,10 @@ fn unsupported(g: &Gateway) -> Option<&'static str> {
     if !g.latency_tracked.is_empty() {
         return Some("the fastest policy");
     }
+    if g.guardrails.is_some() {
+        // Never silently ignored: a configuration that asks for redaction must get it.
+        return Some("guardrails");
+    }
     None
 }
 
