@@ -18,6 +18,7 @@ recorded OpenAI and Anthropic answers), side by side:
   sw-sampling    Switchyard, OpenAI passthrough, quality sampling of every request to a sink (the mock)
   dm-noop2       Envoy + a trivial native dynamic module in the HCM and upstream (src/native prototype)
   sw-native-*    Switchyard's native prototype (src/native, an Envoy dynamic module), same configuration
+  sw-guardrails  Switchyard, OpenAI passthrough with guardrails on (every detector, answers scanned)
   litellm-*      LiteLLM proxy, one worker (OpenAI passthrough and Anthropic translation)
   portkey-*      Portkey gateway (node, one process)
 
@@ -200,6 +201,8 @@ def build_targets(data: dict[str, bytes]) -> list[Target]:
         Target("sw-sampling", "Switchyard, OpenAI passthrough, every request sampled", "envoy", "switchyard-sampling.yaml",
                by_model("gpt-4o-mini", "gpt-4o-mini-stream", oai)),
         *native_targets(),
+        Target("sw-guardrails", "Switchyard, OpenAI passthrough + guardrails (every detector, answers scanned)", "envoy",
+               "switchyard-guardrails.yaml", by_model("gpt-4o-mini", "gpt-4o-mini-stream", oai)),
         Target("litellm-openai", "LiteLLM proxy, OpenAI passthrough", "litellm", None,
                by_model("gpt-4o-mini", "gpt-4o-mini-stream", oai)),
         Target("litellm-anthropic", "LiteLLM proxy, OpenAI → Anthropic", "litellm", None,
@@ -245,6 +248,10 @@ def write_configs(data: dict[str, bytes]) -> None:
     ec.write(d / "switchyard-native.yaml", ec.switchyard(DUT_PORT, DUT_ADMIN, MOCK_PORT, native=True),
              "switchyard.yaml with the native prototype (src/native, an Envoy dynamic module) instead of\n"
              "switchyard.wasm: the same configuration JSON.")
+    ec.write(d / "switchyard-guardrails.yaml",
+             ec.switchyard(DUT_PORT, DUT_ADMIN, MOCK_PORT, ec.gateway_config(extra={"guardrails": ec.BENCH_GUARDRAILS})),
+             "Switchyard with guardrails on: every built-in detector on the request, answers scanned\n"
+             "(the prompt holds no personal data: scanned whole, forwarded untouched).")
 
 
 # --------------------------------------------------------------------------------------------------

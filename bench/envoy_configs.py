@@ -213,6 +213,12 @@ def gateway_config(models: dict[str, str] = GATEWAY_MODELS, auth: dict | None = 
     return json.dumps(cfg, indent=2) + "\n"
 
 
+# Guardrails with every built-in detector on (README "Guardrails"): the benchmark's prompt holds no
+# personal data, so every request is scanned whole and forwarded untouched; answers are scanned too.
+BENCH_GUARDRAILS = {"detectors": {"pii": "redact", "secrets": "block", "ip_address": "log"},
+                    "restore": True, "answers": {"scan": True}}
+
+
 def policy_auth(client_key: str) -> dict:
     """Virtual keys, rate limits and budgets on, with limits far above what the benchmark sends (every
     check runs, none refuses): one key in one team, each with rpm/tpm/concurrency limits and a budget."""

@@ -92,3 +92,11 @@ fn the_cache_and_sampling_example_is_valid() {
     assert!(ok, "{text}");
     assert!(text.contains("gateway configuration with 3 model entries is valid"), "{text}");
 }
+
+#[test]
+fn the_guardrails_example_is_valid() {
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/gateway-guardrails.json");
+    let (ok, text) = check(&example);
+    assert!(ok, "{text}");
+    assert!(text.contains("gateway configuration with 2 model entries is valid"), "{text}");
+}

@@ -689,6 +689,29 @@ mod tests {
     }
 
     #[test]
+    fn scanners_survive_random_text() {
+        // Characters every scanner reacts to, plus multi-byte ones; deterministic cases.
+        let alphabet: Vec<char> = "0123456789AKIDEGBFRZxobpsk-_.@:+() /\n\t=eyJ[]é€😀aq".chars().collect();
+        let mut seed = 1u64;
+        for _ in 0..3000 {
+            let mut t = String::new();
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let len = (seed >> 58) as usize;
+            for _ in 0..len * 3 {
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                t.push(alphabet[(seed >> 33) as usize % alphabet.len()]);
+            }
+            for k in BUILTINS {
+                let mut v = Vec::new();
+                k.scan(&t, &mut v);
+                for (s, e) in v {
+                    assert!(s < e && t.get(s..e).is_some(), "{k:?} {t:?} {s}..{e}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn scanners_survive_any_text() {
         let texts = ["", "@", "sk-", "-----BEGIN ", "eyJ", "+", "(", "::", "1.", "DE89", "AKIA", "é@é.é", "4\u{1F600}111"];
         for t in texts {

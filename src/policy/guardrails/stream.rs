@@ -342,6 +342,43 @@ mod tests {
         assert!(raw.contains("\"model\":\"m\""), "{raw}");
     }
 
+    /// A small deterministic generator (no dependency): the same cases on every run.
+    fn lcg(seed: &mut u64) -> u64 {
+        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        *seed >> 33
+    }
+
+    #[test]
+    fn any_chunking_gives_the_whole_answer_s_text() {
+        let cfg = r#"{"detectors": {"email": "redact", "secrets": "block", "ip_address": "log", "credit_card": "redact"},
+                      "restore": true, "answers": {"scan": true, "detectors": {"secrets": "redact", "ip_address": "log"}}}"#;
+        let prompt = "me: ann@example.com, you: bob@example.net";
+        let answer = "Dear [EMAIL_1], [EMAIL_2] sent ghp_1234567890abcdefghijABCDEFGHIJ123456 from 10.0.0.7 \
+                      and sk-proj-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789; é ü [EMAIL_3] [EMAIL_1]. [EMAIL_";
+        let (g, mut whole) = setup(cfg, prompt);
+        let doc = json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": answer}}]});
+        let out: Value = serde_json::from_slice(&whole.answer_body(&g, &serde_json::to_vec(&doc).unwrap()).unwrap()).unwrap();
+        let expected = out["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+        assert!(expected.starts_with("Dear ann@example.com, bob@example.net sent [REDACTED_GITHUB_TOKEN] from 10.0.0.7"), "{expected}");
+        let mut seed = 7u64;
+        for _ in 0..200 {
+            let (_, mut guard) = setup(cfg, prompt);
+            let chars: Vec<char> = answer.chars().collect();
+            let mut pieces = Vec::new();
+            let mut i = 0;
+            while i < chars.len() {
+                let n = 1 + (lcg(&mut seed) % 12) as usize;
+                pieces.push(chars[i..(i + n).min(chars.len())].iter().collect::<String>());
+                i += n;
+            }
+            let refs: Vec<&str> = pieces.iter().map(String::as_str).collect();
+            let cut = 1 + (lcg(&mut seed) % 200) as usize;
+            let (text, _) = run(&g, &mut guard, &refs, cut);
+            assert_eq!(text, expected);
+            assert_eq!(summary(&guard.counts, "answer"), summary(&whole.counts, "answer"));
+        }
+    }
+
     #[test]
     fn other_events_pass_untouched() {
         let (g, mut guard) = setup(r#"{"detectors": {"email": "redact"}, "restore": true}"#, "a@example.com");
