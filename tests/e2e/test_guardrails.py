@@ -202,3 +202,54 @@ def test_disabled_for_a_key(kg):
     assert r.choices[0].message.content == prompt
     rec = last_log(kg, "open", 1)
     assert "guardrails_request" not in rec or rec["guardrails_request"] in ("", "-", None)
+
+
+# -- other ingress APIs: the guardrails run on the canonical chat request they are translated into
+
+
+def claude(kg, key: str = KEY):
+    import anthropic
+    return anthropic.Anthropic(base_url=kg.gw.gateway_url, api_key=key, max_retries=0, timeout=30,
+                               default_headers={"x-mock-openai": "echo"})
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_messages_api_redacted_and_restored(kg, stream):
+    kg.mocks.clear()
+    prompt = f"Forward this to {EMAIL}, please."
+    ask = dict(model="gpt-4o-mini", max_tokens=100, messages=[{"role": "user", "content": prompt}])
+    c = claude(kg)
+    if stream:
+        with c.messages.stream(**ask) as s:
+            text = "".join(s.text_stream)
+    else:
+        msg = c.messages.create(**ask)
+        text = "".join(b.text for b in msg.content if b.type == "text")
+    assert text == prompt
+    sent = provider_saw(kg)
+    assert len(sent) == 1 and EMAIL not in json.dumps(sent[0])
+    assert "Forward this to [EMAIL_1], please." in json.dumps(sent[0])
+
+
+def test_messages_api_block_in_anthropic_shape(kg):
+    import anthropic
+    kg.mocks.clear()
+    with pytest.raises(anthropic.BadRequestError) as e:
+        claude(kg).messages.create(model="gpt-4o-mini", max_tokens=50, messages=[
+            {"role": "user", "content": f"aws_access_key_id={AWS_KEY}"}])
+    body = e.value.response.text
+    assert AWS_KEY not in body
+    doc = json.loads(body)
+    assert doc["type"] == "error" and doc["error"]["type"] == "invalid_request_error"
+    assert "aws_access_key" in doc["error"]["message"]
+    assert provider_saw(kg) == []
+
+
+def test_responses_api_redacted_and_restored(kg):
+    kg.mocks.clear()
+    prompt = f"Remind {EMAIL} about TICKET-54321."
+    r = sdk(kg).responses.create(model="gpt-4o-mini", input=prompt)
+    assert r.output_text == prompt
+    sent = provider_saw(kg)
+    assert len(sent) == 1 and EMAIL not in json.dumps(sent[0])
+    assert "Remind [EMAIL_1] about [TICKET_ID_1]." in json.dumps(sent[0])
