@@ -8,6 +8,8 @@
 //!   switchyard version
 //!   switchyard hash-key [KEY]  print the sha256 to configure for a virtual key (KEY, else read from stdin)
 //!   switchyard new-key [ID]    generate a virtual key and print it with its configuration entry
+//!   switchyard fleet-limits GATEWAY.json [DOMAIN]
+//!                              the fleet rate limit service's limits (envoyproxy/ratelimit YAML)
 
 use std::process::ExitCode;
 
@@ -139,6 +141,18 @@ fn render_cmd(args: &[String]) -> Result<String, String> {
     }
 }
 
+/// `fleet-limits`: the rate limit service's limits from a gateway configuration's `auth`.
+fn fleet_limits_cmd(path: &str, domain: Option<&str>) -> Result<String, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
+    let PluginConfig::Gateway(g) = PluginConfig::parse(&bytes).map_err(|e| format!("{path}: {e}"))? else {
+        return Err(format!("{path}: not a gateway configuration"));
+    };
+    let auth = g.auth.ok_or_else(|| format!("{path}: no auth object"))?;
+    let policy = switchyard::policy::Policy::new(auth).map_err(|e| format!("{path}: auth: {e}"))?;
+    let domain = domain.unwrap_or(switchyard::policy::fleet::DEFAULT_DOMAIN);
+    switchyard::policy::fleet::limits_yaml(&policy, domain).map_err(|e| format!("{path}: {e}"))
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
@@ -173,6 +187,16 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Some("fleet-limits") if (2..=3).contains(&args.len()) => match fleet_limits_cmd(&args[1], args.get(2).map(String::as_str)) {
+            Ok(out) => {
+                print!("{out}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
         Some("render") if args.len() > 1 => match render_cmd(&args[1..]) {
             Ok(out) => {
                 print!("{out}");
@@ -191,7 +215,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         _ => {
-            eprintln!("usage: switchyard check FILE...   |   switchyard render FILE [--target envoy|istio] [--reloadable DIR]   |   switchyard hash-key [KEY]   |   switchyard new-key [ID]   |   switchyard version");
+            eprintln!("usage: switchyard check FILE...   |   switchyard render FILE [--target envoy|istio] [--reloadable DIR]   |   switchyard hash-key [KEY]   |   switchyard new-key [ID]   |   switchyard fleet-limits GATEWAY.json [DOMAIN]   |   switchyard version");
             ExitCode::from(2)
         }
     }

@@ -27,7 +27,7 @@ use crate::policy::estimate::{estimate_text_tokens, RequestEstimate};
 use crate::policy::gate::MAX_COST_HEADER;
 use crate::policy::guardrails::RequestGuard;
 use crate::policy::headers as header_policy;
-use crate::policy::{Admission, Outcome, Principal};
+use crate::policy::{Admission, LedgerKind, Outcome, Principal};
 use crate::providers::{Operation, StreamTranslate};
 use crate::stream::usage_tap::UsageTap;
 use crate::telemetry::{self, Rejection, RequestRecord};
@@ -262,7 +262,12 @@ impl GatewayFilter {
             let asked = if target.is_some() { cfg.router.resolve(model).map_or(model, |r| r.model) } else { stable_model };
             policy.authorize_model(principal, model, asked).map_err(|e| (e, Rejection::Scope, Vec::new()))?;
             match policy.admit(principal, &est, resolved.model, self.max_cost.as_deref(), now_ms(), &EnvoyStore) {
-                Ok(admission) => self.admission = Some(admission),
+                Ok(admission) => {
+                    if let Some(tags) = admission.fleet() {
+                        publish_fleet_tags(tags);
+                    }
+                    self.admission = Some(admission);
+                }
                 Err(rej) => {
                     let reason = match (rej.error.status, rej.error.code.as_deref()) {
                         (429, Some("insufficient_quota")) => Rejection::Budget,
@@ -468,6 +473,13 @@ impl GatewayFilter {
         };
         let targets: Vec<(&str, &str)> = cancelled.iter().map(|(b, _, m)| (m.as_str(), &**b)).collect();
         let s = policy.settle_with_cancelled(admission, outcome, model.as_deref(), backend.as_deref(), &targets, now_ms(), &EnvoyStore);
+        if let Some(c) = s.fleet_charge {
+            // Read by the rate limit filter's `apply_on_stream_done` descriptors, which Envoy
+            // evaluates after the access-log stage (`on_log`), so a stream the client cut is
+            // charged too (billed cancelled attempts included).
+            set_filter_state(FLEET_TOKENS, &c.extra_tokens.to_string());
+            set_filter_state(FLEET_COST, &c.cost_micros.to_string());
+        }
         self.record.cancelled_attempts = cancelled
             .iter()
             .zip(&s.cancelled_micros)
@@ -731,11 +743,21 @@ impl HttpContext for GatewayFilter {
         let headers = self.get_http_response_headers();
         let status: u16 = header(&headers, ":status").and_then(|s| s.parse().ok()).unwrap_or(0);
         self.record.status = status;
+        let fleet = self.cfg.policy.as_ref().is_some_and(|p| p.ledger() == LedgerKind::Fleet);
         // Only the gateway speaks `x-switchyard-*` to clients; what a provider says about its own
         // account (organisation, project, cookies) is not the client's business either.
         for (name, _) in &headers {
             if header_policy::withheld_from_client(name, self.cfg.policy.is_some()) {
                 set_response_header(name, None);
+            }
+        }
+        if fleet {
+            // The rate limit service's view of the fleet (`x-switchyard-fleet-x-ratelimit-…`,
+            // `…-retry-after`, `…-x-switchyard-budget-remaining`), under the client's names.
+            for (name, value) in &headers {
+                if let Some(client_name) = name.strip_prefix(FLEET_HEADER_PREFIX).filter(|n| !n.is_empty()) {
+                    set_response_header(client_name, Some(value));
+                }
             }
         }
         if let (true, Some(state)) = (self.cfg.expose_served_by, &self.state) {
@@ -1035,6 +1057,41 @@ fn random_hex(n: usize) -> String {
         }
     }
     r.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Prefix of the headers the fleet's rate limit service adds (see `tools/rls`).
+const FLEET_HEADER_PREFIX: &str = "x-switchyard-fleet-";
+/// Filter state (`wasm.<name>` in Envoy) for the rate limit filter's descriptors in fleet mode.
+const FLEET_KEY: &str = "switchyard_fleet_key";
+const FLEET_TEAM: &str = "switchyard_fleet_team";
+const FLEET_BUDGET_KEY: &str = "switchyard_fleet_budget_key";
+const FLEET_BUDGET_TEAM: &str = "switchyard_fleet_budget_team";
+const FLEET_PROMPT: &str = "switchyard_fleet_prompt_tokens";
+const FLEET_TOKENS: &str = "switchyard_fleet_tokens";
+const FLEET_COST: &str = "switchyard_fleet_cost";
+
+fn set_filter_state(name: &str, value: &str) {
+    if let Err(e) = hostcalls::set_property(vec![name], Some(value.as_bytes())) {
+        log::warn!("switchyard: cannot set filter state {name}: {e:?}");
+    }
+}
+
+/// The admitted request's key, team and prompt estimate for the rate limit filter; the charges
+/// start at 0 and are set when the request is settled.
+fn publish_fleet_tags(t: &crate::policy::FleetTags) {
+    set_filter_state(FLEET_KEY, &t.key);
+    set_filter_state(FLEET_PROMPT, &t.prompt_estimate.to_string());
+    if let Some(team) = &t.team {
+        set_filter_state(FLEET_TEAM, team);
+    }
+    if t.budgeted {
+        set_filter_state(FLEET_BUDGET_KEY, &t.key);
+        if let Some(team) = &t.team {
+            set_filter_state(FLEET_BUDGET_TEAM, team);
+        }
+    }
+    set_filter_state(FLEET_TOKENS, "0");
+    set_filter_state(FLEET_COST, "0");
 }
 
 /// A uniform number in [0, 1) (1.0 when no randomness is available: the stable arm).

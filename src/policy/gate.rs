@@ -94,6 +94,25 @@ pub struct PolicyConfig {
     pub byok_header: Option<String>,
     #[serde(default)]
     pub unpriced_models: UnpricedModels,
+    /// Where `rpm`, `tpm` and budgets are counted: `local` (default, this Envoy's shared data) or
+    /// `fleet` (a rate limit service shared by every Envoy; see [`FleetTags`]).
+    #[serde(default)]
+    pub ledger: LedgerKind,
+}
+
+/// Where a gateway counts requests, tokens and money.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LedgerKind {
+    /// In this Envoy's proxy-wasm shared data (every worker thread of one process).
+    #[default]
+    Local,
+    /// In a rate limit service shared by a fleet of Envoys (Envoy's `envoy.filters.http.ratelimit`
+    /// in front of a `envoy.service.ratelimit.v3` service on Redis). The gateway still authenticates,
+    /// checks models, prices and holds `max_concurrent` per Envoy; it leaves the key, the team, the
+    /// prompt estimate and, when the answer ends, the real tokens and cost in filter state for the
+    /// rate limit filter's descriptors.
+    Fleet,
 }
 
 fn default_lease_secs() -> u64 {
@@ -110,6 +129,7 @@ impl Default for PolicyConfig {
             lease_secs: DEFAULT_LEASE_SECS,
             byok_header: None,
             unpriced_models: UnpricedModels::Deny,
+            ledger: LedgerKind::Local,
         }
     }
 }
@@ -179,7 +199,20 @@ pub struct Admission {
     byok: bool,
     snapshots: Vec<RateSnapshot>,
     budget_remaining_micros: Option<u64>,
+    fleet: Option<FleetTags>,
     armed: bool,
+}
+
+/// What a fleet gateway tells the rate limit filter about an admitted request (published as
+/// filter state `wasm.switchyard_fleet_*`, read by the descriptors of the Envoy configuration).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetTags {
+    pub key: String,
+    pub team: Option<String>,
+    /// Budgets apply (not a bring-your-own-key request).
+    pub budgeted: bool,
+    /// Tokens counted against `tpm` before the answer: the prompt estimate.
+    pub prompt_estimate: u64,
 }
 
 impl Admission {
@@ -194,6 +227,10 @@ impl Admission {
     }
     pub fn estimated_prompt_tokens(&self) -> u64 {
         self.est_prompt_tokens
+    }
+    /// In fleet mode: what the rate limit filter's descriptors need.
+    pub fn fleet(&self) -> Option<&FleetTags> {
+        self.fleet.as_ref()
     }
     /// Budget left after this request's reservation (tightest of key and team).
     pub fn budget_remaining_micros(&self) -> Option<u64> {
@@ -252,6 +289,16 @@ pub struct Settlement {
     pub estimated: bool,
     /// Budget left after settling (tightest of key and team); `None` without budgets.
     pub budget_remaining_micros: Option<u64>,
+    /// In fleet mode, what the rate limit service is charged when the stream is done: tokens
+    /// beyond the prompt estimate counted at admission, and the cost (0 when not charged).
+    pub fleet_charge: Option<FleetCharge>,
+}
+
+/// See [`Settlement::fleet_charge`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FleetCharge {
+    pub extra_tokens: u64,
+    pub cost_micros: u64,
 }
 
 impl Settlement {
@@ -342,6 +389,9 @@ pub struct Policy {
     lease_secs: u64,
     byok_header: String,
     unpriced: UnpricedModels,
+    ledger: LedgerKind,
+    /// `max_concurrent` alone, the only limit a fleet gateway holds itself.
+    fleet_local: HashMap<String, LimitsConfig>,
 }
 
 impl Policy {
@@ -386,7 +436,36 @@ impl Policy {
             lease_secs: cfg.lease_secs,
             byok_header,
             unpriced: cfg.unpriced_models,
-        })
+            ledger: cfg.ledger,
+            fleet_local: HashMap::new(),
+        }
+        .with_fleet_limits())
+    }
+
+    /// In fleet mode, every scope's `max_concurrent` (without `rpm` and `tpm`), by store key.
+    fn with_fleet_limits(mut self) -> Policy {
+        if self.ledger == LedgerKind::Fleet {
+            let only_concurrency = |l: &LimitsConfig| LimitsConfig { max_concurrent: l.max_concurrent, ..Default::default() };
+            for k in self.keys.iter() {
+                self.fleet_local.insert(format!("key:{}", k.id), only_concurrency(&k.limits));
+            }
+            for t in self.teams.values() {
+                self.fleet_local.insert(format!("team:{}", t.id), only_concurrency(&t.limits));
+            }
+        }
+        self
+    }
+
+    pub fn ledger(&self) -> LedgerKind {
+        self.ledger
+    }
+
+    /// Keys and teams, for the rate limit service's limits (`switchyard fleet-limits`).
+    pub fn key_records(&self) -> impl Iterator<Item = &KeyRecord> {
+        self.keys.iter().map(|k| &**k)
+    }
+    pub fn team_records(&self) -> impl Iterator<Item = &TeamRecord> {
+        self.teams.values().map(|t| &**t)
     }
 
     pub fn prices(&self) -> &PriceTable {
@@ -417,6 +496,23 @@ impl Policy {
             }
         }
         out
+    }
+
+    /// The scopes this gateway counts itself: all of them in local mode; in fleet mode only
+    /// those with `max_concurrent`, with nothing else (the rate limit service counts the rest).
+    fn local_scopes<'a>(&'a self, principal: &'a Principal, with_budget: bool) -> Vec<Scope<'a>> {
+        let mut scopes = self.scopes(principal, with_budget);
+        if self.ledger == LedgerKind::Fleet {
+            scopes.retain_mut(|s| match self.fleet_local.get(&format!("{}:{}", s.kind, s.id)) {
+                Some(l) if l.max_concurrent.is_some() => {
+                    s.limits = l;
+                    s.budget = None;
+                    true
+                }
+                _ => false,
+            });
+        }
+        scopes
     }
 
     /// Creates every scope's shared-data value that does not exist yet. Call it from the root
@@ -506,8 +602,8 @@ impl Policy {
         };
         // BYOK requests are paid by the client's own provider account: budgets do not apply.
         let charges_budget = principal.byok.is_none();
-        let scopes = self.scopes(principal, charges_budget);
-        let budgeted = scopes.iter().any(|s| s.budget.is_some());
+        let budgeted = self.scopes(principal, charges_budget).iter().any(|s| s.budget.is_some());
+        let scopes = self.local_scopes(principal, charges_budget);
 
         let price = self.prices.worst_case(model);
         let choices = estimate.choices.max(1);
@@ -545,7 +641,7 @@ impl Policy {
                 });
             }
         }
-        let reserved_micros = if budgeted { worst } else { 0 };
+        let reserved_micros = if budgeted && self.ledger == LedgerKind::Local { worst } else { 0 };
 
         let expiry = lease_expiry(now_ms, self.lease_secs);
         let mut grants: Vec<ScopeGrant> = Vec::with_capacity(scopes.len());
@@ -579,6 +675,12 @@ impl Policy {
             byok: !charges_budget,
             snapshots,
             budget_remaining_micros: remaining,
+            fleet: (self.ledger == LedgerKind::Fleet).then(|| FleetTags {
+                key: principal.key.id.clone(),
+                team: principal.key.team.clone(),
+                budgeted: charges_budget,
+                prompt_estimate: estimate.prompt_tokens,
+            }),
             armed: true,
         })
     }
@@ -752,6 +854,10 @@ impl Policy {
                 remaining = Some(remaining.map_or(l, |r| r.min(l)));
             }
         }
+        let fleet_charge = admission.fleet.as_ref().map(|f| FleetCharge {
+            extra_tokens: total.saturating_sub(f.prompt_estimate),
+            cost_micros: charge,
+        });
         Settlement {
             cost_micros,
             cancelled_micros,
@@ -760,6 +866,7 @@ impl Policy {
             completion_tokens: completion,
             estimated,
             budget_remaining_micros: remaining,
+            fleet_charge,
         }
     }
 
@@ -867,6 +974,68 @@ mod tests {
 
     fn policy() -> Policy {
         Policy::new(config()).unwrap()
+    }
+
+    fn fleet_policy() -> Policy {
+        let mut cfg = config();
+        cfg.ledger = LedgerKind::Fleet;
+        Policy::new(cfg).unwrap()
+    }
+
+    #[test]
+    fn fleet_mode_holds_only_max_concurrent_and_hands_the_rest_to_the_service() {
+        let p = fleet_policy();
+        let store = MemStore::default();
+        let a = p.authenticate(&bearer(KEY_A), NOW).unwrap();
+        // rpm 100 (key) and 50 (team), a $1 budget: none of them is counted here; max_concurrent 5 is.
+        let mut held = Vec::new();
+        for _ in 0..5 {
+            held.push(p.admit(&a, &est(1000, Some(100_000)), "house-model", None, NOW, &store).unwrap());
+        }
+        let refused = p.admit(&a, &est(1000, Some(100)), "house-model", None, NOW, &store).unwrap_err();
+        assert_eq!(refused.error.code.as_deref(), Some("rate_limit_exceeded"));
+        assert!(refused.error.message.contains("concurrent"), "{}", refused.error.message);
+        let first = held.remove(0);
+        assert_eq!(first.reserved_micros(), 0, "no local reservation");
+        assert_eq!(first.budget_remaining_micros(), None);
+        assert_eq!(
+            first.fleet(),
+            Some(&FleetTags { key: "a".into(), team: Some("eng".into()), budgeted: true, prompt_estimate: 1000 })
+        );
+        assert!(first.response_headers().iter().all(|(k, _)| !k.starts_with("x-ratelimit")));
+        // Settled: the service is charged the tokens beyond the estimate and the real cost.
+        let s = p.settle(first, Outcome::Usage(&usage(1200, 300)), None, None, NOW, &store);
+        assert_eq!(s.cost_micros, Some(1200 + 600));
+        assert_eq!(s.fleet_charge, Some(FleetCharge { extra_tokens: 500, cost_micros: 1800 }));
+        // A slot is free again.
+        held.push(p.admit(&a, &est(10, Some(10)), "house-model", None, NOW, &store).unwrap());
+        // Not served: nothing to charge; an over-estimate is not given back (the protocol only adds).
+        let s = p.settle(held.remove(0), Outcome::NotServed, None, None, NOW, &store);
+        assert_eq!(s.fleet_charge, Some(FleetCharge { extra_tokens: 0, cost_micros: 0 }));
+        for h in held {
+            p.release(h, NOW, &store);
+        }
+        // rpm 1000 for key b and no max_concurrent anywhere: no local state at all.
+        let b = p.authenticate(&bearer(KEY_B), NOW).unwrap();
+        for _ in 0..60 {
+            let adm = p.admit(&b, &est(5, Some(5)), "house-model", None, NOW, &store).unwrap();
+            p.release(adm, NOW, &store);
+        }
+        assert!(store.get("switchyard:key:b").0.map_or(true, |v| ScopeState::decode(Some(&v), "k").rate.requests.total() == 0));
+    }
+
+    #[test]
+    fn fleet_mode_byok_is_rate_limited_but_never_budgeted() {
+        let p = fleet_policy();
+        let store = MemStore::default();
+        let mut h = bearer(KEY_BYOK);
+        h.push(("x-switchyard-provider-key".into(), "sk-own".into()));
+        let pr = p.authenticate(&h, NOW).unwrap();
+        let adm = p.admit(&pr, &est(10, Some(10)), "house-model", None, NOW, &store).unwrap();
+        assert_eq!(adm.fleet().map(|f| f.budgeted), Some(false));
+        let s = p.settle(adm, Outcome::Usage(&usage(10, 10)), None, None, NOW, &store);
+        assert_eq!(s.fleet_charge.map(|c| c.cost_micros), Some(0));
+        assert_eq!(s.cost_micros, Some(30));
     }
 
     fn bearer(key: &str) -> Vec<(String, String)> {

@@ -8,6 +8,7 @@ pub mod canary;
 pub mod capabilities;
 pub mod deadline;
 pub mod estimate;
+pub mod fleet;
 pub mod gate;
 pub mod guardrails;
 pub mod headers;
@@ -18,4 +19,4 @@ pub mod pricing;
 pub mod route_check;
 pub mod store;
 
-pub use gate::{Admission, Outcome, Policy, PolicyConfig, Principal, Rejection, Settlement};
+pub use gate::{Admission, FleetCharge, FleetTags, LedgerKind, Outcome, Policy, PolicyConfig, Principal, Rejection, Settlement};

@@ -1,0 +1,186 @@
+"""A fleet for the end-to-end tests of shared limits and budgets (``test_fleet.py``): a real
+``redis-server`` on a free port, Switchyard's rate limit service (``tools/rls``) on it, and any
+number of Envoys running envoy/demo.yaml with envoy/fleet.yaml merged in and an ``auth`` policy
+with ``"ledger": "fleet"``. The limits file of the service is written by the command line from
+that same gateway configuration (``switchyard fleet-limits``).
+
+    fleet = Fleet.start(workdir, auth, envoys=2)
+    fleet.envoys[0].base_url, fleet.envoys[1].base_url
+    fleet.stop_redis(); fleet.start_redis()      # the service's storage goes away and comes back
+    problems = fleet.stop()
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import yaml
+
+import harness
+
+REPO = harness.REPO
+FLEET_YAML = REPO / "envoy" / "fleet.yaml"
+RLS_DIR = REPO / "tools" / "rls"
+RLS_BIN = RLS_DIR / "target" / "release" / "switchyard-rls"
+FLUSH_ARGS = ("--file-flush-interval-msec", "50")
+
+
+def redis_server() -> str:
+    path = shutil.which("redis-server") or "/usr/bin/redis-server"
+    if not Path(path).exists():
+        raise RuntimeError("redis-server is not installed (scripts/setup installs Debian's redis-server)")
+    return path
+
+
+def build_rls() -> Path:
+    """The service's binary (scripts/test builds it first; built here when missing)."""
+    if not RLS_BIN.exists():
+        subprocess.run(["cargo", "build", "--release", "--quiet", "--manifest-path",
+                        str(RLS_DIR / "Cargo.toml")], check=True, cwd=REPO)
+    return RLS_BIN
+
+
+def fleet_limits(gateway_json: Path) -> str:
+    """``switchyard fleet-limits``: the service's limits from the gateway configuration."""
+    out = subprocess.run(["cargo", "run", "--quiet", "--bin", "switchyard", "--", "fleet-limits",
+                          str(gateway_json)], cwd=REPO, check=True, capture_output=True, text=True)
+    return out.stdout
+
+
+def merge_fleet(text: str, rls_port: int) -> str:
+    """demo.yaml (rendered) with envoy/fleet.yaml's pieces in place, the service on ``rls_port``."""
+    doc = yaml.safe_load(text)
+    fleet = yaml.safe_load(FLEET_YAML.read_text(encoding="utf-8"))
+    hcms = [n for n in harness._walk_nodes(doc)
+            if isinstance(n.get("typed_config"), dict) and "HttpConnectionManager"
+            in str(n["typed_config"].get("@type", ""))]
+    assert len(hcms) == 1, "demo.yaml has one HttpConnectionManager"
+    hcm = hcms[0]["typed_config"]
+    filters = hcm["http_filters"]
+    at = next(i for i, f in enumerate(filters) if f.get("name") == "switchyard.gateway")
+    hcm["http_filters"] = filters[:at + 1] + copy.deepcopy(fleet["http_filters"]) + filters[at + 1:]
+    for vh in hcm["route_config"]["virtual_hosts"]:
+        vh.setdefault("typed_per_filter_config", {}).update(copy.deepcopy(fleet["typed_per_filter_config"]))
+    hcm["local_reply_config"] = copy.deepcopy(fleet["local_reply_config"])
+    cluster = copy.deepcopy(fleet["clusters"][0])
+    ep = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+    ep["address"]["socket_address"]["port_value"] = rls_port
+    doc["static_resources"]["clusters"].append(cluster)
+    return yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)
+
+
+class FleetEnvoy(harness.Gateway):
+    """harness.Gateway with envoy/fleet.yaml merged in."""
+
+    rls_port: int = 0
+
+    def render(self) -> str:
+        return merge_fleet(super().render(), self.rls_port)
+
+
+class Fleet:
+    def __init__(self, workdir: Path, auth: dict):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.auth = dict(auth, ledger="fleet")
+        self.redis_port, self.rls_port = harness.free_ports(2)
+        self.redis: subprocess.Popen | None = None
+        self.rls: subprocess.Popen | None = None
+        self.mocks: harness.Mocks | None = None
+        self.envoys: list[FleetEnvoy] = []
+        self.retired: list[FleetEnvoy] = []
+        self.wasm: Path | None = None
+        self.limits_path = self.workdir / "limits.yaml"
+
+    @classmethod
+    def start(cls, workdir: Path, auth: dict, envoys: int = 2) -> "Fleet":
+        f = cls(workdir, auth)
+        try:
+            f.start_redis()
+            f.write_limits()
+            f.start_rls()
+            f.wasm = harness.build_wasm()
+            f.mocks = harness.Mocks(f.workdir).start()
+            for i in range(envoys):
+                f.envoys.append(f._start_envoy(i))
+        except BaseException:
+            f.stop()
+            raise
+        return f
+
+    # -- pieces
+    def start_redis(self) -> None:
+        cmd = [redis_server(), "--port", str(self.redis_port), "--bind", "127.0.0.1",
+               "--save", "", "--appendonly", "no", "--dir", str(self.workdir)]
+        self.redis = harness.start_process(cmd, self.workdir / "redis.log")
+        harness.wait_until(lambda: harness.port_accepts(self.redis_port), 20, "redis-server",
+                           self.redis, self.workdir / "redis.log")
+
+    def stop_redis(self) -> None:
+        harness.stop_process(self.redis)
+        self.redis = None
+
+    def gateway_json(self) -> dict:
+        doc = yaml.safe_load(Path(harness.DEMO_CONFIG).read_text(encoding="utf-8"))
+        (_, plugin), = harness.plugin_configs(doc, "gateway")
+        return dict(plugin, auth=self.auth)
+
+    def write_limits(self, auth: dict | None = None) -> str:
+        """Writes the service's limits file from the gateway configuration (with ``auth`` if given:
+        a change of keys) and returns its text. The service reads it again when it changes."""
+        if auth is not None:
+            self.auth = dict(auth, ledger="fleet")
+        path = self.workdir / "gateway.json"
+        path.write_text(json.dumps(self.gateway_json()), encoding="utf-8")
+        text = fleet_limits(path)
+        tmp = self.workdir / "limits.yaml.tmp"
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(self.limits_path)
+        return text
+
+    def start_rls(self) -> None:
+        cmd = [str(build_rls()), "--config", str(self.limits_path), "--listen",
+               f"127.0.0.1:{self.rls_port}", "--redis", f"redis://127.0.0.1:{self.redis_port}"]
+        self.rls = harness.start_process(cmd, self.workdir / "rls.log")
+        harness.wait_until(lambda: harness.port_accepts(self.rls_port), 20, "switchyard-rls",
+                           self.rls, self.workdir / "rls.log")
+
+    def _start_envoy(self, i: int) -> FleetEnvoy:
+        d = self.workdir / f"envoy{i}"
+        d.mkdir(parents=True, exist_ok=True)
+        gw = FleetEnvoy(d, self.mocks, gateway_config={"auth": self.auth})
+        gw.rls_port = self.rls_port
+        gw.envoy_args = list(FLUSH_ARGS)
+        gw.start(self.wasm)
+        return gw
+
+    def restart_envoy(self, i: int) -> None:
+        """Cold restart of one Envoy: stop the process, start a new one (same ports)."""
+        old = self.envoys[i]
+        old.stop()
+        new = copy.copy(old)
+        new.proc = None
+        new.start(self.wasm)
+        self.retired.append(old)
+        self.envoys[i] = new
+
+    def stop(self) -> list[str]:
+        problems: list[str] = []
+        try:
+            for gw in self.envoys:
+                problems += gw.problems()
+            if problems:
+                problems += [f"--- Envoy log tail ({g.log_path}) ---\n{g.log_tail(60)}" for g in self.envoys]
+        finally:
+            for gw in [*self.retired, *self.envoys]:
+                gw.stop()
+            if self.mocks:
+                self.mocks.stop()
+            harness.stop_process(self.rls)
+            self.stop_redis()
+        return problems
+
