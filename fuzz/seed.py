@@ -9,6 +9,8 @@ Each seed is in its target's input format (see the header of fuzz/fuzz_targets/<
   decoders  [decoder][n][n chunk sizes][bytes]
   config    the configuration JSON
   headers   lines `name:value`, then one byte choosing the model
+  responses [mode][n][n chunk sizes][bytes] (mode 0 a Responses request, 1 a chat stream or
+            answer, 2 an OpenAI Responses answer or stream)
 
 Run from anywhere: `.venv/bin/python fuzz/seed.py` (needs PyYAML, which scripts/setup installs).
 Deterministic: files are named by the SHA-1 of their content, as libFuzzer names its corpus.
@@ -45,7 +47,7 @@ BEDROCK_EVENTS = [
     "serviceUnavailableException",
 ]
 
-seeds = {t: set() for t in ["request", "response", "stream", "decoders", "config", "headers"]}
+seeds = {t: set() for t in ["request", "response", "stream", "decoders", "config", "headers", "responses"]}
 
 
 def add(target, data):
@@ -298,6 +300,8 @@ def main():
         for m in range(4):
             add("headers", h.encode() + bytes([m]))
 
+    responses_seeds()
+
     if OUT.exists():
         shutil.rmtree(OUT)
     total = 0
@@ -309,6 +313,27 @@ def main():
             total += len(s)
         print(f"{t}: {len(items)} seeds")
     print(f"total {total} bytes")
+
+
+def responses_seeds():
+    """The `responses` target: recorded Responses requests (mode 0) and answers and streams (mode 2),
+    recorded chat streams and answers (mode 1)."""
+    def body(it):
+        r = it["response"]
+        if "parsed_body" in r:
+            return json.dumps(r["parsed_body"]).encode()
+        b = r["body"]
+        return (b["string"] if isinstance(b, dict) else b).encode()
+    for path in sorted((FIX / "openai-responses").glob("*.yaml")):
+        for it in yaml.safe_load(path.read_text())["interactions"]:
+            if "parsed_body" in it["request"]:
+                add("responses", bytes([0, 0]) + json.dumps(it["request"]["parsed_body"]).encode())
+            add("responses", bytes([2, 3, 7, 1, 13]) + body(it))
+    cassettes = "envoyproxy/ai-gateway/tests/internal/testopenai/cassettes/"
+    for rel in [cassettes + "chat-streaming.yaml", cassettes + "chat-tools.yaml",
+                "deepseek/test_deepseek_model_thinking_stream.yaml", "deepseek/test_deepseek_model_thinking_part.yaml"]:
+        it = yaml.safe_load((FIX / rel).read_text())["interactions"][0]
+        add("responses", bytes([1, 3, 5, 1, 11]) + body(it))
 
 
 if __name__ == "__main__":
