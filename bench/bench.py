@@ -19,6 +19,8 @@ recorded OpenAI and Anthropic answers), side by side:
   dm-noop2       Envoy + a trivial native dynamic module in the HCM and upstream (src/native prototype)
   sw-native-*    Switchyard's native prototype (src/native, an Envoy dynamic module), same configuration
   sw-guardrails  Switchyard, OpenAI passthrough with guardrails on (every detector, answers scanned)
+  tensorzero-*   TensorZero's Rust gateway (embedded in the `tensorzero` PyPI package), one Tokio
+                 worker thread, no observability database (OpenAI passthrough and Anthropic translation)
   litellm-*      LiteLLM proxy, one worker (OpenAI passthrough and Anthropic translation)
   portkey-*      Portkey gateway (node, one process)
 
@@ -29,8 +31,9 @@ answers before it is timed, and a timed run with any error or wrong-sized answer
 
 Settings (environment): BENCH_SECONDS (10) per timed run, BENCH_WARMUP (2), BENCH_CONNECTIONS (16),
 BENCH_RATE (1000 requests/s, evenly spaced), BENCH_RATE_CLIENTS (8), BENCH_SINGLE_SECONDS (3), BENCH_TARGETS (comma-separated keys; default all),
-BENCH_PEERS (1; 0 skips LiteLLM and Portkey), BENCH_MEMORY (1; 0 skips the per-worker memory runs),
-BENCH_PERF (0; 1 records a `perf` profile of the Envoy under test for the Switchyard targets).
+BENCH_PEERS (1; 0 skips TensorZero, LiteLLM and Portkey), BENCH_MEMORY (1; 0 skips the per-worker memory runs),
+BENCH_PERF (0; 1 records a `perf` profile of the Envoy under test for the Switchyard targets),
+BENCH_PORT_OFFSET (0; added to every port, for a second run on the same machine).
 
 Writes bench/results.md, bench/results.png, bench/results.json; logs and scratch files in bench/out/.
 """
@@ -94,10 +97,13 @@ ONLY = [t for t in os.environ.get("BENCH_TARGETS", "").split(",") if t]
 CPU_DUT = "1"
 CPU_LOAD = "0"
 
-MOCK_PORT, MOCK_ADMIN = 18100, 19100
-DUT_PORT, DUT_ADMIN = 18200, 19200
-LITELLM_PORT = 18300
-PORTKEY_PORT = 18400
+# BENCH_PORT_OFFSET moves every port (two runs on one machine would otherwise share listeners:
+# Envoy binds with SO_REUSEPORT, so a second run's Envoy silently takes half of the first's traffic).
+_OFF = env_int("BENCH_PORT_OFFSET", 0)
+MOCK_PORT, MOCK_ADMIN = 18100 + _OFF, 19100 + _OFF
+DUT_PORT, DUT_ADMIN = 18200 + _OFF, 19200 + _OFF
+LITELLM_PORT = 18300 + _OFF
+PORTKEY_PORT = 18400 + _OFF
 
 # The client's key (LiteLLM refuses to start with a weak master key; the others ignore it).
 CLIENT_KEY = "sk-bench-4f1c2e9a7b3d5c8e0a6f2b9d4c7e1a3f5b8d0c2e4a6f8b1d"
@@ -127,7 +133,7 @@ class Workload:
 class Target:
     key: str
     label: str
-    kind: str                # envoy | litellm | portkey | skip
+    kind: str                # envoy | tensorzero | litellm | portkey | skip
     config: str | None = None
     workloads: list[Workload] = field(default_factory=list)
     note: str = ""
@@ -159,6 +165,15 @@ def build_targets(data: dict[str, bytes]) -> list[Target]:
 
     oai = ("openai.json", "openai.sse")
     ant = ("anthropic.json", "anthropic.sse")
+
+    def tensorzero(chat_model: str, stream_model: str, answers: tuple[str, str]) -> list[Workload]:
+        # Its OpenAI-compatible endpoint names a configured model as `tensorzero::model_name::<name>`.
+        return [
+            Workload("chat", "/openai/v1/chat/completions", _body(data, False, f"tensorzero::model_name::{chat_model}"),
+                     _json_headers(), answers[0]),
+            Workload("stream", "/openai/v1/chat/completions", _body(data, True, f"tensorzero::model_name::{stream_model}"),
+                     _json_headers(), answers[1]),
+        ]
 
     def portkey(provider: str, model: str, prefix: str, answers) -> list[Workload]:
         out = []
@@ -203,6 +218,10 @@ def build_targets(data: dict[str, bytes]) -> list[Target]:
         *native_targets(),
         Target("sw-guardrails", "Switchyard, OpenAI passthrough + guardrails (every detector, answers scanned)", "envoy",
                "switchyard-guardrails.yaml", by_model("gpt-4o-mini", "gpt-4o-mini-stream", oai)),
+        Target("tensorzero-openai", "TensorZero gateway, OpenAI passthrough", "tensorzero", None,
+               tensorzero("gpt-4o-mini", "gpt-4o-mini-stream", oai)),
+        Target("tensorzero-anthropic", "TensorZero gateway, OpenAI → Anthropic", "tensorzero", None,
+               tensorzero("claude-haiku", "claude-haiku-stream", ant)),
         Target("litellm-openai", "LiteLLM proxy, OpenAI passthrough", "litellm", None,
                by_model("gpt-4o-mini", "gpt-4o-mini-stream", oai)),
         Target("litellm-anthropic", "LiteLLM proxy, OpenAI → Anthropic", "litellm", None,
@@ -395,6 +414,14 @@ def peer_versions() -> dict[str, str]:
             out["litellm"] = r.stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         pass
+    try:
+        r = subprocess.run([str(PEERS / "tensorzero" / "bin" / "python"), "-c",
+                            "import importlib.metadata as m; print(m.version('tensorzero'))"],
+                           capture_output=True, text=True, timeout=60)
+        if r.returncode == 0:
+            out["tensorzero"] = r.stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        pass
     pkg = PEERS / "portkey" / "node_modules" / "@portkey-ai" / "gateway" / "package.json"
     if pkg.exists():
         out["portkey"] = json.loads(pkg.read_text()).get("version", "?")
@@ -433,6 +460,42 @@ def litellm_config() -> Path:
     path = OUT / "litellm.yaml"
     path.write_text(json.dumps(cfg, indent=2))  # JSON is YAML
     return path
+
+
+def tensorzero_config() -> Path:
+    """TensorZero's configuration: one model per gateway model, its one provider on the mock."""
+    base = f"http://127.0.0.1:{MOCK_PORT}"
+    lines = ["[gateway.observability]", "enabled = false", ""]
+    for name, route in envoy_configs.GATEWAY_MODELS.items():
+        prefix, _, _, schema, upstream_model = envoy_configs.MOCK_ROUTES[route]
+        # OpenAI: the base URL ends in /v1/; Anthropic: TensorZero appends v1/messages itself.
+        api_base = f"{base}{prefix}v1/" if schema == "openai" else f"{base}{prefix}"
+        env = "OPENAI_API_KEY" if schema == "openai" else "ANTHROPIC_API_KEY"
+        lines += [f'[models."{name}"]', 'routing = ["mock"]', f'[models."{name}".providers.mock]', f'type = "{schema}"',
+                  f'model_name = "{upstream_model}"', f'api_base = "{api_base}"', f'api_key_location = "env::{env}"', ""]
+    path = OUT / "tensorzero.toml"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def start_tensorzero() -> tuple[Proc, int]:
+    py = PEERS / "tensorzero" / "bin" / "python"
+    if not py.exists():
+        raise RuntimeError("TensorZero is not installed (bench/.peers/tensorzero); see the install log in bench/.peers/")
+    env = {"TOKIO_WORKER_THREADS": "1", "OPENAI_API_KEY": "sk-bench-openai", "ANTHROPIC_API_KEY": "sk-bench-anthropic",
+           "RUST_LOG": "warn", "TENSORZERO_DISABLE_PSEUDONYMOUS_USAGE_ANALYTICS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = Proc("tensorzero", [str(py), str(BENCH / "tensorzero_gateway.py"), str(tensorzero_config())], CPU_DUT, env=env)
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.alive():
+        for ln in proc.log_path.read_text(errors="replace").splitlines():
+            if ln.startswith("BASE_URL "):
+                port = int(ln.split()[1].split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
+                # Any answer means it serves (the embedded gateway has no /health route).
+                if wait_http(f"http://127.0.0.1:{port}/health", proc, 30, ok=lambda status: status < 500):
+                    return proc, port
+        time.sleep(0.5)
+    proc.stop()
+    raise RuntimeError(f"TensorZero did not start:\n{proc.tail()}")
 
 
 def start_litellm() -> Proc:
@@ -827,7 +890,7 @@ def main() -> int:
     by_key = {t.key: t for t in targets}
     selected = [t for t in targets if not ONLY or t.key in ONLY or t.key == "envoy"]
     if not RUN_PEERS:
-        selected = [t for t in selected if t.kind not in ("litellm", "portkey")]
+        selected = [t for t in selected if t.kind not in ("tensorzero", "litellm", "portkey")]
 
     started = time.time()
     meta = {
@@ -848,7 +911,7 @@ def main() -> int:
         "payload_bytes": {k: len(v) for k, v in data.items()},
     }
     peer_status = {}
-    for name in ("litellm", "portkey"):
+    for name in ("tensorzero", "litellm", "portkey"):
         note = OUT.parent / ".peers" / f"{name}.status"
         if note.exists():
             peer_status[name] = note.read_text().strip()
@@ -864,13 +927,15 @@ def main() -> int:
                 i += 1
                 continue
             group = [t]
-            while t.kind in ("litellm", "portkey") and i + len(group) < len(selected) and selected[i + len(group)].kind == t.kind:
+            while t.kind in ("tensorzero", "litellm", "portkey") and i + len(group) < len(selected) and selected[i + len(group)].kind == t.kind:
                 group.append(selected[i + len(group)])
             i += len(group)
             log(f"{', '.join(g.key for g in group)}: starting")
             try:
                 if t.kind == "envoy":
                     dut, port, admin = start_envoy(t.key, t.config, CPU_DUT, DUT_ADMIN), DUT_PORT, DUT_ADMIN
+                elif t.kind == "tensorzero":
+                    (dut, port), admin = start_tensorzero(), None
                 elif t.kind == "litellm":
                     dut, port, admin = start_litellm(), LITELLM_PORT, None
                 else:
@@ -887,7 +952,7 @@ def main() -> int:
                         rows.append(measure(g, w, port, dut, mock, data, admin))
             finally:
                 dut.stop()
-            if t.kind in ("litellm", "portkey"):
+            if t.kind in ("tensorzero", "litellm", "portkey"):
                 errors = peer_log_errors(dut)
                 if errors:
                     peer_status[f"{t.kind}_log"] = errors

@@ -101,6 +101,44 @@ def targets(result: dict) -> list[tuple[str, str, str]]:
         status = result.get("peer_status", {}).get(peer, "")
         out.append((f"≥ {factor}× {'LiteLLM' if peer == 'litellm' else 'Portkey'}'s throughput",
                     verdict(all(oks) if oks else None), ", ".join(parts) if parts else f"not measured {status}".strip()))
+    # Issue 15: against TensorZero (same mock, one worker each), plain Envoy, and the native prototype.
+    def cpu(key, wl):
+        return _fc(rows, key, wl, "cpu_us_per_request")
+
+    for key, label, factor in (("tensorzero-anthropic", "Translation ≥ 1.4× TensorZero's throughput", 1.4),
+                               (BASE, "Translation ≥ 0.45× plain Envoy's throughput", 0.45)):
+        parts, oks = [], []
+        for wl in ("chat", "stream"):
+            a, b = thr("sw-anthropic", wl), thr(key, wl)
+            ca, cb = cpu("sw-anthropic", wl), cpu(key, wl)
+            if a and b:
+                oks.append(a / b >= factor)
+                parts.append(f"{wl} {a / b:.2f}× ({_num(a)} vs {_num(b)} req/s"
+                             + (f"; by CPU per request {cb / ca:.2f}×" if ca and cb else "") + ")")
+        if key != BASE:
+            for wl in ("chat", "stream"):
+                ca, cb = cpu("sw-native-anthropic", wl), cpu(key, wl)
+                if ca and cb:
+                    parts.append(f"native prototype {wl} by CPU per request {cb / ca:.2f}×")
+        out.append((label, verdict(all(oks) if oks else None), ", ".join(parts) or "not measured"))
+    parts, oks = [], []
+    for wl in ("chat", "stream"):
+        a, b, w = thr("sw-native-anthropic", wl), thr(BASE, wl), thr("sw-anthropic", wl)
+        ca, cb, cw = cpu("sw-native-anthropic", wl), cpu(BASE, wl), cpu("sw-anthropic", wl)
+        if a and b and ca and cb:
+            oks.append(cb / ca >= 0.6)
+            parts.append(f"{wl}: {a / b:.2f}× plain Envoy's throughput, by CPU per request {cb / ca:.2f}× "
+                         f"({ca:.0f} vs {cb:.0f} µs" + (f"; the wasm build {cw:.0f} µs" if cw else "") + ")")
+    out.append(("Native prototype (dynamic module), translation: ≥ 0.6× plain Envoy (by CPU per request)",
+                verdict(all(oks) if oks else None), "; ".join(parts) or "not measured"))
+    parts, oks = [], []
+    for wl in ("chat", "stream"):
+        ca, cb = cpu("sw-policy", wl), cpu("sw-anthropic", wl)
+        if ca and cb:
+            oks.append(ca / cb - 1 <= 0.10)
+            parts.append(f"{wl} {ca / cb - 1:+.0%} ({ca:.0f} vs {cb:.0f} µs)")
+    out.append(("Keys, limits and budgets on: CPU per request ≤ 10% more than off", verdict(all(oks) if oks else None),
+                ", ".join(parts) or "not measured"))
     parts = []
     for wl in ("chat", "stream"):
         a, b, c = thr("sw-policy", wl), thr("sw-anthropic", wl), thr(BASE, wl)
@@ -227,6 +265,10 @@ def write_markdown(result: dict, path: Path) -> None:
     L.append("## Peers\n")
     versions, status = m.get("peers", {}), result.get("peer_status", {})
     for peer, label, how in (
+        ("tensorzero", "TensorZero gateway", "`pip install tensorzero` into bench/.peers/tensorzero; its embedded Rust gateway "
+                                             "served over HTTP by bench/tensorzero_gateway.py with `TOKIO_WORKER_THREADS=1`, "
+                                             "`gateway.observability.enabled = false`, one model per route with its provider's "
+                                             "`api_base` on the mock"),
         ("litellm", "LiteLLM proxy", "`pip install 'litellm[proxy]'` into bench/.peers/litellm; `litellm --num_workers 1`, "
                                      "models as `openai/…` and `anthropic/…` with `api_base` on the mock"),
         ("portkey", "Portkey gateway", "`npm install @portkey-ai/gateway` into bench/.peers/portkey; `node build/start-server.js`, "
