@@ -4,8 +4,8 @@
 //!
 //! A second thin glue over the same core as `src/filter/` (the proxy-wasm glue): same configuration
 //! JSON, same translations, same telemetry record. It serves the gateway and backend roles for the
-//! plain path only — configurations with `auth`, routing rules, capabilities, canaries, deadlines
-//! or `fastest` are refused at load (see `unsupported`). Measured by `scripts/bench`
+//! plain path only — configurations with `auth`, routing rules, capabilities, canaries, deadlines,
+//! `fastest`, guardrails, the answer cache or sampling are refused at load (see `unsupported`). Measured by `scripts/bench`
 //! (`sw-native-*` rows); see bench/analysis.md for the numbers and why this is not a product target.
 //!
 //! Threads: Envoy calls a filter config's hooks on the main thread and each stream's hooks on its
