@@ -369,6 +369,13 @@ def test_openai_passthrough_errors_and_stream_failures_reach_the_client_as_opena
                                                extra_headers={"x-mock-openai": "error-mid-stream"}))
     assert [e.to_dict() for e in events[:4]] == recorded_events(STREAM, 1)[:4]
     assert events[-1].type == "error" and events[-1].code == "server_error"
+    # OpenAI's stream cut before its terminal event: the gateway ends it with an `error` event.
+    events = events_of(client.responses.create(model="gpt-4o-mini", input="hi", stream=True,
+                                               extra_headers={"x-mock-openai": "truncate"}))
+    recorded = recorded_events(STREAM, 1)
+    assert [e.to_dict() for e in events[:-1]] == recorded[:len(events) - 1]
+    assert len(events) - 1 < len(recorded)
+    assert events[-1].type == "error" and events[-1].code == "stream_truncated"
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
