@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 import harness
+from keys_gateway import LdsGateway
 
 REPO = harness.REPO
 FLEET_YAML = REPO / "envoy" / "fleet.yaml"
@@ -80,6 +81,11 @@ class FleetEnvoy(harness.Gateway):
 
     def render(self) -> str:
         return merge_fleet(super().render(), self.rls_port)
+
+
+class FleetLdsEnvoy(LdsGateway, FleetEnvoy):
+    """A fleet Envoy whose listener is served over LDS from a watched file, so that its gateway
+    configuration (keys) can be reloaded without a restart (``update_gateway``)."""
 
 
 class Fleet:
@@ -152,7 +158,7 @@ class Fleet:
     def _start_envoy(self, i: int) -> FleetEnvoy:
         d = self.workdir / f"envoy{i}"
         d.mkdir(parents=True, exist_ok=True)
-        gw = FleetEnvoy(d, self.mocks, gateway_config={"auth": self.auth})
+        gw = FleetLdsEnvoy(d, self.mocks, gateway_config={"auth": self.auth})
         gw.rls_port = self.rls_port
         gw.envoy_args = list(FLUSH_ARGS)
         gw.start(self.wasm)
@@ -167,6 +173,19 @@ class Fleet:
         new.start(self.wasm)
         self.retired.append(old)
         self.envoys[i] = new
+
+    def reload(self, auth: dict, timeout: float = 20.0) -> None:
+        """Keys changed, no restart: the service's limits file rewritten (it reads it again by
+        itself) and every Envoy's gateway configuration reloaded over LDS."""
+        log = self.workdir / "rls.log"
+        before = log.read_text(errors="replace").count("reloaded")
+        self.write_limits(auth)
+        harness.wait_until(lambda: log.read_text(errors="replace").count("reloaded") > before,
+                           timeout, "switchyard-rls to read its new limits", self.rls, log)
+        for gw in self.envoys:
+            cfg = gw.gateway_plugin_config()
+            cfg["auth"] = self.auth
+            gw.update_gateway(plugin_config=cfg, timeout=timeout)
 
     def stop(self) -> list[str]:
         problems: list[str] = []

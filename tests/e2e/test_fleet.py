@@ -68,6 +68,8 @@ AUTH = {
         key("restart", budget={"amount_usd": 1, "window": "monthly"}),
         key("tpm", limits={"tpm": 600}),
         key("redis", limits={"rpm": 1000}),
+        key("rot", budget={"amount_usd": 1, "window": "daily"}),
+        key("gone"),
         key("team-a", team="squad"),
         key("team-b", team="squad"),
     ],
@@ -288,6 +290,35 @@ def test_tokens_per_minute_count_the_real_usage_fleet_wide(fleet):
     time.sleep(0.3)
     r4 = chat(b, "tpm")
     assert r4.status_code == 429 and error_of(r4)["code"] == "rate_limit_exceeded"
+
+
+def test_keys_change_without_restarts_fleet_wide(fleet):
+    """A key added (with rpm 2), a key's secret rotated under the same id (its budget spend kept), a
+    key disabled: the gateway configuration reloaded over LDS on both Envoys and the service's limits
+    file rewritten from it; no process restarts."""
+    a, b = fleet.envoys
+    pids = [gw.proc.pid for gw in (a, b)] + [fleet.rls.pid]
+    assert chat(a, "late").status_code == 401 and chat(b, "late").status_code == 401
+    assert chat(b, "gone").status_code == 200
+    assert budget_left(a, "rot") == 1_000_000
+    auth = json.loads(json.dumps(fleet.auth))
+    keys = auth["keys"]
+    keys.append(key("late", limits={"rpm": 2}))
+    rot = next(k for k in keys if k["id"] == "rot")
+    rot["sha256"] = key_hash(K("rot2"))
+    next(k for k in keys if k["id"] == "gone")["disabled"] = True
+    fresh_minute(20)
+    fleet.reload(auth)
+    assert [gw.proc.pid for gw in (a, b)] + [fleet.rls.pid] == pids, "nothing restarted"
+    # The new key works on both Envoys, and its rpm counts across them.
+    assert [chat(gw, "late").status_code for gw in (a, b, a, b)] == [200, 200, 429, 429]
+    # The old secret is refused everywhere; the new one has the same id, so the same spend.
+    for gw in (a, b):
+        r = chat(gw, "rot")
+        assert r.status_code == 401 and error_of(r)["code"] == "invalid_api_key"
+        assert chat(gw, "gone").status_code == 401
+    assert budget_left(b, "rot2") == 1_000_000 - OPENAI_COST
+    assert budget_left(a, "rot2") == 1_000_000 - 2 * OPENAI_COST
 
 
 def test_redis_down_refuses_with_503_and_recovers(fleet):
