@@ -81,13 +81,16 @@ pub fn stream_from_completion(completion: &[u8], include_usage: bool) -> Option<
     Some(out)
 }
 
+/// A streamed tool call being put together: its stream `index`, id, type, name and arguments.
+type ToolCallAcc = (u64, Option<Value>, Option<Value>, String, String);
+
 #[derive(Debug, Default)]
 struct ChoiceAcc {
     index: u64,
     role: Option<Value>,
     text: [Option<String>; 3],
     /// By the stream's tool-call `index`: id, type, name, arguments.
-    tool_calls: Vec<(u64, Option<Value>, Option<Value>, String, String)>,
+    tool_calls: Vec<ToolCallAcc>,
     finish_reason: Option<Value>,
 }
 
@@ -288,11 +291,14 @@ impl StreamFold {
 mod tests {
     use super::*;
 
+    /// Per choice: index, text, tool calls (id, name, arguments), finish reason.
+    type ClientChoice = (u64, String, Vec<(String, String, String)>, String);
+
     /// What the `openai` SDK's stream accumulation would rebuild: per choice, the concatenated
     /// texts, the tool calls, the finish reason; plus usage.
-    fn fold_client_view(stream: &[u8]) -> (Vec<(u64, String, Vec<(String, String, String)>, String)>, Option<Value>, bool) {
+    fn fold_client_view(stream: &[u8]) -> (Vec<ClientChoice>, Option<Value>, bool) {
         let text = String::from_utf8(stream.to_vec()).unwrap();
-        let mut choices: Vec<(u64, String, Vec<(String, String, String)>, String)> = Vec::new();
+        let mut choices: Vec<ClientChoice> = Vec::new();
         let mut usage = None;
         let mut done = false;
         for ev in text.split("\n\n").filter(|e| !e.is_empty()) {

@@ -104,7 +104,7 @@ pub fn parse_embedding(body: &[u8]) -> Option<Vec<f32>> {
         out.push(f);
     }
     let norm = out.iter().map(|x| x * x).sum::<f32>().sqrt();
-    if !(norm > 0.0) || !norm.is_finite() {
+    if norm.is_nan() || norm <= 0.0 || !norm.is_finite() {
         return None;
     }
     out.iter_mut().for_each(|x| *x /= norm);
