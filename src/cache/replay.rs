@@ -61,9 +61,7 @@ pub fn stream_from_completion(completion: &[u8], include_usage: bool) -> Option<
                 delta.insert("tool_calls".to_string(), Value::Array(calls));
             }
         }
-        if !delta.contains_key("content") && !delta.contains_key("tool_calls") {
-            delta.insert("content".to_string(), json!(""));
-        }
+        // A null content stays absent from the delta (it folds back to null, not to "").
         let logprobs = choice.get("logprobs").cloned().unwrap_or(Value::Null);
         write(&chunk(json!({"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": null})));
         let finish = choice.get("finish_reason").cloned().unwrap_or(json!("stop"));
@@ -413,6 +411,18 @@ mod tests {
         let (choices, usage, _) = fold_client_view(&stream_from_completion(&serde_json::to_vec(&v).unwrap(), true).unwrap());
         assert_eq!(choices[0].1, "Hello wörld");
         assert_eq!(usage.unwrap()["completion_tokens"], 2);
+    }
+
+    #[test]
+    fn a_null_content_survives_the_round_trip() {
+        // Fuzz finding (cache target): a completion whose content is null replayed with content ""
+        // and folded back as "".
+        let c = r#"{"id":"c","choices":[{"index":0,"message":{"role":"assistant","content":null},"finish_reason":"stop"}]}"#;
+        let s = stream_from_completion(c.as_bytes(), false).unwrap();
+        let mut fold = StreamFold::new(1 << 20);
+        fold.push(&s);
+        let v: Value = serde_json::from_slice(&fold.finish().unwrap()).unwrap();
+        assert_eq!(v["choices"][0]["message"]["content"], Value::Null);
     }
 
     #[test]
