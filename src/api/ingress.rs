@@ -227,6 +227,18 @@ mod tests {
     }
 
     #[test]
+    fn responses_path_and_native_backends() {
+        use crate::providers::testutil::backend;
+        assert_eq!(endpoint("/v1/responses").map(|e| (e.ingress, e.op, e.operation)), Some((Ingress::Responses, Operation::Chat, "responses")));
+        let native = |b: serde_json::Value| Ingress::Responses.native(&backend(b));
+        assert!(native(serde_json::json!({"schema": "openai", "base_path": "/v1"})), "OpenAI itself");
+        assert!(!native(serde_json::json!({"schema": "openai", "preset": "mistral"})), "a preset speaks chat only");
+        assert!(!native(serde_json::json!({"schema": "anthropic"})) && !native(serde_json::json!({"schema": "azure_openai", "host": "x"})));
+        let e = ApiError::invalid_param("input", "x");
+        assert_eq!(Ingress::Responses.error_json(&e), e.to_json(), "the Responses API's errors are OpenAI's");
+    }
+
+    #[test]
     fn openai_errors_become_the_ingress_shape() {
         let openai = br#"{"error":{"message":"slow down","type":"rate_limit_error","param":null,"code":"rate_limit_exceeded"}}"#;
         assert_eq!(Ingress::OpenAi.convert_error_body(429, openai), openai.to_vec());
