@@ -18,6 +18,7 @@ recorded OpenAI and Anthropic answers), side by side:
   sw-sampling    Switchyard, OpenAI passthrough, quality sampling of every request to a sink (the mock)
   dm-noop2       Envoy + a trivial native dynamic module in the HCM and upstream (src/native prototype)
   sw-native-*    Switchyard's native prototype (src/native, an Envoy dynamic module), same configuration
+  sw-fleet       Switchyard, sw-policy with "ledger": "fleet" (rate limit service + Redis, same core)
   sw-guardrails  Switchyard, OpenAI passthrough with guardrails on (every detector, answers scanned)
   tensorzero-*   TensorZero's Rust gateway (embedded in the `tensorzero` PyPI package), one Tokio
                  worker thread, no observability database (OpenAI passthrough and Anthropic translation)
@@ -104,6 +105,8 @@ MOCK_PORT, MOCK_ADMIN = 18100 + _OFF, 19100 + _OFF
 DUT_PORT, DUT_ADMIN = 18200 + _OFF, 19200 + _OFF
 LITELLM_PORT = 18300 + _OFF
 PORTKEY_PORT = 18400 + _OFF
+REDIS_PORT, RLS_PORT = 18500 + _OFF, 18501 + _OFF
+RLS_BIN = ROOT / "tools" / "rls" / "target" / "release" / "switchyard-rls"
 
 # The client's key (LiteLLM refuses to start with a weak master key; the others ignore it).
 CLIENT_KEY = "sk-bench-4f1c2e9a7b3d5c8e0a6f2b9d4c7e1a3f5b8d0c2e4a6f8b1d"
@@ -209,6 +212,8 @@ def build_targets(data: dict[str, bytes]) -> list[Target]:
                by_model("claude-haiku", "claude-haiku-stream", ant)),
         Target("sw-policy", "Switchyard, OpenAI → Anthropic + keys, limits, budgets", "envoy", "switchyard-policy.yaml",
                by_model("claude-haiku", "claude-haiku-stream", ant)),
+        Target("sw-fleet", "Switchyard, OpenAI → Anthropic + keys, limits, budgets in fleet mode (rate limit service + Redis)",
+               "fleet", "switchyard-fleet.yaml", by_model("claude-haiku", "claude-haiku-stream", ant)),
         Target("sw-cache-hit", "Switchyard, OpenAI passthrough, cache on (hits)", "envoy", "switchyard-cache.yaml",
                by_model("gpt-4o-mini", "gpt-4o-mini-stream", oai)),
         Target("sw-cache-miss", "Switchyard, OpenAI passthrough, cache on (misses, stored)", "envoy", "switchyard-cache.yaml",
@@ -253,6 +258,16 @@ def write_configs(data: dict[str, bytes]) -> None:
              ec.switchyard(DUT_PORT, DUT_ADMIN, MOCK_PORT, ec.gateway_config(auth=ec.policy_auth(CLIENT_KEY))),
              "Switchyard with a virtual key, rate limits (rpm, tpm, concurrency) and budgets on, for key and team;\n"
              "limits far above the load, so every check runs and none refuses.")
+    ec.write(d / "switchyard-fleet.yaml",
+             ec.with_fleet(ec.switchyard(DUT_PORT, DUT_ADMIN, MOCK_PORT, ec.gateway_config(auth=ec.fleet_auth(CLIENT_KEY))), RLS_PORT),
+             "switchyard-policy.yaml in fleet mode: envoy/fleet.yaml merged in (two rate limit filters, three\n"
+             "calls to the rate limit service per request), the service (tools/rls) and redis-server on the\n"
+             "same core as Envoy, their CPU counted with Envoy's.")
+    gw = d / "fleet-gateway.json"
+    gw.write_text(ec.gateway_config(auth=ec.fleet_auth(CLIENT_KEY)))
+    limits = subprocess.run(["cargo", "run", "--quiet", "--bin", "switchyard", "--", "fleet-limits", str(gw)],
+                            cwd=ROOT, capture_output=True, text=True)
+    (d / "fleet-limits.yaml").write_text(limits.stdout if limits.returncode == 0 else f"# fleet-limits failed: {limits.stderr}")
     ec.write(d / "switchyard-cache.yaml",
              ec.switchyard(DUT_PORT, DUT_ADMIN, MOCK_PORT, ec.gateway_config(extra={"cache": {"scope": "global", "cache_sampled": True}})),
              "switchyard.yaml with the exact answer cache on (README \"Caching\"); the benchmark's requests have no\n"
@@ -382,6 +397,24 @@ def wait_http(url: str, proc: Proc, timeout: float, ok=lambda status: status == 
 def start_envoy(name: str, config: str, cpu: str | None, admin: int, concurrency: int = 1) -> Proc:
     proc = Proc(name, [str(ENVOY), "-c", f"bench/envoy/{config}", "--concurrency", str(concurrency),
                        "--disable-hot-restart", "--log-level", "warn"], cpu,
+                env={"OPENAI_API_KEY": "sk-bench-openai", "ANTHROPIC_API_KEY": "sk-bench-anthropic"})
+    if not wait_http(f"http://127.0.0.1:{admin}/ready", proc, 30):
+        proc.stop()
+        raise RuntimeError(f"{name}: Envoy did not become ready:\n{proc.tail()}")
+    return proc
+
+
+def start_fleet(name: str, config: str, cpu: str | None, admin: int) -> Proc:
+    """redis-server, switchyard-rls and Envoy as one process tree (Envoy execs in place of the shell,
+    the other two are its children), pinned to the same CPU, so the DUT's CPU counts all three."""
+    if not RLS_BIN.exists():
+        raise RuntimeError(f"{RLS_BIN} missing (scripts/bench builds it)")
+    redis = shutil.which("redis-server") or "/usr/bin/redis-server"
+    script = (f"{redis} --port {REDIS_PORT} --bind 127.0.0.1 --save '' --appendonly no >/dev/null & "
+              f"{RLS_BIN} --config bench/envoy/fleet-limits.yaml --listen 127.0.0.1:{RLS_PORT} "
+              f"--redis redis://127.0.0.1:{REDIS_PORT} & "
+              f"exec {ENVOY} -c bench/envoy/{config} --concurrency 1 --disable-hot-restart --log-level warn")
+    proc = Proc(name, ["bash", "-c", script], cpu,
                 env={"OPENAI_API_KEY": "sk-bench-openai", "ANTHROPIC_API_KEY": "sk-bench-anthropic"})
     if not wait_http(f"http://127.0.0.1:{admin}/ready", proc, 30):
         proc.stop()
@@ -801,7 +834,7 @@ def measure(t: Target, w: Workload, port: int, dut: Proc, mock: Proc, data: dict
     s0, t0 = system_busy(), time.time()
     d0, m0 = cpu_seconds(dut.pid), cpu_seconds(mock.pid)
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    fr = run_h2load(port, w, tag + "-rate", SECONDS, rate, RATE_CLIENTS if t.kind == "envoy" else 2 * RATE_CLIENTS)
+    fr = run_h2load(port, w, tag + "-rate", SECONDS, rate, RATE_CLIENTS if t.kind in ("envoy", "fleet") else 2 * RATE_CLIENTS)
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     h2_cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
     fr["dut_cpu_util"] = (cpu_seconds(dut.pid) - d0) / (time.time() - t0)
@@ -934,6 +967,8 @@ def main() -> int:
             try:
                 if t.kind == "envoy":
                     dut, port, admin = start_envoy(t.key, t.config, CPU_DUT, DUT_ADMIN), DUT_PORT, DUT_ADMIN
+                elif t.kind == "fleet":
+                    dut, port, admin = start_fleet(t.key, t.config, CPU_DUT, DUT_ADMIN), DUT_PORT, DUT_ADMIN
                 elif t.kind == "tensorzero":
                     (dut, port), admin = start_tensorzero(), None
                 elif t.kind == "litellm":

@@ -233,6 +233,32 @@ def policy_auth(client_key: str) -> dict:
     }
 
 
+def fleet_auth(client_key: str) -> dict:
+    """policy_auth in fleet mode (README "Sharing limits across a fleet"): the same checks, with limits
+    the rate limit protocol can count (32 bits) and still far above the load."""
+    auth = policy_auth(client_key)
+    limits = {"rpm": 4_000_000_000, "tpm": 4_000_000_000, "max_concurrent": 100_000}
+    budget = {"amount_usd": 4000, "window": "monthly"}
+    for scope in (*auth["keys"], *auth["teams"]):
+        scope["limits"], scope["budget"] = dict(limits), dict(budget)
+    return dict(auth, ledger="fleet")
+
+
+def with_fleet(config: dict, rls_port: int) -> dict:
+    """A Switchyard bootstrap with envoy/fleet.yaml's pieces in place (as tests/e2e/fleet_gateway.py)."""
+    fleet = yaml.safe_load((Path(__file__).resolve().parent.parent / "envoy" / "fleet.yaml").read_text())
+    hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    at = next(i for i, f in enumerate(hcm["http_filters"]) if f["name"] == "switchyard.gateway")
+    hcm["http_filters"][at + 1:at + 1] = fleet["http_filters"]
+    for vh in hcm["route_config"]["virtual_hosts"]:
+        vh["typed_per_filter_config"] = fleet["typed_per_filter_config"]
+    hcm["local_reply_config"] = fleet["local_reply_config"]
+    cluster = fleet["clusters"][0]
+    cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"] = _addr(rls_port)
+    config["static_resources"]["clusters"].append(cluster)
+    return config
+
+
 def backend_config() -> str:
     lines = []
     for route, (prefix, _, _, schema, _) in MOCK_ROUTES.items():
