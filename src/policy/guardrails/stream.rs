@@ -1,4 +1,5 @@
-//! The guard on an OpenAI SSE stream: each choice's `delta.content` passes through a pipe that
+//! The guard on an OpenAI SSE stream: each choice's `delta.content` (and each streamed tool call's
+//! `function.arguments`, restored JSON-escaped) passes through a pipe that
 //! (1) scans answer text with a bounded look-behind window — the last `window` bytes are held back
 //! until more text (or the choice's end) arrives, so a match split across chunks is still caught —
 //! and (2) restores placeholders, holding back an unfinished `[TAG_…` so a placeholder split across
@@ -16,14 +17,16 @@ struct Pipe {
     scan_held: String,
     /// Scanned text that may end in the beginning of a placeholder (stage 2).
     restore_held: String,
+    /// JSON text (tool-call arguments): restored values are escaped.
+    json: bool,
 }
 
 #[derive(Debug)]
 pub struct StreamGuard {
     parser: SseParser,
     window: usize,
-    /// Pipes by choice index.
-    pipes: Vec<(u64, Pipe)>,
+    /// Pipes by choice index and slot (0: the text; 1 + n: tool call n's arguments).
+    pipes: Vec<((u64, u64), Pipe)>,
     /// `id`, `object`, `created`, `model` of the last chunk, for a chunk that flushes held text.
     meta: Map<String, Value>,
     events: Vec<(String, String)>,
@@ -71,29 +74,49 @@ impl StreamGuard {
             }
         }
         if let Some(choices) = chunk.get_mut("choices").and_then(Value::as_array_mut) {
+            let window = self.window;
             for c in choices {
                 let index = c.get("index").and_then(Value::as_u64).unwrap_or(0);
                 let finished = c.get("finish_reason").is_some_and(|f| !f.is_null());
                 let Some(delta) = c.get_mut("delta").and_then(Value::as_object_mut) else { continue };
+                // The text.
                 let text = delta.get("content").and_then(Value::as_str).map(str::to_string);
-                if text.is_none() && !finished {
-                    continue;
-                }
-                let window = self.window;
-                let pipe = self.pipe(index);
                 let mut emitted = match &text {
-                    Some(t) => pipe.push(guard, g, t, window),
+                    Some(t) => self.pipe(index, 0).push(guard, g, t, window),
                     None => String::new(),
                 };
                 if finished {
-                    let pipe = self.pipe(index);
-                    emitted.push_str(&pipe.flush(guard, g));
+                    emitted.push_str(&self.flush_slot(index, 0, guard, g));
                 }
                 if text.is_some() || !emitted.is_empty() {
                     if text.as_deref() != Some(emitted.as_str()) {
                         changed = true;
                     }
                     delta.insert("content".into(), Value::String(emitted));
+                }
+                // Tool-call arguments (JSON text), one pipe per call index.
+                if let Some(calls) = delta.get_mut("tool_calls").and_then(Value::as_array_mut) {
+                    for call in calls.iter_mut() {
+                        let slot = 1 + call.get("index").and_then(Value::as_u64).unwrap_or(0);
+                        let Some(args) = call.get_mut("function").and_then(|f| f.get_mut("arguments")) else { continue };
+                        let Some(t) = args.as_str().map(str::to_string) else { continue };
+                        let e = self.pipe(index, slot).push(guard, g, &t, window);
+                        if e != t {
+                            changed = true;
+                            *args = Value::String(e);
+                        }
+                    }
+                }
+                if finished {
+                    let slots: Vec<u64> = self.pipes.iter().filter(|((c, s), _)| *c == index && *s > 0).map(|((_, s), _)| *s).collect();
+                    for slot in slots {
+                        let held = self.flush_slot(index, slot, guard, g);
+                        if held.is_empty() {
+                            continue;
+                        }
+                        changed = true;
+                        append_arguments(delta, slot - 1, &held);
+                    }
                 }
             }
         }
@@ -104,11 +127,12 @@ impl StreamGuard {
         }
     }
 
-    fn pipe(&mut self, index: u64) -> &mut Pipe {
-        let pos = match self.pipes.iter().position(|(i, _)| *i == index) {
+    /// The pipe of a choice's text (slot 0) or of its tool call `slot - 1`.
+    fn pipe(&mut self, index: u64, slot: u64) -> &mut Pipe {
+        let pos = match self.pipes.iter().position(|(k, _)| *k == (index, slot)) {
             Some(p) => p,
             None => {
-                self.pipes.push((index, Pipe::default()));
+                self.pipes.push(((index, slot), Pipe { json: slot > 0, ..Pipe::default() }));
                 self.pipes.len() - 1
             }
         };
@@ -118,18 +142,45 @@ impl StreamGuard {
         }
     }
 
-    /// Sends what every choice still holds, one chunk per choice.
+    /// Everything a pipe holds (and the pipe is gone); empty when there is none.
+    fn flush_slot(&mut self, index: u64, slot: u64, guard: &mut RequestGuard, g: &Guardrails) -> String {
+        match self.pipes.iter().position(|(k, _)| *k == (index, slot)) {
+            Some(pos) => {
+                let (_, mut pipe) = self.pipes.remove(pos);
+                pipe.flush(guard, g)
+            }
+            None => String::new(),
+        }
+    }
+
+    /// Sends what every pipe still holds, one chunk each.
     fn flush_all(&mut self, guard: &mut RequestGuard, g: &Guardrails, out: &mut Vec<u8>) {
         let pipes = std::mem::take(&mut self.pipes);
-        for (index, mut pipe) in pipes {
+        for ((index, slot), mut pipe) in pipes {
             let text = pipe.flush(guard, g);
             if text.is_empty() {
                 continue;
             }
+            let delta = if slot == 0 {
+                json!({"content": text})
+            } else {
+                json!({"tool_calls": [{"index": slot - 1, "function": {"arguments": text}}]})
+            };
             let mut chunk = self.meta.clone();
-            chunk.insert("choices".into(), json!([{"index": index, "delta": {"content": text}, "finish_reason": null}]));
+            chunk.insert("choices".into(), json!([{"index": index, "delta": delta, "finish_reason": null}]));
             write_event(out, "", &serde_json::to_vec(&Value::Object(chunk)).unwrap_or_default());
         }
+    }
+}
+
+/// Adds held argument text to tool call `call` of a delta (to its entry, or a new one).
+fn append_arguments(delta: &mut Map<String, Value>, call: u64, text: &str) {
+    let calls = delta.entry("tool_calls").or_insert_with(|| Value::Array(Vec::new()));
+    let Some(calls) = calls.as_array_mut() else { return };
+    let existing = calls.iter_mut().find(|c| c.get("index").and_then(Value::as_u64) == Some(call));
+    match existing.and_then(|c| c.get_mut("function")).and_then(|f| f.get_mut("arguments")) {
+        Some(Value::String(a)) => a.push_str(text),
+        _ => calls.push(json!({"index": call, "function": {"arguments": text}})),
     }
 }
 
@@ -200,7 +251,7 @@ impl Pipe {
         let buf = std::mem::take(&mut self.restore_held);
         let cut = if last { buf.len() } else { placeholder_start(&buf) };
         let head = buf.get(..cut).unwrap_or_default();
-        let out = restore(head, &guard.placeholders, false).unwrap_or_else(|| head.to_string());
+        let out = restore(head, &guard.placeholders, self.json).unwrap_or_else(|| head.to_string());
         self.restore_held = buf.get(cut..).unwrap_or_default().to_string();
         out
     }
@@ -377,6 +428,46 @@ mod tests {
             assert_eq!(text, expected);
             assert_eq!(summary(&guard.counts, "answer"), summary(&whole.counts, "answer"));
         }
+    }
+
+    #[test]
+    fn restores_and_scans_streamed_tool_call_arguments() {
+        let (g, mut guard) = setup(r#"{"detectors": {"email": "redact", "secrets": "redact"}, "restore": true, "answers": {"scan": true, "window_bytes": 32}}"#, "to a\"b@example.com");
+        let call = |i: u64, first: bool, args: &str| {
+            let mut tc = json!({"index": i, "function": {"arguments": args}});
+            if first {
+                tc["id"] = json!(format!("call_{i}"));
+                tc["type"] = json!("function");
+                tc["function"]["name"] = json!("send");
+            }
+            format!("data: {}\n\n", json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                "choices": [{"index": 0, "delta": {"tool_calls": [tc]}, "finish_reason": null}]}))
+        };
+        let mut sse = String::new();
+        sse.push_str(&call(0, true, ""));
+        for piece in ["{\"to\":\"[EM", "AIL_1]\",\"key\":\"AKIAIOSF", "ODNN7EXAMPLE\"}"] {
+            sse.push_str(&call(0, false, piece));
+        }
+        sse.push_str(&call(1, true, "{\"cc\":\"[EMAIL_1]\"}"));
+        sse.push_str(&chunk(None, Some("tool_calls")));
+        sse.push_str("data: [DONE]\n\n");
+        let mut out = Vec::new();
+        for part in sse.as_bytes().chunks(11) {
+            guard.stream_push(&g, part, &mut out);
+        }
+        guard.stream_finish(&g, &mut out);
+        let mut args = [String::new(), String::new()];
+        for line in String::from_utf8(out).unwrap().lines() {
+            let Some(d) = line.strip_prefix("data: ").filter(|d| *d != "[DONE]") else { continue };
+            let v: Value = serde_json::from_str(d).unwrap();
+            for tc in v["choices"][0]["delta"]["tool_calls"].as_array().into_iter().flatten() {
+                args[tc["index"].as_u64().unwrap() as usize].push_str(tc["function"]["arguments"].as_str().unwrap());
+            }
+        }
+        // The e-mail was `b@example.com`; JSON text stays valid JSON.
+        let first: Value = serde_json::from_str(&args[0]).unwrap();
+        assert_eq!(first, json!({"to": "b@example.com", "key": "[REDACTED_AWS_ACCESS_KEY]"}));
+        assert_eq!(serde_json::from_str::<Value>(&args[1]).unwrap(), json!({"cc": "b@example.com"}));
     }
 
     #[test]
