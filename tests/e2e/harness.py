@@ -13,6 +13,8 @@ Environment overrides (all optional):
   SWITCHYARD_E2E_SKIP_BUILD  "1": do not build, use target/wasm32-wasip1/release/switchyard.wasm
   SWITCHYARD_E2E_KEEP        "1": keep the temp dir (config, logs) even when everything passed
   SWITCHYARD_ENVOY           Envoy binary (default .venv/bin/envoy-bin)
+  SWITCHYARD_E2E_FROM        "envoy-yaml": run envoy/demo.yaml's text rewritten to free ports instead of
+                             rendering its source, examples/demo.yaml (the default)
 """
 
 from __future__ import annotations
@@ -555,11 +557,22 @@ class Gateway:
         return self
 
     def render(self) -> str:
-        """The Envoy config to run: config_src rewritten by render_config, plus gateway_config."""
-        text, self.replacements = render_config(
-            self.config_src.read_text(encoding="utf-8"), self.listener_port, self.admin_port,
-            self.mocks.openai_port, self.mocks.anthropic_port, self.wasm_path,
-            self.access_log_path, more=getattr(self.mocks, "more_port", None))
+        """The Envoy config to run, plus gateway_config. For envoy/demo.yaml: examples/demo.yaml (its
+        source) rendered by `switchyard render` on the test's ports (``local_gateway_file``); set
+        SWITCHYARD_E2E_FROM=envoy-yaml to rewrite envoy/demo.yaml's text instead. Any other
+        config_src: rewritten by render_config."""
+        if (self.config_src.resolve() == DEMO_CONFIG.resolve()
+                and os.environ.get("SWITCHYARD_E2E_FROM") != "envoy-yaml"):
+            doc = local_gateway_file(demo_gateway_file(), self.listener_port, self.admin_port,
+                                     self.mocks, self.wasm_path, self.access_log_path)
+            rendered = yaml.safe_load(render_gateway_file(doc, workdir=self.workdir))
+            self.replacements = {"gateway_file": str(DEMO_GATEWAY_FILE)}
+            text = yaml.safe_dump(rendered, sort_keys=False, default_flow_style=False)
+        else:
+            text, self.replacements = render_config(
+                self.config_src.read_text(encoding="utf-8"), self.listener_port, self.admin_port,
+                self.mocks.openai_port, self.mocks.anthropic_port, self.wasm_path,
+                self.access_log_path, more=getattr(self.mocks, "more_port", None))
         if self.gateway_config:
             text = patch_gateway_config(text, self.gateway_config)
         if native_artifact():
