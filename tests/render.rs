@@ -43,7 +43,8 @@ fn rendered_files_match_their_examples() {
         if want != out {
             drift.push(format!(
                 "{golden} is not what `switchyard render {example} --target {target}` writes: edit {example}, not {golden}, then run \
-                 `cargo run --bin switchyard -- render {example} --target {target} > {golden}` (or SWITCHYARD_UPDATE_GOLDEN=1 cargo test --test render)"
+                 `cargo run --bin switchyard -- render {example} --target {target} > {golden}` (or SWITCHYARD_UPDATE_GOLDEN=1 cargo test --test render). \
+                 What every rendering shares (stats tags, access-log fields, listener and retry settings) is in src/render/envoy.rs"
             ));
         }
     }
