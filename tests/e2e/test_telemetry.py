@@ -836,6 +836,10 @@ def built_wasm() -> Path:
 def test_envoy_config_validates(config, built_wasm):
     wasm = built_wasm
     text = (REPO / "envoy" / config).read_text(encoding="utf-8")
+    if config == "fleet.yaml":
+        # A fragment, not a bootstrap: validate it where it goes, merged into demo.yaml.
+        import fleet_gateway
+        text = fleet_gateway.merge_fleet((REPO / "envoy" / "demo.yaml").read_text(encoding="utf-8"), 8081)
     text = re.sub(r"(?<![\w/.-])" + re.escape(harness.WASM_REL), str(wasm), text)
     envoy = str(REPO / ".venv" / "bin" / "envoy-bin")
     with tempfile.TemporaryDirectory() as d:
