@@ -12,24 +12,8 @@ const STRING_VALUE: &str = "type.googleapis.com/google.protobuf.StringValue";
 /// The cluster a remote module is fetched from.
 pub const MODULE_CLUSTER: &str = "switchyard_module";
 
-/// Labels the filter encodes as `;label=value` in stat names (src/telemetry.rs).
-pub const STAT_TAGS: &[&str] = &[
-    "route",
-    "backend",
-    "gen_ai_provider_name",
-    "gen_ai_request_model",
-    "gen_ai_response_model",
-    "status_class",
-    "error_type",
-    "gen_ai_token_type",
-    "reason",
-    "key_id",
-    "team",
-    "detector",
-    "action",
-    "direction",
-    "gen_ai_operation_name",
-];
+/// Labels the filter encodes as `;label=value` in stat names: one list, the filter's own.
+pub const STAT_TAGS: &[&str] = crate::telemetry::STATS_TAG_LABELS;
 
 /// The access log's JSON fields beyond Envoy's own: the gateway's filter state.
 pub const LOG_FIELDS: &[&str] = &[
