@@ -100,6 +100,9 @@ pub struct GatewayFilter {
     watch: Option<Box<crate::cache::Watch>>,
     /// A cached answer to serve instead of going upstream: its bytes, the entry, the resolved model.
     cache_hit: Option<Box<(Vec<u8>, crate::cache::Entry, String)>>,
+    /// The ingress request holds what its canonical form leaves out (documents, file ids, server
+    /// tools, stored prompts): a cache key from the canonical form would not tell such requests apart.
+    lossy_ingress: bool,
     /// The client's `cache-control` (read only when the cache is on).
     cache_control: crate::cache::Control,
 }
@@ -145,6 +148,7 @@ impl GatewayFilter {
             native_view: None,
             watch: None,
             cache_hit: None,
+            lossy_ingress: false,
             cache_control: crate::cache::Control::Normal,
         }
     }
@@ -158,6 +162,7 @@ impl GatewayFilter {
         }
         // Another API's front door: everything from here on works on the canonical form.
         let canonical = self.ingress.to_canonical(body, &self.cfg.limits).map_err(invalid)?;
+        self.lossy_ingress = canonical.untranslatable.is_some();
         self.on_canonical_body(op, &canonical.body)?;
         self.answer = self.ingress.answer_translator(self.stream, body, &random_hex(12), now_ms() / 1000);
         if let Some(state) = &self.state {
@@ -282,7 +287,7 @@ impl GatewayFilter {
         }
         self.record.route = Some(resolved.route.to_string());
         if op == Operation::Chat && (cfg.cache.is_some() || cfg.sampling.is_some()) {
-            let b = cache_glue::begin(&cfg, self.principal.as_ref(), model, (self.stream, self.wants_usage), self.cache_control, body, self.guard.as_deref(), resolved.model, byok.is_some());
+            let b = cache_glue::begin(&cfg, self.principal.as_ref(), model, (self.stream, self.wants_usage), self.cache_control, body, self.guard.as_deref(), resolved.model, byok.is_some() || self.lossy_ingress);
             (self.record.cache, self.watch) = (b.status, b.watch);
             if b.hit.is_some() {
                 self.cache_hit = b.hit;

@@ -451,3 +451,23 @@ def test_other_ingress_apis_are_cached_on_the_canonical_request(kg):
             final = s.get_final_message()
         assert text == m1.content[0].text and final.stop_reason == m1.stop_reason, model
         assert len(kg.mocks.requests(mock)) == 1, model
+
+
+def test_a_request_whose_canonical_form_drops_content_is_not_cached(kg):
+    """Two Messages requests with the same question about different documents: the canonical
+    (chat) form has no document blocks, so a key from it would serve the first document's answer
+    for the second. Such requests bypass the cache; both reach the (native) Anthropic backend."""
+    import anthropic
+    c = anthropic.Anthropic(base_url=kg.gw.gateway_url, api_key=K("a"), max_retries=0)
+    question = fresh("Summarise this document")
+    kg.mocks.clear()
+    for doc in ("The first document.", "A second, different document."):
+        content = [{"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": doc}},
+                   {"type": "text", "text": question}]
+        r = c.messages.with_raw_response.create(model="claude-haiku", max_tokens=100, extra_body={"temperature": 0},
+                                                messages=[{"role": "user", "content": content}])
+        assert r.headers["x-switchyard-cache"] == "bypass"
+        assert r.parse().type == "message"
+    sent = kg.mocks.requests("anthropic")
+    assert len(sent) == 2
+    assert "A second, different document." in json.dumps(sent[1])
