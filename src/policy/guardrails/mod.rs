@@ -358,6 +358,8 @@ impl Guardrails {
         let mut changed = false;
         let mut matches = Vec::new();
         let mut next_number: Vec<u32> = vec![0; self.detectors.len()];
+        // original -> index in guard.placeholders: one lookup per match, however many there are.
+        let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
         let actions = guard.settings.actions.clone();
         let on = |i: usize| actions.get(i).copied().flatten().is_some();
         for_each_request_text(&mut doc, &mut |text: &mut String| {
@@ -380,9 +382,10 @@ impl Guardrails {
                     Action::Redact => {
                         let original = text.get(s..e).unwrap_or_default();
                         out.push_str(text.get(last..s).unwrap_or_default());
-                        let ph = match guard.placeholders.iter().find(|(_, o)| o == original) {
+                        let ph = match seen.get(original).and_then(|&i| guard.placeholders.get(i)) {
                             Some((p, _)) => p.clone(),
                             None => {
+                                seen.insert(original.to_string(), guard.placeholders.len());
                                 let n = next_number.get_mut(d).map(|c| {
                                     *c += 1;
                                     *c
@@ -636,6 +639,8 @@ impl RequestGuard {
 /// Replaces every known placeholder in `text`; `None` when there is none. In JSON text the
 /// original is escaped as a JSON string's content.
 pub fn restore(text: &str, placeholders: &[(String, String)], json: bool) -> Option<String> {
+    // placeholder -> original, so an answer with many brackets costs one lookup per bracket.
+    let index: std::collections::HashMap<&str, &str> = placeholders.iter().map(|(p, o)| (p.as_str(), o.as_str())).collect();
     let b = text.as_bytes();
     let mut out: Option<String> = None;
     let mut last = 0;
@@ -646,7 +651,7 @@ pub fn restore(text: &str, placeholders: &[(String, String)], json: bool) -> Opt
         let tail = b.get(open..).unwrap_or_default();
         let Some(close) = tail.iter().take(MAX_PLACEHOLDER).position(|&c| c == b']') else { continue };
         let cand = text.get(open..open + close + 1).unwrap_or_default();
-        if let Some((_, original)) = placeholders.iter().find(|(p, _)| p == cand) {
+        if let Some(&original) = index.get(cand) {
             let o = out.get_or_insert_with(|| String::with_capacity(text.len() + 32));
             o.push_str(text.get(last..open).unwrap_or_default());
             if json {
