@@ -67,6 +67,18 @@ fn walk<'a>(v: &'a Value, f: &mut impl FnMut(&'a Value)) {
 }
 
 /// Every plugin configuration (role → parsed JSON) in a rendered document.
+#[test]
+fn cache_and_guardrails_at_the_top_reach_the_gateway_plugin() {
+    let text = format!("{BASE}cache: {{ scope: global, ttl_seconds: 60 }}\nguardrails: {{ detectors: {{ email: redact }} }}\n");
+    let path = write_tmp("top-cache.yaml", &text);
+    let (ok, out, err) = run(&["render", path.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let doc: Value = serde_yaml::from_str(&out).unwrap();
+    let [gateway] = &plugins(&doc, "gateway")[..] else { panic!("one gateway plugin") };
+    assert_eq!(gateway["cache"], serde_json::json!({"scope": "global", "ttl_seconds": 60}));
+    assert_eq!(gateway["guardrails"]["detectors"]["email"], "redact");
+}
+
 fn plugins(doc: &Value, role: &str) -> Vec<Value> {
     let mut out = Vec::new();
     walk(doc, &mut |n| {
@@ -224,6 +236,9 @@ fn check_names_the_field_and_says_what_to_do() {
          &["backends.b.host", "its own host"]),
         ("sds-and-env", "backends:\n  a: { schema: openai, credential: { sds: /s/a.yaml, env: A } }\nmodels:\n- { name: m, candidates: [a] }\n",
          &["backends.a.credential", "either env or sds"]),
+        ("cache-twice", &format!("{BASE}cache: {{ scope: global }}\ngateway:\n  cache: {{ scope: key }}\n"),
+         &["gateway.cache", "also given at the top"]),
+        ("cache-check", &format!("{BASE}cache: {{ scope: everybody }}\n"), &["everybody"]),
         ("floating-forbidden", "backends:\n  openai: { schema: openai }\nmodels:\n- { name: m, pin_versions: forbid, candidates: [openai/gpt-4o-mini] }\n",
          &["floating name gpt-4o-mini"]),
     ];

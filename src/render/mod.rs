@@ -114,7 +114,7 @@ pub const DEFAULT_MODULE: &str = "target/wasm32-wasip1/release/switchyard.wasm";
 const RENDER_MODEL_KEYS: &[&str] = &["candidates", "retries", "timeout", "idle_timeout"];
 const RENDER_BACKEND_KEYS: &[&str] = &["address", "tls"];
 /// Gateway plugin fields that may be written at the top of the file (the rest go under `gateway:`).
-const GATEWAY_TOP: &[&str] = &["auth", "routing", "capabilities", "limits", "metrics"];
+const GATEWAY_TOP: &[&str] = &["auth", "routing", "capabilities", "limits", "metrics", "guardrails", "cache"];
 const TOP: &[&str] = &[
     "listen",
     "admin",
@@ -134,6 +134,8 @@ const TOP: &[&str] = &[
     "capabilities",
     "limits",
     "metrics",
+    "guardrails",
+    "cache",
     "istio",
 ];
 

@@ -6,7 +6,8 @@ edited gateway file into DIR again changes what it serves:
 - a model added (with its route and cluster) is served, a removed one is a 404;
 - a revoked key is refused, a new key works, a changed limit applies;
 - a stream running during the reload completes, whole;
-- what survives: the rate-limit counters of a key that stays (shared data under the same vm_id);
+- what survives: the rate-limit counters of a key that stays and the exact answer cache (shared
+  data under the same vm_id);
 - Envoy never restarted (same process, `server.uptime` keeps growing; no hot restart).
 """
 
@@ -25,7 +26,7 @@ import pytest
 
 import harness
 
-KEYS = {"sk-reload-alice": "alice", "sk-reload-bob": "bob", "sk-reload-carol": "carol"}
+KEYS = {"sk-reload-alice": "alice", "sk-reload-bob": "bob", "sk-reload-carol": "carol", "sk-reload-dave": "dave"}
 
 
 def key_entry(key: str, **limits) -> dict:
@@ -69,8 +70,10 @@ def rgw():
     workdir = Path(tempfile.mkdtemp(prefix="switchyard-reload-"))
     mocks = harness.Mocks(workdir).start()
     doc = harness.demo_gateway_file()
-    doc["auth"] = {"keys": [key_entry("sk-reload-alice", rpm=100), key_entry("sk-reload-carol", rpm=3)],
+    doc["auth"] = {"keys": [key_entry("sk-reload-alice", rpm=100), key_entry("sk-reload-carol", rpm=3),
+                            key_entry("sk-reload-dave", rpm=100)],
                    "unpriced_models": "free"}
+    doc["cache"] = {"scope": "global", "ttl_seconds": 600, "cache_sampled": True}
     gw = ReloadGateway(workdir, mocks, gateway_file=doc)
     try:
         gw.start(harness.build_wasm())
@@ -97,8 +100,20 @@ def status_of(gw, key: str, model: str) -> int:
         return e.status_code
 
 
+def cached(gw, key: str, question: str) -> tuple[str, str]:
+    """The cache's verdict and the answer's text for one request on a fresh connection."""
+    r = client(gw, key).chat.completions.with_raw_response.create(
+        model="claude-haiku", messages=[{"role": "user", "content": question}])
+    return r.headers.get("x-switchyard-cache", ""), r.parse().choices[0].message.content
+
+
 def test_models_keys_and_limits_change_without_a_restart_and_a_stream_in_flight_completes(rgw):
     pid = rgw.proc.pid
+    # An answer stored before the reload (global scope: any key may be served it).
+    question = f"What survives a reload? {time.time()}"
+    verdict, stored = cached(rgw, "sk-reload-alice", question)
+    assert verdict == "miss", verdict
+    upstream_before = len(rgw.mock_requests("anthropic"))
     uptime0 = rgw.stats("server.uptime").get("server.uptime", 0)
     # Before: alice works, bob is unknown, the new model does not exist, carol has rpm 3.
     assert status_of(rgw, "sk-reload-alice", "gpt-4o-mini") == 200
@@ -114,7 +129,9 @@ def test_models_keys_and_limits_change_without_a_restart_and_a_stream_in_flight_
         try:
             text = ""
             for chunk in client(rgw, "sk-reload-alice").chat.completions.create(
-                    model="gpt-4o-mini", stream=True, messages=[{"role": "user", "content": "Hi"}],
+                    model="gpt-4o-mini", stream=True,
+                    # Not "Hi": that answer is in the cache, and a hit would not stream through the reload.
+                    messages=[{"role": "user", "content": "Stream through the reload"}],
                     extra_headers={"x-mock-openai": "slow-stream"}):
                 if chunk.choices and chunk.choices[0].delta.content:
                     text += chunk.choices[0].delta.content
@@ -135,7 +152,8 @@ def test_models_keys_and_limits_change_without_a_restart_and_a_stream_in_flight_
     doc["models"].append({"name": "reload-new", "owned_by": "test",
                           "candidates": ["anthropic-demo/claude-3-5-haiku-latest"]})
     doc["models"] = [m for m in doc["models"] if m["name"] != "magistral"]
-    doc["auth"]["keys"] = [key_entry("sk-reload-bob", rpm=1), key_entry("sk-reload-carol", rpm=3)]
+    doc["auth"]["keys"] = [key_entry("sk-reload-bob", rpm=1), key_entry("sk-reload-carol", rpm=3),
+                          key_entry("sk-reload-dave", rpm=100)]
     reload_at = time.time()
     rgw.reload(doc)
 
@@ -149,6 +167,11 @@ def test_models_keys_and_limits_change_without_a_restart_and_a_stream_in_flight_
     assert rgw.mock_requests("anthropic")[-1]["body"]["model"] == "claude-3-5-haiku-latest"
     assert status_of(rgw, "sk-reload-bob", "gpt-4o-mini") == 429          # its new limit: rpm 1
     assert status_of(rgw, "sk-reload-bob", "magistral") == 404            # removed
+    # The answer cache survived the reload: the stored answer is served without an upstream call.
+    upstream = len(rgw.mock_requests("anthropic"))
+    assert cached(rgw, "sk-reload-dave", question) == ("hit", stored)
+    assert len(rgw.mock_requests("anthropic")) == upstream
+    assert upstream > upstream_before     # the mock does record claude-haiku requests
     # Carol's counter survived the reload: two requests before, one more allowed, then 429.
     assert status_of(rgw, "sk-reload-carol", "claude-haiku") == 200
     assert status_of(rgw, "sk-reload-carol", "claude-haiku") == 429
