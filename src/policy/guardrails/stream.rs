@@ -19,7 +19,18 @@ struct Pipe {
     restore_held: String,
     /// JSON text (tool-call arguments): restored values are escaped.
     json: bool,
+    /// Held length at which stage 1 scans again: 0 (every push) unless a match still open at the
+    /// end held the text back, then twice what it held — so a long open match costs linear, not
+    /// quadratic, scanning.
+    scan_due: usize,
+    /// Bytes stage 1 has scanned (the cost bound's witness in tests).
+    scanned: usize,
 }
+
+/// At most this much answer text is held for one open match (a `-----BEGIN … PRIVATE KEY-----`
+/// whose END has not come): past it the match is masked as far as it has come and the text goes
+/// out. Real keys are a few KiB; only a hostile or broken answer reaches this.
+pub const MAX_HELD_BYTES: usize = 256 * 1024;
 
 #[derive(Debug)]
 pub struct StreamGuard {
@@ -204,6 +215,9 @@ impl Pipe {
     fn push(&mut self, guard: &mut RequestGuard, g: &Guardrails, text: &str, window: usize) -> String {
         let scanned = if guard.scanning() {
             self.scan_held.push_str(text);
+            if self.scan_held.len() < self.scan_due {
+                return self.restore(guard, String::new(), false);
+            }
             self.scan(guard, g, window, false)
         } else {
             text.to_string()
@@ -231,9 +245,17 @@ impl Pipe {
         }
         let mut matches = Vec::new();
         let actions = guard.settings.answer_actions.clone();
+        self.scanned += buf.len();
         g.find(&buf, |i| actions.get(i).copied().flatten().is_some(), &mut matches);
-        if let Some(&(s, _, _)) = matches.iter().find(|&&(s, e, _)| s < cut && e > cut) {
-            cut = s;
+        self.scan_due = 0;
+        if let Some(i) = matches.iter().position(|&(s, e, _)| s < cut && e > cut) {
+            if buf.len() - matches[i].0 > MAX_HELD_BYTES {
+                // Held long enough: mask the open match as far as the cut and let it go.
+                matches[i].1 = cut;
+            } else {
+                cut = matches[i].0;
+                self.scan_due = (2 * (buf.len() - cut)).min(MAX_HELD_BYTES + 1);
+            }
         }
         matches.retain(|&(_, e, _)| e <= cut);
         let head = buf.get(..cut).unwrap_or_default();
@@ -292,6 +314,49 @@ mod tests {
             json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
         )
+    }
+
+    #[test]
+    fn an_open_match_is_rescanned_geometrically_and_held_at_most_max_held_bytes() {
+        // A key's BEGIN line with no END: everything after it is held as one open match.
+        let (g, mut guard) = setup(r#"{"detectors": {"secrets": "redact"}, "answers": {"scan": true, "window_bytes": 64}}"#, "hi");
+        let piece = "abcdefghij".repeat(3);
+        let mut pieces = vec!["Before. -----BEGIN RSA PRIVATE KEY-----\n"];
+        let n = 2 * MAX_HELD_BYTES / piece.len();
+        pieces.extend(std::iter::repeat(piece.as_str()).take(n));
+        let total: usize = pieces.iter().map(|p| p.len()).sum();
+        let mut out = Vec::new();
+        for p in &pieces {
+            guard.stream_push(&g, chunk(Some(p), None).as_bytes(), &mut out);
+        }
+        let scanned = guard.stream.as_ref().unwrap().pipes[0].1.scanned;
+        // Linear: a held text rescanned every push would scan ~total²/(2·piece) bytes.
+        assert!(scanned < 8 * total, "scanned {scanned} of {total}");
+        guard.stream_push(&g, format!("{}data: [DONE]\n\n", chunk(None, Some("stop"))).as_bytes(), &mut out);
+        guard.stream_finish(&g, &mut out);
+        let text: String = String::from_utf8(out).unwrap().lines()
+            .filter_map(|l| l.strip_prefix("data: ")).filter(|d| *d != "[DONE]")
+            .filter_map(|d| serde_json::from_str::<Value>(d).unwrap()["choices"][0]["delta"]["content"].as_str().map(str::to_string))
+            .collect();
+        // Masked from BEGIN as far as the cap, the rest passes; nothing of the BEGIN line leaks.
+        assert!(text.starts_with("Before. [REDACTED_PRIVATE_KEY"), "{}", &text[..60]);
+        assert!(!text.contains("BEGIN"));
+        assert!(text.len() < total - MAX_HELD_BYTES + 100, "{} of {total}", text.len());
+        assert!(text.len() > total - MAX_HELD_BYTES - 4096, "held past the cap: {} of {total}", text.len());
+    }
+
+    #[test]
+    fn a_key_whose_end_comes_later_is_still_masked_whole() {
+        let (g, mut guard) = setup(r#"{"detectors": {"secrets": "redact"}, "answers": {"scan": true, "window_bytes": 16}}"#, "hi");
+        let mut pieces = vec!["Key: -----BEGIN RSA PRIVATE KEY-----\n"];
+        let body = "MIIEpAIBAAKCAQEA".repeat(200);
+        let parts: Vec<String> = body.as_bytes().chunks(7).map(|c| String::from_utf8(c.to_vec()).unwrap()).collect();
+        pieces.extend(parts.iter().map(String::as_str));
+        pieces.push("\n-----END RSA PRIVATE KEY----- done, and more text after the key.");
+        let (text, _) = run(&g, &mut guard, &pieces, 1 << 20);
+        assert!(text.starts_with("Key: [REDACTED_PRIVATE_KEY"), "{text}");
+        assert!(text.ends_with("] done, and more text after the key."), "{text}");
+        assert!(!text.contains("MIIE") && !text.contains("BEGIN") && !text.contains("END RSA"), "{text}");
     }
 
     /// Streams `pieces` as one content delta each, then a finish chunk and `[DONE]`, cutting the
