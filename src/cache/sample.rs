@@ -51,9 +51,16 @@ pub struct SamplingConfig {
     /// Samples waiting per worker; more are dropped (and counted).
     #[serde(default = "default_queue")]
     pub max_queue: usize,
+    /// Bytes of samples waiting per worker (a sample can be ~2 × `max_sample_bytes`, so a count
+    /// alone would let a worker hold gigabytes); more are dropped (and counted).
+    #[serde(default = "default_queue_bytes")]
+    pub max_queue_bytes: usize,
     /// Samples per sink request.
     #[serde(default = "default_batch")]
     pub max_batch: usize,
+    /// Bytes per sink request (a batch holds at least one sample).
+    #[serde(default = "default_batch_bytes")]
+    pub max_batch_bytes: usize,
     /// Largest request or answer body kept for a sample; a larger pair is not sampled (counted as dropped).
     #[serde(default = "default_sample_bytes")]
     pub max_sample_bytes: usize,
@@ -71,6 +78,12 @@ fn default_queue() -> usize {
 fn default_batch() -> usize {
     100
 }
+fn default_queue_bytes() -> usize {
+    16 * 1024 * 1024
+}
+fn default_batch_bytes() -> usize {
+    4 * 1024 * 1024
+}
 fn default_sample_bytes() -> usize {
     256 * 1024
 }
@@ -84,8 +97,8 @@ impl SamplingConfig {
         if !ok(self.rate) || !self.keys.values().chain(self.teams.values()).chain(self.models.values()).all(|r| ok(*r)) {
             return Err("quality_sampling: every rate must be between 0 and 1".into());
         }
-        if self.flush_interval_ms == 0 || self.max_queue == 0 || self.max_batch == 0 || self.timeout_ms == 0 {
-            return Err("quality_sampling: flush_interval_ms, timeout_ms, max_queue and max_batch must be positive".into());
+        if self.flush_interval_ms == 0 || self.max_queue == 0 || self.max_batch == 0 || self.timeout_ms == 0 || self.max_queue_bytes == 0 || self.max_batch_bytes == 0 {
+            return Err("quality_sampling: flush_interval_ms, timeout_ms, max_queue, max_queue_bytes, max_batch and max_batch_bytes must be positive".into());
         }
         Ok(())
     }
@@ -164,16 +177,24 @@ pub fn sample_line(meta: &SampleMeta, request: &[u8], response: &[u8]) -> Option
 #[derive(Debug, Default)]
 pub struct SampleQueue {
     lines: VecDeque<Vec<u8>>,
+    /// Bytes of `lines`.
+    bytes: usize,
 }
 
 impl SampleQueue {
-    /// Queues a line; `false` (dropped) when `max` lines already wait.
-    pub fn push(&mut self, line: Vec<u8>, max: usize) -> bool {
-        if self.lines.len() >= max {
+    /// Queues a line; `false` (dropped) when `max_queue` lines or `max_queue_bytes` already wait.
+    pub fn push(&mut self, line: Vec<u8>, cfg: &SamplingConfig) -> bool {
+        if self.lines.len() >= cfg.max_queue || self.bytes + line.len() > cfg.max_queue_bytes {
             return false;
         }
+        self.bytes += line.len();
         self.lines.push_back(line);
         true
+    }
+
+    /// Bytes waiting.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     pub fn len(&self) -> usize {
@@ -189,7 +210,16 @@ impl SampleQueue {
         if self.lines.is_empty() {
             return None;
         }
-        let n = self.lines.len().min(cfg.max_batch);
+        let mut n = 0;
+        let mut size = 0;
+        for l in self.lines.iter().take(cfg.max_batch) {
+            if n > 0 && size + l.len() > cfg.max_batch_bytes {
+                break;
+            }
+            size += l.len();
+            n += 1;
+        }
+        self.bytes -= size;
         let batch: Vec<Vec<u8>> = self.lines.drain(..n).collect();
         let body = match cfg.format {
             SinkFormat::Jsonl => {
@@ -272,17 +302,36 @@ mod tests {
         assert!(!line.contains(&b'\n'));
         assert!(sample_line(&meta, b"not json", b"{}").is_none());
 
-        let c = cfg(r#"{"cluster":"sink","max_batch":2}"#);
+        let c = cfg(r#"{"cluster":"sink","max_batch":2,"max_queue":3}"#);
         let mut q = SampleQueue::default();
-        assert!(q.push(b"{\"a\":1}".to_vec(), 3));
-        assert!(q.push(b"{\"a\":2}".to_vec(), 3));
-        assert!(q.push(b"{\"a\":3}".to_vec(), 3));
-        assert!(!q.push(b"{\"a\":4}".to_vec(), 3), "full");
+        assert!(q.push(b"{\"a\":1}".to_vec(), &c));
+        assert!(q.push(b"{\"a\":2}".to_vec(), &c));
+        assert!(q.push(b"{\"a\":3}".to_vec(), &c));
+        assert!(!q.push(b"{\"a\":4}".to_vec(), &c), "full");
         let (body, n) = q.drain_batch(&c).unwrap();
         assert_eq!((body.as_slice(), n), (&b"{\"a\":1}\n{\"a\":2}\n"[..], 2));
         let (body, n) = q.drain_batch(&c).unwrap();
         assert_eq!((body.as_slice(), n), (&b"{\"a\":3}\n"[..], 1));
         assert!(q.drain_batch(&c).is_none());
+        assert_eq!(q.bytes(), 0);
+    }
+
+    #[test]
+    fn the_queue_and_each_batch_are_bounded_in_bytes() {
+        let c = cfg(r#"{"cluster":"sink","max_queue_bytes":2500,"max_batch_bytes":1500}"#);
+        let mut q = SampleQueue::default();
+        let line = vec![b'x'; 1000];
+        assert!(q.push(line.clone(), &c));
+        assert!(q.push(line.clone(), &c));
+        assert!(!q.push(line.clone(), &c), "2000 + 1000 bytes > max_queue_bytes");
+        assert!(q.push(vec![b'y'; 400], &c), "2400 bytes fit");
+        assert_eq!(q.bytes(), 2400);
+        // One 1000-byte sample per batch (two would pass 1500 bytes); a larger sample still goes alone.
+        assert_eq!(q.drain_batch(&c).unwrap().1, 1);
+        assert_eq!(q.drain_batch(&c).unwrap().1, 2, "1000 + 400 bytes");
+        assert_eq!(q.bytes(), 0);
+        assert!(q.push(vec![b'z'; 2000], &c));
+        assert_eq!(q.drain_batch(&c).unwrap().1, 1, "a sample larger than a batch goes alone");
     }
 
     #[test]
@@ -290,7 +339,7 @@ mod tests {
         let c = cfg(r#"{"cluster":"otel","format":"otlp"}"#);
         assert_eq!(c.path(), "/v1/logs");
         let mut q = SampleQueue::default();
-        q.push(br#"{"time_unix_ms":1700000000123,"requested_model":"fast","request_id":"r9"}"#.to_vec(), 10);
+        q.push(br#"{"time_unix_ms":1700000000123,"requested_model":"fast","request_id":"r9"}"#.to_vec(), &c);
         let (body, n) = q.drain_batch(&c).unwrap();
         assert_eq!(n, 1);
         let v: Value = serde_json::from_slice(&body).unwrap();

@@ -156,8 +156,8 @@ thread_local! {
 }
 
 /// Queues a sample for the root context to send; false (dropped) when the queue is full.
-fn publish_queue_sample(line: Vec<u8>, max: usize) -> bool {
-    SAMPLES.with(|q| q.borrow_mut().push(line, max))
+fn publish_queue_sample(line: Vec<u8>, cfg: &crate::cache::sample::SamplingConfig) -> bool {
+    SAMPLES.with(|q| q.borrow_mut().push(line, cfg))
 }
 
 impl Root {

@@ -215,7 +215,7 @@ impl GatewayFilter {
                     duration_ms: r.duration_ms,
                 };
                 let line = answer.as_ref().and_then(|(b, _)| sample::sample_line(&meta, &req, b));
-                let queued = line.is_some_and(|l| publish_queue_sample(l, s.max_queue));
+                let queued = line.is_some_and(|l| publish_queue_sample(l, s));
                 updates.push(counter(if queued { SAMPLES_QUEUED } else { SAMPLES_DROPPED }, 1));
             }
         }
