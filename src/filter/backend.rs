@@ -511,6 +511,11 @@ impl HttpContext for BackendFilter {
                 if end_of_stream {
                     translator.finish(&mut self.out);
                 }
+                // A provider's mid-stream error event may quote the credential, like its error
+                // answers; only chunks that carry a translated error event are searched.
+                if memchr::memmem::find(&self.out, br#"{"error":{"#).is_some() {
+                    self.out = self.scrub_credentials(&self.out);
+                }
             }
             ResponseMode::Error { status } => {
                 let status = *status;

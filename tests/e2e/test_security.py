@@ -595,6 +595,32 @@ def test_echoed_credentials_are_redacted_for_every_schema(sec):
         assert own not in r.text and "[redacted]" in openai_error(r)["message"], r.text
 
 
+# Streams whose error event quotes the credential, for the translated stream schemas with a
+# credential and an error event: not a plain OpenAI or Azure backend (their streams pass untouched,
+# unsearched), Bedrock (the mock does not rewrite its binary frames), Ollama (no credential), or the
+# mocks without a mid-stream error event (Cohere, Mistral, DeepSeek).
+MID_STREAM_MODELS = ["claude-haiku", "gemini-flash", "gemini-vertex"]
+
+
+def test_credentials_quoted_in_a_mid_stream_error_event_are_redacted(sec):
+    """The provider starts a stream, then sends an error event whose message quotes the credential
+    it received: the client's error event says `[redacted]` where the credential was."""
+    for model in MID_STREAM_MODELS:
+        sec.mocks.clear()
+        r = chat(sec, model, key=K("open"), body={"stream": True},
+                 headers={h: "echo-auth-mid-stream" for h in MOCK_HEADERS})
+        assert r.status_code == 200, (model, r.status_code, r.text[:300])
+        qs = all_requests(sec)
+        sent = " ".join(v for q in qs for v in q["headers"].values())
+        assert any(c in sent for c in CANARY_ENV.values()), (model, "the provider got no canary")
+        errors = [json.loads(line[5:]) for line in r.text.splitlines()
+                  if line.startswith("data:") and '"error"' in line]
+        assert errors, (model, r.text[-500:])
+        assert CANARY not in r.text, (model, r.text[-500:])
+        if any("credential received" in e["error"]["message"] for e in errors):
+            assert any("[redacted]" in e["error"]["message"] for e in errors), (model, errors)
+
+
 def test_no_canary_anywhere_after_errors_and_faults(sec):
     """Bad keys, provider 401/403/500, resets, truncated and broken streams, echoed credentials,
     BYOK, on every schema; then no canary in any answer, stat, metric name, log or access log."""

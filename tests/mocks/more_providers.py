@@ -1207,6 +1207,8 @@ class MoreProvider(base.Provider):
             return base.Reply(reset=True)
         if scenario == "echo-auth":
             return base.echo_auth(sub.error(401), req.headers)
+        if scenario == "echo-auth-mid-stream":
+            return base.echo_auth_in_stream(sub.mid_stream_error(req), req.headers)
         if scenario in base.ANSWER_FAULTS:
             reply = sub.answer(req)
             reply.fault = scenario

@@ -55,7 +55,7 @@ SCENARIOS = (
     "slow-stream", "once-<scenario>",
     # the security tests' (tests/e2e/test_security.py): a 401 quoting the credential received;
     # the normal answer plus headers a gateway must not pass on (SPOOF_HEADERS)
-    "echo-auth", "spoof-headers",
+    "echo-auth", "echo-auth-mid-stream", "spoof-headers",
     # the guardrail tests' (tests/e2e/test_guardrails.py), OpenAI mock only: the recorded answer
     # whose text is the last user message (streamed three characters per chunk)
     "echo",
@@ -597,11 +597,33 @@ CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key", "x-goog-api-key",
                       "x-amz-security-token")
 
 
+def received_credentials(headers: dict) -> str:
+    received = "; ".join(f"{k}: {headers[k]}" for k in CREDENTIAL_HEADERS if k in headers)
+    return f" (credential received: {received or 'none'})"
+
+
+def echo_auth_in_stream(reply: Reply, headers: dict) -> Reply:
+    """``echo-auth-mid-stream``: the ``error-mid-stream`` stream whose error event's message (its
+    last ``"message"`` string) quotes every credential header received."""
+    if reply.stream is None or "eventstream" in str(reply.headers.get("content-type", "")):
+        return reply        # Bedrock's binary frames carry CRCs: left as they are
+    text = reply.stream.decode("utf-8")
+    at = text.rfind('"message"')
+    start = text.find('"', text.find(":", at) + 1) if at >= 0 else -1
+    if start < 0:
+        return reply
+    end = start + 1
+    while text[end] != '"':
+        end += 2 if text[end] == "\\" else 1
+    suffix = json.dumps(received_credentials(headers))[1:-1]
+    reply.stream = (text[:end] + suffix + text[end:]).encode("utf-8")
+    return reply
+
+
 def echo_auth(reply: Reply, headers: dict) -> Reply:
     """``echo-auth``: the provider's own 401 whose message quotes, verbatim, every credential
     header it received (as some providers do: "Incorrect API key provided: <key>")."""
-    received = "; ".join(f"{k}: {headers[k]}" for k in CREDENTIAL_HEADERS if k in headers)
-    suffix = f" (credential received: {received or 'none'})"
+    suffix = received_credentials(headers)
 
     def walk(node):
         if isinstance(node, dict):
@@ -1358,8 +1380,12 @@ class Handler(BaseHTTPRequestHandler):
             if not credential_accepted(provider.name, headers):
                 reply = provider.error(401)
             else:
-                reply = (echo_auth(provider.error(401), headers) if scenario == "echo-auth"
-                         else provider.handle(self.command, path, body, scenario))
+                if scenario == "echo-auth":
+                    reply = echo_auth(provider.error(401), headers)
+                elif scenario == "echo-auth-mid-stream":
+                    reply = echo_auth_in_stream(provider.handle(self.command, path, body, "error-mid-stream"), headers)
+                else:
+                    reply = provider.handle(self.command, path, body, scenario)
             reply = apply_fault(reply, headers, provider.stall_seconds)
             reply.first_token_delay = first_token_delay(headers, provider.name)
             self._send_reply(reply)
