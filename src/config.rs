@@ -280,6 +280,11 @@ pub struct AwsConfig {
     /// Signing region; defaults to the one in `host` (`bedrock-runtime.<region>.amazonaws.com`).
     #[serde(default)]
     pub region: Option<String>,
+    /// Who signs: the filter (its own SigV4 with keys from the environment, the default) or Envoy
+    /// (`envoy.filters.http.aws_request_signing`, an upstream filter after this one, with Envoy's
+    /// credential providers): then the filter reads no AWS keys and sends no credential.
+    #[serde(default)]
+    pub signer: AwsSigner,
     #[serde(default = "default_access_key_id_env")]
     pub access_key_id_env: String,
     #[serde(default = "default_secret_access_key_env")]
@@ -300,10 +305,22 @@ fn default_session_token_env() -> String {
     "AWS_SESSION_TOKEN".to_string()
 }
 
+/// Who signs a Bedrock backend's requests.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AwsSigner {
+    /// The backend filter, with keys read once from the environment.
+    #[default]
+    Filter,
+    /// Envoy's AWS request signing filter, after the backend filter (rendered by `switchyard render`).
+    Envoy,
+}
+
 impl Default for AwsConfig {
     fn default() -> Self {
         AwsConfig {
             region: None,
+            signer: AwsSigner::Filter,
             access_key_id_env: default_access_key_id_env(),
             secret_access_key_env: default_secret_access_key_env(),
             session_token_env: default_session_token_env(),
@@ -396,6 +413,11 @@ impl Backend {
         }
     }
 
+    /// Envoy's AWS request signing filter signs this backend's requests (`aws.signer: envoy`).
+    pub fn envoy_signs(&self) -> bool {
+        self.schema == Schema::Bedrock && self.aws.as_ref().is_some_and(|a| a.signer == AwsSigner::Envoy)
+    }
+
     /// Bedrock's AWS credentials from the environment (`getenv` is `std::env::var` in the filter,
     /// read once at configuration time). `Ok(None)`: not Bedrock, or no AWS keys set (requests then
     /// go with the `credential` as a bearer token, or unauthenticated). `Err`: half-configured keys
@@ -406,6 +428,10 @@ impl Backend {
         }
         let defaults = AwsConfig::default();
         let cfg = self.aws.as_ref().unwrap_or(&defaults);
+        if cfg.signer == AwsSigner::Envoy {
+            // Envoy signs after this filter: no keys here, whatever the environment holds.
+            return Ok(None);
+        }
         let get = |name: &str| getenv(name).filter(|v| !v.trim().is_empty());
         let (id, secret) = match (get(&cfg.access_key_id_env), get(&cfg.secret_access_key_env)) {
             (None, None) => return Ok(None),
@@ -457,6 +483,9 @@ impl Backend {
             }
             if self.aws.is_some() && self.aws_region().is_none() {
                 return Err("aws.region is not set and the host does not name a region".into());
+            }
+            if self.envoy_signs() && self.credential.is_some() {
+                return Err("with aws.signer: envoy, Envoy signs every request (its `authorization`): remove `credential` (a Bedrock API key), or sign in the filter".into());
             }
         }
         Ok(())
@@ -626,6 +655,21 @@ mod tests {
         // Half a key pair is an error the filter reports.
         assert!(b.load_aws_credentials(env(&[("AWS_ACCESS_KEY_ID", "AKID")])).unwrap_err().contains("AWS_SECRET_ACCESS_KEY"));
         assert!(b.load_aws_credentials(env(&[("AWS_SECRET_ACCESS_KEY", "s")])).unwrap_err().contains("AWS_ACCESS_KEY_ID"));
+    }
+
+    #[test]
+    fn bedrock_signed_by_envoy_reads_no_keys_and_sends_no_credential() {
+        let b = bedrock(r#"{"schema":"bedrock","host":"bedrock-runtime.us-east-1.amazonaws.com","aws":{"signer":"envoy"}}"#);
+        assert!(b.envoy_signs());
+        // Keys in the environment (another backend's) are not this backend's: Envoy signs after the filter.
+        assert_eq!(b.load_aws_credentials(env(&[("AWS_ACCESS_KEY_ID", "AKID"), ("AWS_SECRET_ACCESS_KEY", "s")])), Ok(None));
+        let own = bedrock(r#"{"schema":"bedrock","host":"bedrock-runtime.us-east-1.amazonaws.com","aws":{"signer":"filter"}}"#);
+        assert!(!own.envoy_signs());
+        assert!(own.load_aws_credentials(env(&[("AWS_ACCESS_KEY_ID", "AKID"), ("AWS_SECRET_ACCESS_KEY", "s")])).unwrap().is_some());
+        let both = r#"{"role":"backend","backends":{"b":{"schema":"bedrock","host":"bedrock-runtime.us-east-1.amazonaws.com","credential":{"env":"AWS_BEARER_TOKEN_BEDROCK"},"aws":{"signer":"envoy"}}}}"#;
+        let e = PluginConfig::parse(both.as_bytes()).err().expect("a bearer credential with Envoy signing is refused");
+        assert!(e.contains("remove `credential`"), "{e}");
+        assert!(PluginConfig::parse(br#"{"role":"backend","backends":{"b":{"schema":"bedrock","host":"h","aws":{"signer":"sdk"}}}}"#).is_err());
     }
 
     #[test]

@@ -187,9 +187,14 @@ fn the_routing_example_renders_its_routing_needs() {
     assert!(cluster("switchyard_module")["transport_socket"]["typed_config"]["sni"] == "artifacts.example.com");
     // Credentials are only named: each backend's variables are passed into the VM.
     let keys: Vec<&str> = vm["environment_variables"]["host_env_keys"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
-    for k in ["OPENAI_API_KEY", "ANTHROPIC_API_KEY", "COHERE_API_KEY", "VERTEX_ACCESS_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MISTRAL_API_KEY"] {
+    for k in ["OPENAI_API_KEY", "ANTHROPIC_API_KEY", "COHERE_API_KEY", "VERTEX_ACCESS_TOKEN", "MISTRAL_API_KEY"] {
         assert!(keys.contains(&k), "{k} in {keys:?}");
     }
+    // Bedrock is signed by Envoy (aws.signer: envoy): its keys never enter the VM.
+    assert!(!keys.iter().any(|k| k.starts_with("AWS_")), "{keys:?}");
+    let bedrock = cluster("route_balanced")["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["http_filters"][1]["typed_config"]["extension_config"].clone();
+    assert_eq!(bedrock["name"], "envoy.filters.http.aws_request_signing");
+    assert_eq!(bedrock["typed_config"]["region"], "us-east-1");
 }
 
 fn write_tmp(name: &str, text: &str) -> PathBuf {
@@ -239,6 +244,24 @@ fn check_names_the_field_and_says_what_to_do() {
         ("cache-twice", &format!("{BASE}cache: {{ scope: global }}\ngateway:\n  cache: {{ scope: key }}\n"),
          &["gateway.cache", "also given at the top"]),
         ("cache-check", &format!("{BASE}cache: {{ scope: everybody }}\n"), &["everybody"]),
+        ("aws-file-without-envoy", "backends:\n  b: { schema: bedrock, host: bedrock-runtime.us-east-1.amazonaws.com, aws: { credentials_file: /etc/aws/credentials } }\nmodels:\n- { name: m, candidates: [b] }\n",
+         &["backends.b.aws.credentials_file", "add `signer: envoy`"]),
+        ("aws-profile-without-envoy", "backends:\n  b: { schema: bedrock, host: bedrock-runtime.us-east-1.amazonaws.com, aws: { signer: filter, profile: prod } }\nmodels:\n- { name: m, candidates: [b] }\n",
+         &["backends.b.aws.profile", "add `signer: envoy`"]),
+        ("aws-envoy-with-env-names", "backends:\n  b: { schema: bedrock, host: bedrock-runtime.us-east-1.amazonaws.com, aws: { signer: envoy, access_key_id_env: K, session_token_env: T } }\nmodels:\n- { name: m, candidates: [b] }\n",
+         &["backends.b.aws.access_key_id_env", "backends.b.aws.session_token_env", "Envoy's credential providers supply the keys"]),
+        ("aws-envoy-with-credential", "backends:\n  b: { schema: bedrock, host: bedrock-runtime.us-east-1.amazonaws.com, credential: { env: AWS_BEARER_TOKEN_BEDROCK }, aws: { signer: envoy } }\nmodels:\n- { name: m, candidates: [b] }\n",
+         &["backends.b.credential", "remove the credential"]),
+        ("aws-bad-signer", "backends:\n  b: { schema: bedrock, host: bedrock-runtime.us-east-1.amazonaws.com, aws: { signer: sdk } }\nmodels:\n- { name: m, candidates: [b] }\n",
+         &["backends.b.aws.signer", "`filter`", "`envoy`"]),
+        ("aws-relative-file", "backends:\n  b: { schema: bedrock, host: bedrock-runtime.us-east-1.amazonaws.com, aws: { signer: envoy, credentials_file: aws/credentials } }\nmodels:\n- { name: m, candidates: [b] }\n",
+         &["backends.b.aws.credentials_file", "absolute path"]),
+        ("aws-envoy-not-bedrock", "backends:\n  o: { schema: openai, aws: { signer: envoy } }\nmodels:\n- { name: m, candidates: [o] }\n",
+         &["backends.o", "only applies to the bedrock schema"]),
+        ("aws-envoy-no-region", "backends:\n  b: { schema: bedrock, host: \"bedrock.internal:8443\", aws: { signer: envoy } }\nmodels:\n- { name: m, candidates: [b] }\n",
+         &["backends.b", "aws.region is not set"]),
+        ("aws-envoy-same-host", "backends:\n  a: { schema: bedrock, host: bedrock-runtime.us-east-1.amazonaws.com, aws: { signer: envoy } }\n  b: { schema: bedrock, host: bedrock-runtime.us-east-1.amazonaws.com }\nmodels:\n- { name: m, candidates: [a, b] }\n",
+         &["backends.a.host", "backend b has the same host", "its own host"]),
         ("floating-forbidden", "backends:\n  openai: { schema: openai }\nmodels:\n- { name: m, pin_versions: forbid, candidates: [openai/gpt-4o-mini] }\n",
          &["floating name gpt-4o-mini"]),
     ];
@@ -449,4 +472,81 @@ fn an_sds_credential_renders_envoys_credential_injector_for_that_host() {
     assert_eq!(plugin["backends"]["openai"]["credential"]["env"], "OPENAI_API_KEY");
     let keys = &filters[0]["typed_config"]["config"]["vm_config"]["environment_variables"]["host_env_keys"];
     assert_eq!(keys, &serde_json::json!(["OPENAI_API_KEY"]));
+}
+
+/// The upstream filters of the first route's cluster, by name, and the backend plugin's configuration.
+fn upstream_filters(doc: &Value) -> (Vec<Value>, Value) {
+    let cluster = &doc["static_resources"]["clusters"][0];
+    let filters = cluster["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["http_filters"].as_array().unwrap().clone();
+    let plugin: Value = serde_json::from_str(filters[0]["typed_config"]["config"]["configuration"]["value"].as_str().unwrap()).unwrap();
+    (filters, plugin)
+}
+
+#[test]
+fn aws_signer_envoy_renders_envoys_aws_request_signing_for_that_host() {
+    let text = "backends:\n  \
+        br-file: { schema: bedrock, host: bedrock-runtime.us-east-1.amazonaws.com, aws: { signer: envoy, credentials_file: /etc/switchyard/aws/credentials, profile: bedrock } }\n  \
+        br-chain: { schema: bedrock, host: bedrock-runtime.eu-west-1.amazonaws.com, aws: { signer: envoy } }\n  \
+        br-own: { schema: bedrock, host: bedrock-runtime.us-west-2.amazonaws.com }\n  \
+        openai: { schema: openai, credential: { env: OPENAI_API_KEY } }\n\
+        models:\n- { name: m, candidates: [\"br-file/anthropic.claude-3-5-haiku-20241022-v1:0\", \"br-chain/us.amazon.nova-micro-v1:0\", \"br-own/us.amazon.nova-micro-v1:0\", openai/gpt-4o-mini-2024-07-18] }\n";
+    let path = write_tmp("aws-envoy.yaml", text);
+    let (ok, out, err) = run(&["check", path.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(out.contains("0 warnings"), "{out}");
+    let (ok, out, err) = run(&["render", path.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let doc: Value = serde_yaml::from_str(&out).unwrap();
+    let (filters, plugin) = upstream_filters(&doc);
+    let names: Vec<&str> = filters.iter().map(|f| f["name"].as_str().unwrap()).collect();
+    // After the backend filter (it signs the translated request), before the codec; one per backend Envoy signs.
+    assert_eq!(names, ["switchyard.backend", "envoy.filters.http.match_delegate", "envoy.filters.http.match_delegate", "envoy.filters.http.upstream_codec"]);
+    let signer = |i: usize| filters[i]["typed_config"]["extension_config"].clone();
+    let host = |i: usize| filters[i]["typed_config"]["xds_matcher"]["matcher_list"]["matchers"][0]["predicate"]["not_matcher"]["single_predicate"].clone();
+    for i in [1, 2] {
+        assert_eq!(signer(i)["name"], "envoy.filters.http.aws_request_signing");
+        let c = &signer(i)["typed_config"];
+        assert_eq!(c["@type"], "type.googleapis.com/envoy.extensions.filters.http.aws_request_signing.v3.AwsRequestSigning");
+        assert_eq!(c["service_name"], "bedrock");
+        assert_eq!(c["use_unsigned_payload"], false, "the payload is hashed");
+        assert_eq!(host(i)["input"]["typed_config"]["header_name"], ":authority");
+        assert_eq!(filters[i]["typed_config"]["xds_matcher"]["matcher_list"]["matchers"][0]["on_match"]["action"]["name"], "skip");
+    }
+    // The credentials file only (a custom chain), watched for a replacement in its directory.
+    let c = &signer(1)["typed_config"];
+    assert_eq!(c["region"], "us-east-1");
+    assert_eq!(host(1)["value_match"]["exact"], "bedrock-runtime.us-east-1.amazonaws.com");
+    let provider = &c["credential_provider"];
+    assert_eq!(provider["custom_credential_provider_chain"], true);
+    assert_eq!(provider["credentials_file_provider"]["profile"], "bedrock");
+    let source = &provider["credentials_file_provider"]["credentials_data_source"];
+    assert_eq!(source["filename"], "/etc/switchyard/aws/credentials");
+    assert_eq!(source["watched_directory"]["path"], "/etc/switchyard/aws");
+    // Envoy's default chain (environment, credentials file, web identity, container, instance metadata).
+    let c = &signer(2)["typed_config"];
+    assert_eq!(c["region"], "eu-west-1");
+    assert_eq!(host(2)["value_match"]["exact"], "bedrock-runtime.eu-west-1.amazonaws.com");
+    assert!(c.get("credential_provider").is_none(), "{c}");
+    // The backend filter knows Envoy signs (so it signs nothing itself) and nothing of the source;
+    // only the filter-signed backend's AWS variables reach the VM.
+    assert_eq!(plugin["backends"]["br-file"]["aws"], serde_json::json!({"signer": "envoy"}));
+    assert_eq!(plugin["backends"]["br-chain"]["aws"], serde_json::json!({"signer": "envoy"}));
+    assert!(plugin["backends"]["br-own"].get("aws").is_none());
+    let keys = &filters[0]["typed_config"]["config"]["vm_config"]["environment_variables"]["host_env_keys"];
+    assert_eq!(keys, &serde_json::json!(["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "OPENAI_API_KEY"]));
+    // The credentials file path is not a secret, and nothing else is written.
+    assert!(!out.contains("aws_access_key_id") && !out.contains("AKIA"));
+
+    // --reloadable and Istio share the cluster: the signer is in both.
+    let dir = std::env::temp_dir().join(format!("switchyard-render-aws-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ok, _, err) = run(&["render", path.to_str().unwrap(), "--reloadable", dir.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let clusters = std::fs::read_to_string(dir.join("clusters.yaml")).unwrap();
+    assert_eq!(clusters.matches("envoy.filters.http.aws_request_signing").count(), 2, "{clusters}");
+    let with_url = format!("module: {{ url: \"https://example.com/s.wasm\", sha256: \"{}\" }}\n{text}", "0".repeat(64));
+    let path = write_tmp("aws-envoy-istio.yaml", &with_url);
+    let (ok, out, err) = run(&["render", path.to_str().unwrap(), "--target", "istio"]);
+    assert!(ok, "{err}");
+    assert_eq!(out.matches("envoy.filters.http.aws_request_signing").count(), 2);
 }

@@ -50,6 +50,8 @@ pub struct BackendFilter {
     /// This attempt's backend speaks the client's ingress API: it gets the client's own body and
     /// its answer goes back untouched (errors are still translated, as for every backend).
     native: bool,
+    /// The client's `:authority` (see `RequestState::client_authority`).
+    client_authority: Option<String>,
 }
 
 /// A successful stream held back until its first token (routes with a first-token deadline).
@@ -74,6 +76,7 @@ impl BackendFilter {
             state: None,
             deadline: None,
             native: false,
+            client_authority: None,
         }
     }
 
@@ -151,8 +154,19 @@ impl BackendFilter {
             None => providers::upstream_request(self.op, cfg, body, &ctx)?,
         };
         set_request_header(":path", Some(&up.path));
-        if let Some(host) = &cfg.host {
-            set_request_header(":authority", Some(host));
+        // Always set: an earlier attempt (retries share one header map) left its backend's `host`
+        // there, and Envoy's credential injector and AWS signer pick their backend by `:authority`.
+        // A backend without `host` gets the client's, unless that names a configured backend's
+        // host (then the backend's name), so no attempt goes out looking like another backend's.
+        let authority = match &cfg.host {
+            Some(host) => Some(host.clone()),
+            None => self
+                .client_authority
+                .as_deref()
+                .map(|a| if self.backends.is_backend_host(a) { backend.name.clone() } else { a.to_string() }),
+        };
+        if let Some(a) = authority.filter(|a| !a.is_empty()) {
+            set_request_header(":authority", Some(&a));
         }
         set_request_header("content-type", Some("application/json"));
         let body_changed = up.body.as_slice() != body;
@@ -236,6 +250,11 @@ impl HttpContext for BackendFilter {
         };
         let headers = self.get_http_request_headers();
         self.state = header(&headers, "x-request-id").and_then(inflight::lookup);
+        let authority = header(&headers, ":authority").map(str::to_string);
+        self.client_authority = match &self.state {
+            Some(state) => state.borrow_mut().client_authority.get_or_insert_with(|| authority.unwrap_or_default()).clone().into(),
+            None => authority,
+        };
         let requested = match &self.state {
             Some(state) => {
                 let mut st = state.borrow_mut();

@@ -29,6 +29,9 @@ pub struct RequestState {
     pub served_model: Option<String>,
     /// Headers the latest attempt added for its provider; the next attempt removes them first.
     pub provider_headers: Vec<String>,
+    /// The client's `:authority`, as the first attempt found it (a later attempt finds the earlier
+    /// backend's `host` there): what a backend without `host` is sent.
+    pub client_authority: Option<String>,
     /// The client's own provider credential (bring-your-own-key), used instead of the gateway's.
     pub byok: Option<String>,
     /// Backends whose credential a provider refused (401/403) during this request: a later
@@ -68,7 +71,7 @@ pub struct Refused {
 
 impl RequestState {
     pub fn new(model: String, op: Operation) -> Self {
-        RequestState { model, op, attempts: 0, first_backend: None, served_backend: None, served_provider: None, served_model: None, provider_headers: Vec::new(), byok: None, refused: Vec::new(), deadline_ms: None, timings: Vec::new(), timed_targets: Vec::new(), needs: None, skipped: 0, forbid_floating: false, ingress: Default::default(), native_body: None, untranslatable: None, native_answer: false }
+        RequestState { model, op, attempts: 0, first_backend: None, served_backend: None, served_provider: None, served_model: None, provider_headers: Vec::new(), client_authority: None, byok: None, refused: Vec::new(), deadline_ms: None, timings: Vec::new(), timed_targets: Vec::new(), needs: None, skipped: 0, forbid_floating: false, ingress: Default::default(), native_body: None, untranslatable: None, native_answer: false }
     }
 
     /// How a provider refused `backend`'s credential in this request, if it did.

@@ -36,6 +36,13 @@ pub(crate) struct Backends {
     max_response_body_bytes: usize,
 }
 
+impl Backends {
+    /// Whether `authority` is the `host` of a configured backend (ASCII case-insensitive).
+    pub(crate) fn is_backend_host(&self, authority: &str) -> bool {
+        self.by_name.values().any(|b| b.cfg.host.as_deref().is_some_and(|h| h.eq_ignore_ascii_case(authority)))
+    }
+}
+
 pub(crate) struct BackendRuntime {
     pub name: String,
     pub cfg: Backend,

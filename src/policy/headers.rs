@@ -26,6 +26,11 @@ pub const CLIENT_CREDENTIAL_HEADERS: &[&str] = &[
     "x-goog-user-project",
 ];
 
+/// A SigV4 signature's own headers besides `authorization` and `x-amz-security-token`: a client's,
+/// or those Envoy's AWS signer added to an earlier attempt (retries share one header map), are
+/// removed; the attempt's signer (the filter's or Envoy's) sets them again.
+pub const SIGNATURE_HEADERS: &[&str] = &["x-amz-date", "x-amz-content-sha256"];
+
 /// Provider response headers about the gateway's provider account.
 pub const PROVIDER_ACCOUNT_HEADERS: &[&str] = &["openai-organization", "openai-project", "anthropic-organization-id", "set-cookie"];
 
@@ -37,7 +42,7 @@ pub fn is_internal(name: &str, byok_header: Option<&str>) -> bool {
 
 /// A request header the backend removes before the provider sees the request.
 pub fn withheld_from_provider(name: &str) -> bool {
-    name.starts_with(INTERNAL_HEADER_PREFIX) || CLIENT_CREDENTIAL_HEADERS.contains(&name)
+    name.starts_with(INTERNAL_HEADER_PREFIX) || CLIENT_CREDENTIAL_HEADERS.contains(&name) || SIGNATURE_HEADERS.contains(&name)
 }
 
 /// A provider's response header the gateway removes before the client sees the answer (it then
@@ -84,7 +89,7 @@ mod tests {
 
     #[test]
     fn provider_sees_no_client_credential_nor_account_choice() {
-        for name in CLIENT_CREDENTIAL_HEADERS.iter().chain(&["x-switchyard-route", "x-switchyard-provider-key"]) {
+        for name in CLIENT_CREDENTIAL_HEADERS.iter().chain(SIGNATURE_HEADERS).chain(&["x-switchyard-route", "x-switchyard-provider-key"]) {
             assert!(withheld_from_provider(name), "{name}");
         }
         for name in ["content-type", "x-request-id", "anthropic-version", "x-mock-openai", "user-agent", "accept"] {

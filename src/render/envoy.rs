@@ -130,10 +130,7 @@ fn credential_injector(s: &super::SdsCredential) -> Node {
                     "sds_config",
                     map([(
                         "path_config_source",
-                        map([
-                            ("path", (&s.path).into()),
-                            ("watched_directory", map([("path", s.path.rsplit_once('/').map_or("/", |(d, _)| if d.is_empty() { "/" } else { d }).into())])),
-                        ]),
+                        map([("path", (&s.path).into()), ("watched_directory", map([("path", parent_dir(&s.path).into())]))]),
                     )]),
                 ),
             ]),
@@ -143,6 +140,64 @@ fn credential_injector(s: &super::SdsCredential) -> Node {
     if !s.prefix.is_empty() {
         generic.push(("header_value_prefix".into(), (&s.prefix).into()));
     }
+    only_for_authority(
+        &s.host,
+        map([
+            ("name", "envoy.filters.http.credential_injector".into()),
+            (
+                "typed_config",
+                map([
+                    ("@type", "type.googleapis.com/envoy.extensions.filters.http.credential_injector.v3.CredentialInjector".into()),
+                    ("overwrite", true.into()),
+                    ("credential", map([("name", "envoy.http.injected_credentials.generic".into()), ("typed_config", Node::Map(generic))])),
+                ]),
+            ),
+        ]),
+    )
+}
+
+/// The directory of an absolute file path (what Envoy watches for the file being moved in).
+fn parent_dir(path: &str) -> &str {
+    path.rsplit_once('/').map_or("/", |(d, _)| if d.is_empty() { "/" } else { d })
+}
+
+/// Envoy's AWS request signing filter for one Bedrock backend (`aws: {signer: envoy}`), skipped
+/// unless the request goes to that backend's host. It runs after the backend filter, so it signs
+/// the translated request: path, body (hashed: `use_unsigned_payload: false` buffers it, streams
+/// included — a ConverseStream request is an ordinary POST body), `host` and the other headers.
+fn aws_request_signing(s: &super::EnvoyAwsSigner) -> Node {
+    let mut signing = vec![
+        ("@type".to_string(), Node::from("type.googleapis.com/envoy.extensions.filters.http.aws_request_signing.v3.AwsRequestSigning")),
+        ("service_name".into(), crate::providers::bedrock::SIGNING_SERVICE.into()),
+        ("region".into(), (&s.region).into()),
+        ("use_unsigned_payload".into(), false.into()),
+    ];
+    let provider = match &s.credentials {
+        super::AwsCredentialSource::File { path, profile } => {
+            let mut file = vec![(
+                "credentials_data_source".to_string(),
+                map([("filename", path.into()), ("watched_directory", map([("path", parent_dir(path).into())]))]),
+            )];
+            if let Some(p) = profile {
+                file.push(("profile".into(), p.into()));
+            }
+            // Only the file: not the environment, instance metadata or anything else of the chain.
+            Some(map([("custom_credential_provider_chain", true.into()), ("credentials_file_provider", Node::Map(file))]))
+        }
+        super::AwsCredentialSource::DefaultChain { profile: Some(p) } => {
+            Some(map([("credentials_file_provider", map([("profile", p.into())]))]))
+        }
+        super::AwsCredentialSource::DefaultChain { profile: None } => None,
+    };
+    if let Some(provider) = provider {
+        signing.push(("credential_provider".into(), provider));
+    }
+    only_for_authority(&s.host, map([("name", "envoy.filters.http.aws_request_signing".into()), ("typed_config", Node::Map(signing))]))
+}
+
+/// `filter` wrapped in `match_delegate`: skipped unless the request's `:authority` is `host` (the
+/// backend filter sets it to the chosen backend's `host`).
+fn only_for_authority(host: &str, filter: Node) -> Node {
     let authority = map([
         ("name", "authority".into()),
         (
@@ -156,20 +211,7 @@ fn credential_injector(s: &super::SdsCredential) -> Node {
             "typed_config",
             map([
                 ("@type", "type.googleapis.com/envoy.extensions.common.matching.v3.ExtensionWithMatcher".into()),
-                (
-                    "extension_config",
-                    map([
-                        ("name", "envoy.filters.http.credential_injector".into()),
-                        (
-                            "typed_config",
-                            map([
-                                ("@type", "type.googleapis.com/envoy.extensions.filters.http.credential_injector.v3.CredentialInjector".into()),
-                                ("overwrite", true.into()),
-                                ("credential", map([("name", "envoy.http.injected_credentials.generic".into()), ("typed_config", Node::Map(generic))])),
-                            ]),
-                        ),
-                    ]),
-                ),
+                ("extension_config", filter),
                 (
                     "xds_matcher",
                     map([(
@@ -181,7 +223,7 @@ fn credential_injector(s: &super::SdsCredential) -> Node {
                                     "predicate",
                                     map([(
                                         "not_matcher",
-                                        map([("single_predicate", map([("input", authority), ("value_match", map([("exact", (&s.host).into())]))]))]),
+                                        map([("single_predicate", map([("input", authority), ("value_match", map([("exact", host.into())]))]))]),
                                     )]),
                                 ),
                                 (
@@ -204,12 +246,16 @@ fn credential_injector(s: &super::SdsCredential) -> Node {
 }
 
 /// The upstream filters of every route's cluster: the backend filter, Envoy's credential injector
-/// for each backend whose credential comes from SDS, then the codec.
+/// for each backend whose credential comes from SDS, Envoy's AWS signer for each Bedrock backend
+/// that Envoy signs, then the codec.
 pub fn upstream_filters(f: &GatewayFile) -> Node {
     let mut filters = vec![wasm_filter("switchyard.backend", "switchyard-backend", vm_config(f), json_plugin(&backend_plugin(f)))];
     for b in &f.backends {
         if let Some(s) = &b.sds {
             filters.push(credential_injector(s));
+        }
+        if let Some(s) = &b.aws_signer {
+            filters.push(aws_request_signing(s));
         }
     }
     filters.push(

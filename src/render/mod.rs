@@ -47,6 +47,31 @@ pub struct BackendDef {
     pub env: Vec<String>,
     /// A credential Envoy reads from an SDS file it watches (rotated without a restart).
     pub sds: Option<SdsCredential>,
+    /// Bedrock with `aws: {signer: envoy}`: Envoy's AWS request signing filter signs its requests.
+    pub aws_signer: Option<EnvoyAwsSigner>,
+}
+
+/// `aws: {signer: envoy, …}` of a Bedrock backend: Envoy's `aws_request_signing` filter (an
+/// upstream filter after the backend filter, so it signs the translated request) signs requests
+/// whose `:authority` is the backend's `host`, with credentials from Envoy's own providers, which
+/// re-read or refresh them (session tokens included) without a restart.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EnvoyAwsSigner {
+    pub region: String,
+    pub host: String,
+    pub credentials: AwsCredentialSource,
+}
+
+/// Where Envoy's signer gets AWS credentials.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AwsCredentialSource {
+    /// Only an AWS credentials file (INI, `aws_access_key_id`, `aws_secret_access_key`,
+    /// `aws_session_token` under `[profile]`), re-read when it is replaced in its directory.
+    File { path: String, profile: Option<String> },
+    /// Envoy's default chain: environment, credentials file (`AWS_SHARED_CREDENTIALS_FILE`,
+    /// `~/.aws/credentials`), web identity (IRSA), container and instance metadata; `profile`
+    /// picks the credentials file's profile.
+    DefaultChain { profile: Option<String> },
 }
 
 /// `credential: {sds: PATH}`: Envoy's credential injector (an upstream filter after the backend
@@ -357,6 +382,24 @@ fn build(doc: &Node, p: &mut Problems) -> Option<GatewayFile> {
         _ => p.err("backends", "must be a mapping of backend names to their configuration, e.g. openai: {schema: openai, credential: {env: OPENAI_API_KEY}}"),
     }
 
+    // Envoy's credential injector and AWS signer pick their backend by `:authority`: its host must
+    // be that backend's alone.
+    for b in &backends {
+        let keyed = b.sds.as_ref().map(|s| s.host.as_str()).or(b.aws_signer.as_ref().map(|s| s.host.as_str()));
+        let Some(host) = keyed else { continue };
+        for o in backends.iter().filter(|o| o.name != b.name) {
+            if o.config.get("host").and_then(Node::as_str).is_some_and(|h| h.eq_ignore_ascii_case(host)) {
+                p.err(
+                    &format!("backends.{}.host", b.name),
+                    format!(
+                        "backend {} has the same host ({host}); Envoy applies this backend's credential (credential.sds or aws.signer: envoy) by the request's :authority: give each such backend its own host",
+                        o.name
+                    ),
+                );
+            }
+        }
+    }
+
     // Models → gateway entries and routes.
     let mut entries = Vec::new();
     let mut routes: Vec<RouteDef> = Vec::new();
@@ -442,15 +485,7 @@ fn build(doc: &Node, p: &mut Problems) -> Option<GatewayFile> {
         let on_route: Vec<bool> = hedges.iter().filter(|(n, _)| *n == r.name).map(|(_, h)| *h).collect();
         r.hedge = !on_route.is_empty() && on_route.iter().all(|h| *h);
     }
-    for (i, b) in backends.iter().enumerate() {
-        if let Some(s) = &b.sds {
-            if let Some(o) = backends[..i].iter().find(|o| o.sds.as_ref().is_some_and(|os| os.host == s.host)) {
-                p.err(
-                    &format!("backends.{}.host", b.name),
-                    format!("{} is also backends.{}'s host: credentials from SDS are chosen by :authority, give each such backend its own host", s.host, o.name),
-                );
-            }
-        }
+    for b in &backends {
         if !routes.iter().any(|r| r.candidates.iter().any(|c| c.backend == b.name)) {
             p.warnings.push(format!("backends.{}: no model's candidates use it (remove it, or add it to a model's candidates)", b.name));
         }
@@ -545,6 +580,17 @@ fn backend(name: &str, b: &Node, p: &mut Problems) -> Option<BackendDef> {
         }
     }
     let mut config = Node::Map(fields.iter().filter(|(k, _)| !RENDER_BACKEND_KEYS.contains(&k.as_str())).cloned().collect());
+    let signer = aws_signer_fields(b, &path, p)?;
+    if signer.is_some() {
+        // The credential source is the renderer's (Envoy's signer); the backend filter only learns
+        // that Envoy signs.
+        if let Some(aws) = b.get("aws") {
+            let mut aws = aws.clone();
+            aws.remove("credentials_file");
+            aws.remove("profile");
+            config.set("aws", aws);
+        }
+    }
     if let Some(c) = &sds_fields {
         // The backend filter gets a credential-less backend (it sends none); its header and prefix
         // are worked out by the filter's own rules with a stand-in variable.
@@ -622,7 +668,7 @@ fn backend(name: &str, b: &Node, p: &mut Problems) -> Option<BackendDef> {
             p.err(&format!("{path}.credential.sds"), "must be the absolute path of an SDS file holding the secret (see README \"Provider credentials\")");
         }
         if parsed.schema == crate::config::Schema::Bedrock {
-            p.err(&format!("{path}.credential.sds"), "Bedrock signs requests with AWS keys: use the environment (aws: {…}); see README \"Provider credentials\"");
+            p.err(&format!("{path}.credential.sds"), "Bedrock signs requests with AWS keys: for keys that rotate, let Envoy sign (aws: {signer: envoy, credentials_file: PATH}); see README \"Provider credentials\"");
         }
         let Some(host) = b.get("host").and_then(Node::as_str).map(str::to_string) else {
             p.err(&format!("{path}.host"), "a credential from SDS is applied by the request's :authority: set the backend's `host`");
@@ -633,7 +679,16 @@ fn backend(name: &str, b: &Node, p: &mut Problems) -> Option<BackendDef> {
     } else if let Some(c) = &parsed.credential {
         env.push(c.env.clone());
     }
-    if parsed.schema == crate::config::Schema::Bedrock {
+    let mut aws_signer = None;
+    if let Some(credentials) = signer {
+        let region = parsed.aws_region();
+        let host = config.get("host").and_then(Node::as_str).map(str::to_string);
+        match (region, host) {
+            (Some(region), Some(host)) => aws_signer = Some(EnvoyAwsSigner { region, host, credentials }),
+            // The backend plugin's own checks already said what is missing.
+            _ => p.err(&format!("{path}.aws"), "Envoy's signer needs the backend's `host` and a region (aws.region or a bedrock-runtime.<region>.amazonaws.com host)"),
+        }
+    } else if parsed.schema == crate::config::Schema::Bedrock {
         let d = crate::config::AwsConfig::default();
         let aws = parsed.aws.as_ref().unwrap_or(&d);
         for e in [&aws.access_key_id_env, &aws.secret_access_key_env, &aws.session_token_env] {
@@ -641,7 +696,81 @@ fn backend(name: &str, b: &Node, p: &mut Problems) -> Option<BackendDef> {
         }
     }
     // The :authority the provider sees: keep the file's `host` (or none, for a local server).
-    Some(BackendDef { name: name.to_string(), config, endpoint, env, sds })
+    Some(BackendDef { name: name.to_string(), config, endpoint, env, sds, aws_signer })
+}
+
+/// A Bedrock backend's `aws:` fields about who signs: `Ok(Some(source))` for `signer: envoy`,
+/// `Ok(None)` for the filter's own SigV4 (the default), `None` (after an error) for an inconsistent
+/// combination.
+fn aws_signer_fields(b: &Node, path: &str, p: &mut Problems) -> Option<Option<AwsCredentialSource>> {
+    let Some(aws @ Node::Map(_)) = b.get("aws") else { return Some(None) };
+    let envoy = match aws.get("signer") {
+        None | Some(Node::Null) => false,
+        Some(Node::Str(s)) if s == "filter" => false,
+        Some(Node::Str(s)) if s == "envoy" => true,
+        Some(_) => {
+            p.err(
+                &format!("{path}.aws.signer"),
+                "must be `filter` (the backend filter's own SigV4, keys read once from the environment) or `envoy` (Envoy's AWS request signing filter and credential providers, which refresh credentials without a restart)",
+            );
+            return None;
+        }
+    };
+    let file = match aws.get("credentials_file") {
+        None | Some(Node::Null) => None,
+        Some(Node::Str(s)) if s.starts_with('/') && !s.ends_with('/') => Some(s.clone()),
+        Some(_) => {
+            p.err(
+                &format!("{path}.aws.credentials_file"),
+                "must be the absolute path of an AWS credentials file (replace it with a rename: Envoy re-reads it when it is moved into its directory)",
+            );
+            return None;
+        }
+    };
+    let profile = match aws.get("profile") {
+        None | Some(Node::Null) => None,
+        Some(Node::Str(s)) if !s.is_empty() && s.bytes().all(|c| c.is_ascii_alphanumeric() || b"-_.@+".contains(&c)) => Some(s.clone()),
+        Some(_) => {
+            p.err(&format!("{path}.aws.profile"), "must be a profile name of the credentials file (letters, digits, '-', '_', '.')");
+            return None;
+        }
+    };
+    if !envoy {
+        for (k, v) in [("credentials_file", file.is_some()), ("profile", profile.is_some())] {
+            if v {
+                p.err(
+                    &format!("{path}.aws.{k}"),
+                    "is read by Envoy's signer: add `signer: envoy` (without it the backend filter signs with keys from the environment variables access_key_id_env, secret_access_key_env, session_token_env)",
+                );
+                return None;
+            }
+        }
+        return Some(None);
+    }
+    let mut ok = true;
+    for k in ["access_key_id_env", "secret_access_key_env", "session_token_env"] {
+        if aws.get(k).is_some() {
+            p.err(
+                &format!("{path}.aws.{k}"),
+                "names a variable the backend filter signs with; with `signer: envoy` Envoy's credential providers supply the keys: remove it (use credentials_file, or Envoy's default chain, which reads AWS_ACCESS_KEY_ID… itself)",
+            );
+            ok = false;
+        }
+    }
+    if b.get("credential").is_some() {
+        p.err(
+            &format!("{path}.credential"),
+            "with aws.signer: envoy, Envoy signs every request to this backend (its `authorization` header): remove the credential (a Bedrock API key), or let the filter sign (signer: filter)",
+        );
+        ok = false;
+    }
+    if !ok {
+        return None;
+    }
+    Some(Some(match file {
+        Some(path) => AwsCredentialSource::File { path, profile },
+        None => AwsCredentialSource::DefaultChain { profile },
+    }))
 }
 
 fn candidates(c: &Node, path: &str, backends: &[BackendDef], p: &mut Problems) -> Vec<Candidate> {

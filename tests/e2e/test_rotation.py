@@ -98,8 +98,14 @@ def test_a_rotated_key_is_used_by_the_next_request_and_a_refused_one_fails_over(
     assert r.headers["x-switchyard-attempts"] == "2"
     sent = gw.mock_requests("openai")
     assert len(sent) == 1 and sent[0]["headers"]["authorization"] == f"Bearer {NEW}", sent
+    # The next candidate got neither OpenAI key: the backend filter set its `:authority` (retries
+    # share one header map, and the injector picks its backend by `:authority`).
+    # (The mock's control header, which names the key it accepts, aside.)
+    other = gw.mock_requests("anthropic")
+    sent_on = {k: v for k, v in other[0]["headers"].items() if k != "x-mock-require-credential"}
+    assert len(other) == 1 and OLD not in str(sent_on) and NEW not in str(sent_on), sent_on
     # The client's own key never reached a provider; the same Envoy process throughout.
-    assert "sk-client-key" not in str(gw.mock_requests("anthropic")) + str(sent)
+    assert "sk-client-key" not in str(other) + str(sent)
     assert gw.proc.pid == pid and gw.alive()
     # Credentials stay out of Envoy's log and the access log.
     time.sleep(0.2)

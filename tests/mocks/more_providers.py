@@ -25,7 +25,10 @@ Every recorded request also carries ``provider`` (gemini, vertex, bedrock, coher
 mistral, deepseek, unknown) and, for Bedrock, ``sigv4``: ``"valid"`` when the AWS Signature V4 in
 ``authorization`` verifies against the AWS test-suite credentials below (recomputed here with the
 published algorithm), ``"absent"`` when unsigned, ``"unknown access key …"``, or ``"invalid: …"``
-(then the answer is Bedrock's 403 ``InvalidSignatureException``).
+(then the answer is Bedrock's 403 ``InvalidSignatureException``). ``x-mock-require-credential:
+bedrock=<access key id>`` (as the OpenAI and Anthropic mocks take it for their keys) makes a valid
+signature by any other key ``"refused: …"``, also answered with that 403 (a provider that accepts
+only the rotated key). An ``x-amz-security-token`` must be among the signed headers.
 
 Scenarios: header ``x-mock-more: <item>[,<item>…]`` where an item is ``<scenario>`` (every
 provider) or ``<provider>=<scenario>`` (that provider only; ``gemini=`` also matches Vertex). A
@@ -69,8 +72,10 @@ import providers as base  # noqa: E402  (the OpenAI/Anthropic mocks: shared HTTP
 FIXTURES = base.FIXTURES
 
 # AWS's published SigV4 test-suite credentials: the harness gives these to Envoy, so the mock can
-# recompute and check every signature. Any other access key is accepted unverified (demo use).
-TEST_AWS_CREDENTIALS = {"AKIDEXAMPLE": "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"}
+# recompute and check every signature; and a second, made-up pair a test rotates to
+# (tests/e2e/test_aws_signing.py). Any other access key is accepted unverified (demo use).
+TEST_AWS_CREDENTIALS = {"AKIDEXAMPLE": "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+                        "AKIDROTATEDEXAMPLE": "rotatedSecretKeyForSwitchyardTests/0002"}
 SIGV4_MAX_SKEW_SECONDS = 15 * 60
 
 KINDS = ("gemini", "vertex", "bedrock", "cohere", "ollama", "azure", "mistral", "deepseek")
@@ -246,6 +251,8 @@ def verify_sigv4(method: str, raw_path: str, raw_query: str, headers: dict, body
     missing = [h for h in signed if h not in headers]
     if missing:
         return f"invalid: signed headers missing from the request: {missing}"
+    if "x-amz-security-token" in headers and "x-amz-security-token" not in signed:
+        return "invalid: x-amz-security-token is not signed"
     # Every AWS service but S3: the wire path (already percent-encoded) is encoded once more.
     canonical_uri = quote(raw_path or "/", safe="/~")
     pairs = sorted((quote(k, safe="-_.~"), quote(v, safe="-_.~"))
@@ -264,6 +271,21 @@ def verify_sigv4(method: str, raw_path: str, raw_query: str, headers: dict, body
     if not hmac.compare_digest(expected, signature):
         return "invalid: signature mismatch"
     return "valid"
+
+
+def signing_key_id(headers: dict) -> str | None:
+    """The access key id in a SigV4 ``authorization`` (its Credential's first part)."""
+    m = re.search(r"Credential=([^/,\s]+)/", headers.get("authorization", ""))
+    return m.group(1) if m else None
+
+
+def required_aws_key(headers: dict) -> str | None:
+    """``x-mock-require-credential: bedrock=<access key id>``: the only key this mock accepts."""
+    for item in (headers.get("x-mock-require-credential") or "").split(","):
+        who, sep, value = item.strip().partition("=")
+        if sep and who == "bedrock":
+            return value.strip()
+    return None
 
 
 # ---- Cohere's documented streams (Python SDK reprs in the docs) rebuilt into wire JSON
@@ -1199,7 +1221,7 @@ class MoreProvider(base.Provider):
                                          "param": None, "code": None}})
         if not isinstance(req.body, dict):
             return sub.error(400)
-        if kind == "bedrock" and entry.get("sigv4", "").startswith("invalid"):
+        if kind == "bedrock" and entry.get("sigv4", "").startswith(("invalid", "refused")):
             return sub.signature_error(entry["sigv4"])
         if scenario in (None, "", "ok", "none", "stall"):
             return sub.answer(req)
@@ -1279,6 +1301,11 @@ class MoreHandler(base.Handler):
                      "provider": kind, "time": time.time()}
             if kind == "bedrock":
                 entry["sigv4"] = verify_sigv4(self.command, url.path, url.query, headers, raw)
+                required = required_aws_key(headers)
+                if entry["sigv4"] == "valid" and required is not None:
+                    key_id = signing_key_id(headers)
+                    if key_id != required:
+                        entry["sigv4"] = f"refused: signed by {key_id}, this mock accepts {required}"
             provider.record(entry)
             if scenario == "stall":
                 secs = headers.get("x-mock-stall-seconds")
