@@ -252,7 +252,8 @@ impl HttpContext for BackendFilter {
         self.state = header(&headers, "x-request-id").and_then(inflight::lookup);
         let authority = header(&headers, ":authority").map(str::to_string);
         self.client_authority = match &self.state {
-            Some(state) => state.borrow_mut().client_authority.get_or_insert_with(|| authority.unwrap_or_default()).clone().into(),
+            // The first attempt records it; later ones find the previous backend's host in the header.
+            Some(state) => Some(state.borrow_mut().client_authority.get_or_insert_with(|| authority.unwrap_or_default()).clone()),
             None => authority,
         };
         let requested = match &self.state {
