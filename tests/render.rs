@@ -25,6 +25,7 @@ const GOLDEN: &[(&str, &str, &str)] = &[
     ("examples/gateway.yaml", "envoy", "envoy/envoy.yaml"),
     ("examples/routing.yaml", "envoy", "tests/golden/routing.envoy.yaml"),
     ("examples/routing.yaml", "istio", "tests/golden/routing.istio.yaml"),
+    ("examples/istio.yaml", "istio", "tests/golden/istio.istio.yaml"),
 ];
 
 #[test]
@@ -357,23 +358,10 @@ fn dns_label(s: &str) -> bool {
     !s.is_empty() && s.len() <= 63 && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') && !s.starts_with('-') && !s.ends_with('-')
 }
 
-#[test]
-fn istio_resources_are_structurally_sound() {
-    let docs = istio_docs("examples/routing.yaml");
-    let source: Value = serde_yaml::from_str(&std::fs::read_to_string(repo().join("examples/routing.yaml")).unwrap()).unwrap();
-    let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
-    assert_eq!(kinds.iter().filter(|k| **k == "ServiceEntry").count(), 6, "{kinds:?}");
-    assert_eq!(kinds[6..], ["EnvoyFilter"]);
-    for d in &docs {
-        let want = match d["kind"].as_str().unwrap() {
-            "EnvoyFilter" => "networking.istio.io/v1alpha3",
-            "ServiceEntry" => "networking.istio.io/v1",
-            other => panic!("unexpected kind {other}"),
-        };
-        assert_eq!(d["apiVersion"], want);
-        assert!(dns_label(d["metadata"]["name"].as_str().unwrap()), "{}", d["metadata"]["name"]);
-        assert_eq!(d["metadata"]["namespace"], "istio-system");
-    }
+/// The EnvoyFilter's checks shared by every module source: patches, ECDS references, routes and
+/// clusters, both roles' extension configurations with one `vm_config`. Returns that `vm_config`.
+fn check_istio_envoy_filter(example: &str, docs: &[Value]) -> Value {
+    let source: Value = serde_yaml::from_str(&std::fs::read_to_string(repo().join(example)).unwrap()).unwrap();
     let ef = docs.iter().find(|d| d["kind"] == "EnvoyFilter").unwrap();
     assert_eq!(ef["spec"]["workloadSelector"]["labels"], serde_json::json!({"istio": "ingressgateway"}));
     let patches = ef["spec"]["configPatches"].as_array().unwrap();
@@ -386,19 +374,57 @@ fn istio_resources_are_structurally_sound() {
                 assert_eq!(op, "INSERT_BEFORE");
                 assert_eq!(p["match"]["listener"]["filterChain"]["filter"]["subFilter"]["name"], "envoy.filters.http.router");
             }
+            // Istio ignores the match of an extension configuration and applies only ADD.
+            "EXTENSION_CONFIG" => {
+                assert_eq!(op, "ADD");
+                assert!(p.get("match").is_none());
+                continue;
+            }
             other => panic!("unexpected applyTo {other}"),
         }
-        assert_eq!(p["match"]["context"], "GATEWAY");
+        assert_eq!(p["match"]["context"], "GATEWAY", "{example}");
     }
+    // Two extension configurations, the roles, with the same vm_config (one VM), defined before
+    // anything refers to them.
+    let exts: Vec<&Value> = patches.iter().filter(|p| p["applyTo"] == "EXTENSION_CONFIG").map(|p| &p["patch"]["value"]).collect();
+    assert_eq!(exts.iter().map(|e| e["name"].as_str().unwrap()).collect::<Vec<_>>(), ["switchyard.gateway", "switchyard.backend"]);
+    assert!(patches[..2].iter().all(|p| p["applyTo"] == "EXTENSION_CONFIG"));
+    let roles: Vec<Value> = exts
+        .iter()
+        .map(|e| {
+            let cfg = &e["typed_config"]["config"];
+            assert_eq!(e["typed_config"]["@type"], "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm");
+            assert_eq!(cfg["root_id"], "switchyard");
+            assert_eq!(cfg["fail_open"], false);
+            assert_eq!(cfg["vm_config"], exts[0]["typed_config"]["config"]["vm_config"], "{example}: one vm_config for both roles");
+            serde_json::from_str::<Value>(cfg["configuration"]["value"].as_str().unwrap()).unwrap()["role"].clone()
+        })
+        .collect();
+    assert_eq!(roles, ["gateway", "backend"]);
+    assert_eq!(exts[0]["typed_config"]["config"]["allow_on_headers_stop_iteration"], true);
+    let vm = exts[0]["typed_config"]["config"]["vm_config"].clone();
+    assert_eq!(vm["vm_id"], "switchyard");
+    // Fetched by istio-agent, not by Envoy: no cluster of its own.
+    assert_eq!(vm["code"]["remote"]["http_uri"]["cluster"], "_");
+    // Nothing but the extension configurations holds a vm_config: every filter is a reference.
+    let mut vms = 0;
+    walk(ef, &mut |n| vms += usize::from(n.get("vm_config").is_some()));
+    assert_eq!(vms, 2);
+    let ecds = |f: &Value, name: &str| {
+        assert_eq!(f["name"], name);
+        assert!(f.get("typed_config").is_none());
+        let cd = &f["config_discovery"];
+        assert_eq!(cd["config_source"]["ads"], serde_json::json!({}));
+        assert_eq!(cd["config_source"]["initial_fetch_timeout"], "0s");
+        let types = cd["type_urls"].as_array().unwrap();
+        assert!(types.contains(&Value::from("type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm")));
+        // What istio-agent puts in place of a module it could not fetch.
+        assert!(types.contains(&Value::from("type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC")));
+    };
     // The gateway filter first (it sets the headers header_to_metadata reads), both before the router.
     let filters: Vec<&Value> = patches.iter().filter(|p| p["applyTo"] == "HTTP_FILTER").map(|p| &p["patch"]["value"]).collect();
-    assert_eq!(filters[0]["name"], "switchyard.gateway");
-    assert_eq!(filters[1]["name"], "envoy.filters.http.header_to_metadata");
-    let gw = &filters[0]["typed_config"]["config"];
-    assert_eq!(gw["allow_on_headers_stop_iteration"], true);
-    assert_eq!(gw["root_id"], "switchyard");
-    let plugin: Value = serde_json::from_str(gw["configuration"]["value"].as_str().unwrap()).unwrap();
-    assert_eq!(plugin["role"], "gateway");
+    ecds(filters[0], "switchyard.gateway");
+    let plugin: Value = serde_json::from_str(exts[0]["typed_config"]["config"]["configuration"]["value"].as_str().unwrap()).unwrap();
     let models: Vec<Value> = plugin["models"].as_array().unwrap().clone();
     assert_eq!(models.len(), source["models"].as_array().unwrap().len());
     let clusters: Vec<&Value> = patches.iter().filter(|p| p["applyTo"] == "CLUSTER").map(|p| &p["patch"]["value"]).collect();
@@ -408,21 +434,13 @@ fn istio_resources_are_structurally_sound() {
         let r = routes.iter().find(|r| r["match"]["headers"][0]["string_match"]["exact"] == route).unwrap_or_else(|| panic!("no route {route}"));
         assert!(clusters.iter().any(|c| c["name"] == r["route"]["cluster"]), "no cluster for {route}");
     }
-    // Both roles in one VM: the same vm_config everywhere, the module from its pinned URL.
-    let mut vms = Vec::new();
-    walk(ef, &mut |n| {
-        if let Some(vm) = n.get("vm_config") {
-            vms.push(vm);
-        }
-    });
-    assert_eq!(vms.len(), clusters.len(), "the gateway filter and a backend filter per route cluster");
-    for vm in &vms {
-        assert_eq!(*vm, vms[0]);
-        assert_eq!(vm["vm_id"], "switchyard");
-        assert_eq!(vm["code"]["remote"]["sha256"], source["module"]["sha256"]);
-        assert_eq!(vm["code"]["remote"]["http_uri"]["uri"], source["module"]["url"]);
+    // Every cluster is a route's, its first upstream filter the backend role by reference.
+    assert_eq!(clusters.len(), routes.len());
+    for c in &clusters {
+        let up = &c["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["http_filters"];
+        ecds(&up[0], "switchyard.backend");
+        assert_eq!(up.as_array().unwrap().last().unwrap()["name"], "envoy.filters.http.upstream_codec");
     }
-    assert!(clusters.iter().any(|c| c["name"] == vms[0]["code"]["remote"]["http_uri"]["cluster"]));
     // ServiceEntries cover every provider host the clusters reach over TLS.
     let hosts: Vec<&Value> = docs.iter().filter(|d| d["kind"] == "ServiceEntry").map(|d| &d["spec"]["hosts"][0]).collect();
     for c in &clusters {
@@ -437,12 +455,74 @@ fn istio_resources_are_structurally_sound() {
         assert_eq!(d["spec"]["ports"][0]["protocol"], "TLS");
         assert_eq!(d["spec"]["ports"][0]["number"], 443);
     }
+    for d in docs {
+        let want = match d["kind"].as_str().unwrap() {
+            "EnvoyFilter" => "networking.istio.io/v1alpha3",
+            "ServiceEntry" => "networking.istio.io/v1",
+            other => panic!("unexpected kind {other}"),
+        };
+        assert_eq!(d["apiVersion"], want);
+        assert!(dns_label(d["metadata"]["name"].as_str().unwrap()), "{}", d["metadata"]["name"]);
+        assert_eq!(d["metadata"]["namespace"], "istio-system");
+    }
+    vm
 }
 
 #[test]
-fn istio_needs_a_module_url() {
+fn istio_resources_are_structurally_sound() {
+    let docs = istio_docs("examples/routing.yaml");
+    let source: Value = serde_yaml::from_str(&std::fs::read_to_string(repo().join("examples/routing.yaml")).unwrap()).unwrap();
+    let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds.iter().filter(|k| **k == "ServiceEntry").count(), 6, "{kinds:?}");
+    assert_eq!(kinds[6..], ["EnvoyFilter"]);
+    // module: {url, sha256}: istio-agent fetches the URL and checks the module's digest.
+    let vm = check_istio_envoy_filter("examples/routing.yaml", &docs);
+    assert_eq!(vm["code"]["remote"]["sha256"], source["module"]["sha256"]);
+    assert_eq!(vm["code"]["remote"]["http_uri"]["uri"], source["module"]["url"]);
+    // Credentials are only named: each backend's variables are passed into the VM.
+    let keys = vm["environment_variables"]["host_env_keys"].as_array().unwrap();
+    assert!(keys.contains(&Value::from("VERTEX_ACCESS_TOKEN")), "{keys:?}");
+}
+
+#[test]
+fn istio_pulls_the_module_from_an_oci_image() {
+    let docs = istio_docs("examples/istio.yaml");
+    let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["ServiceEntry", "ServiceEntry", "EnvoyFilter"]);
+    let vm = check_istio_envoy_filter("examples/istio.yaml", &docs);
+    let remote = &vm["code"]["remote"];
+    assert_eq!(remote["http_uri"]["uri"], "oci://registry.example.com/switchyard/filter:0.1.0");
+    // The manifest digest as scripts/package prints it (sha256:HEX) becomes the hex Istio compares.
+    let source: Value = serde_yaml::from_str(&std::fs::read_to_string(repo().join("examples/istio.yaml")).unwrap()).unwrap();
+    assert_eq!(format!("sha256:{}", remote["sha256"].as_str().unwrap()), source["module"]["sha256"].as_str().unwrap());
+}
+
+#[test]
+fn istio_needs_a_fetchable_module() {
     let (ok, _, err) = run(&["render", "examples/demo.yaml", "--target", "istio"]);
-    assert!(!ok && err.contains("module: --target istio needs module: {url"), "{err}");
+    assert!(!ok && err.contains("module: --target istio needs module: {image: oci://"), "{err}");
+    // And an image is for istio only; a malformed one is refused by check and render alike.
+    let (ok, _, err) = run(&["render", "examples/istio.yaml", "--target", "envoy"]);
+    assert!(!ok && err.contains("module.image"), "{err}");
+    let cases: &[(&str, &str, &str)] = &[
+        ("no-tag", "module: { image: \"oci://registry.example.com/switchyard/filter\" }\n", "module.image"),
+        ("not-oci", "module: { image: \"registry.example.com/switchyard/filter:0.1.0\" }\n", "module.image"),
+        ("bad-digest", "module: { image: \"oci://registry.example.com/switchyard/filter:0.1.0\", sha256: \"sha256:abc\" }\n", "manifest digest"),
+        ("image-and-url", "module: { image: \"oci://r.example/s/f:1\", url: \"https://x/y.wasm\", sha256: \"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855\" }\n", "module"),
+        ("unknown-field", "module: { image: \"oci://r.example/s/f:1\", digest: x }\n", "module.digest"),
+    ];
+    for (name, module, want) in cases {
+        let path = write_tmp(&format!("{name}.yaml"), &format!("{BASE}{module}"));
+        for cmd in ["check", "render"] {
+            let (ok, _, err) = run(&[cmd, path.to_str().unwrap(), "--target", "istio"][..if cmd == "check" { 2 } else { 4 }]);
+            assert!(!ok && err.contains(want), "{name} {cmd}: {err}");
+        }
+    }
+    // A digest reference needs no sha256.
+    let path = write_tmp("digest-ref.yaml", &format!("{BASE}module: {{ image: \"oci://r.example/s/f@sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855\" }}\n"));
+    let (ok, out, err) = run(&["render", path.to_str().unwrap(), "--target", "istio"]);
+    assert!(ok, "{err}");
+    assert!(!out.contains("sha256: "), "no sha256 field: istio-agent takes the reference's digest");
 }
 
 #[test]

@@ -120,6 +120,12 @@ fn render_cmd(args: &[String]) -> Result<String, String> {
         eprintln!("{path}: warning: {w}");
     }
     let header = switchyard::render::header(&path, &target);
+    if target == "envoy" && matches!(gw.module, switchyard::render::Module::Image { .. }) {
+        return Err(format!(
+            "{path}: module.image: an OCI image is pulled by istio-agent (--target istio); Envoy itself loads a file or an http(s) URL: \
+             write module: {{file: PATH}} or {{url: URL, sha256: HEX}} (the image's plugin.wasm)"
+        ));
+    }
     match (target.as_str(), reloadable) {
         ("envoy", None) => Ok(yaml::to_yaml(&envoy::render(&gw), &header)),
         ("envoy", Some(dir)) => {

@@ -73,7 +73,15 @@ pub fn vm_config(f: &GatewayFile) -> Node {
                 ("retry_policy", map([("num_retries", 3u32.into())])),
             ]),
         )]),
+        // Envoy cannot pull an image (`--target envoy` refuses it): only istio-agent's rewrite
+        // of this remote source into a local file makes it loadable (src/render/istio.rs).
+        Module::Image { .. } => agent_fetched_code(f).unwrap_or(Node::Null),
     };
+    vm_config_with_code(f, code)
+}
+
+/// A `vm_config` with the given `code`: the same VM settings in every rendering.
+pub fn vm_config_with_code(f: &GatewayFile, code: Node) -> Node {
     map([
         ("vm_id", (&f.vm_id).into()),
         ("runtime", "envoy.wasm.runtime.v8".into()),
@@ -82,27 +90,43 @@ pub fn vm_config(f: &GatewayFile) -> Node {
     ])
 }
 
-fn wasm_filter(filter_name: &str, plugin_name: &str, vm: Node, configuration: String) -> Node {
+/// `code.remote` as Istio's control plane writes it for the agent to fetch (an `oci://` image or an
+/// http(s) URL, `cluster: "_"`, 30 s): istio-agent fetches the module, checks `sha256` (an image's
+/// manifest digest, a URL's module digest) and rewrites the source into a local file before Envoy
+/// sees it. None for a local file.
+pub fn agent_fetched_code(f: &GatewayFile) -> Option<Node> {
+    let (uri, sha256) = match &f.module {
+        Module::File(_) => return None,
+        Module::Remote { url, sha256 } => (url, Some(sha256)),
+        Module::Image { image, sha256 } => (image, sha256.as_ref()),
+    };
+    let mut remote = vec![("http_uri".to_string(), map([("uri", uri.into()), ("cluster", "_".into()), ("timeout", "30s".into())]))];
+    if let Some(s) = sha256 {
+        remote.push(("sha256".into(), s.into()));
+    }
+    Some(map([("remote", Node::Map(remote))]))
+}
+
+/// The Wasm filter's `typed_config`: one plugin of the module in the VM `vm`.
+pub fn wasm_typed_config(plugin_name: &str, vm: Node, configuration: String) -> Node {
     map([
-        ("name", filter_name.into()),
+        ("@type", WASM.into()),
         (
-            "typed_config",
+            "config",
             map([
-                ("@type", WASM.into()),
-                (
-                    "config",
-                    map([
-                        ("name", plugin_name.into()),
-                        ("root_id", "switchyard".into()),
-                        ("allow_on_headers_stop_iteration", true.into()),
-                        ("fail_open", false.into()),
-                        ("vm_config", vm),
-                        ("configuration", map([("@type", STRING_VALUE.into()), ("value", configuration.into())])),
-                    ]),
-                ),
+                ("name", plugin_name.into()),
+                ("root_id", "switchyard".into()),
+                ("allow_on_headers_stop_iteration", true.into()),
+                ("fail_open", false.into()),
+                ("vm_config", vm),
+                ("configuration", map([("@type", STRING_VALUE.into()), ("value", configuration.into())])),
             ]),
         ),
     ])
+}
+
+fn wasm_filter(filter_name: &str, plugin_name: &str, vm: Node, configuration: String) -> Node {
+    map([("name", filter_name.into()), ("typed_config", wasm_typed_config(plugin_name, vm, configuration))])
 }
 
 /// The backend plugin's configuration: every backend, renderer-only fields removed.
@@ -113,8 +137,22 @@ pub fn backend_plugin(f: &GatewayFile) -> Node {
     ])
 }
 
+/// The filters' names (and, for `--target istio`, their extension configurations' names).
+pub const GATEWAY_FILTER: &str = "switchyard.gateway";
+pub const BACKEND_FILTER: &str = "switchyard.backend";
+
 pub fn gateway_filter(f: &GatewayFile) -> Node {
-    wasm_filter("switchyard.gateway", "switchyard-gateway", vm_config(f), json_plugin(&f.gateway))
+    wasm_filter(GATEWAY_FILTER, "switchyard-gateway", vm_config(f), json_plugin(&f.gateway))
+}
+
+/// The gateway plugin's Wasm `typed_config` in the VM `vm`.
+pub fn gateway_wasm(f: &GatewayFile, vm: Node) -> Node {
+    wasm_typed_config("switchyard-gateway", vm, json_plugin(&f.gateway))
+}
+
+/// The backend plugin's Wasm `typed_config` in the VM `vm`.
+pub fn backend_wasm(f: &GatewayFile, vm: Node) -> Node {
+    wasm_typed_config("switchyard-backend", vm, json_plugin(&backend_plugin(f)))
 }
 
 /// Envoy's credential injector for one backend's SDS credential, skipped unless the request goes
@@ -249,7 +287,12 @@ fn only_for_authority(host: &str, filter: Node) -> Node {
 /// for each backend whose credential comes from SDS, Envoy's AWS signer for each Bedrock backend
 /// that Envoy signs, then the codec.
 pub fn upstream_filters(f: &GatewayFile) -> Node {
-    let mut filters = vec![wasm_filter("switchyard.backend", "switchyard-backend", vm_config(f), json_plugin(&backend_plugin(f)))];
+    upstream_filters_with(f, wasm_filter(BACKEND_FILTER, "switchyard-backend", vm_config(f), json_plugin(&backend_plugin(f))))
+}
+
+/// The upstream filters with `backend` as the backend filter (inline, or an ECDS reference).
+pub fn upstream_filters_with(f: &GatewayFile, backend: Node) -> Node {
+    let mut filters = vec![backend];
     for b in &f.backends {
         if let Some(s) = &b.sds {
             filters.push(credential_injector(s));
@@ -590,6 +633,11 @@ fn subset_selectors() -> Node {
 }
 
 pub fn cluster(f: &GatewayFile, r: &RouteDef) -> Node {
+    cluster_with(f, r, upstream_filters(f))
+}
+
+/// A route's cluster with the given upstream filters.
+pub fn cluster_with(f: &GatewayFile, r: &RouteDef, upstream_filters: Node) -> Node {
     let name = format!("{ROUTE_PREFIX}{}", r.name);
     let caps = capability_metadata(f, r);
     let backend = |n: &str| f.backends.iter().find(|b| b.name == n);
@@ -672,7 +720,7 @@ pub fn cluster(f: &GatewayFile, r: &RouteDef) -> Node {
             map([
                 ("@type", "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions".into()),
                 ("explicit_http_config", map([("http_protocol_options", Node::Map(vec![]))])),
-                ("http_filters", upstream_filters(f)),
+                ("http_filters", upstream_filters),
             ]),
         )]),
     ));
@@ -762,7 +810,7 @@ pub fn render_reloadable(f: &GatewayFile, dir: &str) -> (Node, Node, Node) {
     // The module's own cluster is static: a reload never refetches the module.
     let static_clusters: Vec<Node> = match &f.module {
         Module::Remote { url, .. } => module_cluster(url).into_iter().collect(),
-        Module::File(_) => Vec::new(),
+        Module::File(_) | Module::Image { .. } => Vec::new(),
     };
     if !static_clusters.is_empty() {
         top.push(("static_resources".into(), map([("clusters", Node::List(static_clusters))])));

@@ -26,6 +26,10 @@ pub enum Module {
     File(String),
     /// An HTTP(S) URL with its pinned sha256 (`vm_config.code.remote`).
     Remote { url: String, sha256: String },
+    /// An OCI image (`oci://registry/repository:tag`, the Wasm image spec's compat variant that
+    /// `scripts/package` writes), for `--target istio` only: istio-agent pulls it. `sha256` is the
+    /// image's manifest digest (hex), which istio-agent checks; Envoy itself cannot pull images.
+    Image { image: String, sha256: Option<String> },
 }
 
 /// How Envoy reaches a backend.
@@ -309,29 +313,66 @@ fn build(doc: &Node, p: &mut Problems) -> Option<GatewayFile> {
             let url = str_field(m, "url", p, "module.");
             let sha = str_field(m, "sha256", p, "module.");
             let file = str_field(m, "file", p, "module.");
-            match (file, url, sha) {
-                (Some(f), None, None) => Module::File(f),
-                (None, Some(url), Some(sha)) => {
+            let image = str_field(m, "image", p, "module.");
+            if let Node::Map(fields) = m {
+                for (k, _) in fields {
+                    if !["url", "sha256", "file", "image"].contains(&k.as_str()) {
+                        p.err(&format!("module.{k}"), "unknown field; module knows file, url and sha256, or image and sha256");
+                    }
+                }
+            }
+            let hex64 = |s: &str| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+            match (file, url, image, sha) {
+                (Some(f), None, None, None) => Module::File(f),
+                (None, Some(url), None, Some(sha)) => {
                     if !(url.starts_with("http://") || url.starts_with("https://")) {
                         p.err("module.url", "must be an http:// or https:// URL");
                     }
-                    if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+                    if !hex64(&sha) {
                         p.err("module.sha256", "must be the module's sha256 as 64 lower-case hex digits (sha256sum switchyard.wasm)");
                     }
                     Module::Remote { url, sha256: sha }
                 }
-                (None, Some(_), None) => {
+                (None, Some(_), None, None) => {
                     p.err("module.sha256", "a module fetched from a URL needs its pinned sha256 (sha256sum switchyard.wasm)");
                     return None;
                 }
+                (None, None, Some(image), sha) => {
+                    let rest = image.strip_prefix("oci://").unwrap_or("");
+                    let (repo, tag_or_digest) = match rest.rsplit_once('@') {
+                        Some((r, d)) => (r, Some(d)),
+                        None => match rest.rsplit_once(':').filter(|(_, t)| !t.contains('/')) {
+                            Some((r, t)) => (r, Some(t)),
+                            None => (rest, None),
+                        },
+                    };
+                    if !repo.contains('/') || tag_or_digest.is_none_or(str::is_empty) {
+                        p.err(
+                            "module.image",
+                            "must be an OCI image reference with a tag or a digest: oci://registry.example.com/switchyard/filter:0.1.0 \
+                             (push scripts/package's image there)",
+                        );
+                    }
+                    // scripts/package prints the digest as sha256:HEX; Istio compares the hex.
+                    let sha = sha.map(|s| s.strip_prefix("sha256:").map(str::to_string).unwrap_or(s));
+                    if let Some(s) = &sha {
+                        if !hex64(s) {
+                            p.err(
+                                "module.sha256",
+                                "must be the image's manifest digest (scripts/package prints it as \"manifest\"): sha256:HEX or 64 lower-case hex digits",
+                            );
+                        }
+                    }
+                    Module::Image { image, sha256: sha }
+                }
                 _ => {
-                    p.err("module", "write a path, {file: PATH}, or {url: URL, sha256: HEX}");
+                    p.err("module", "write a path, {file: PATH}, {url: URL, sha256: HEX}, or {image: oci://REGISTRY/REPO:TAG, sha256: DIGEST}");
                     return None;
                 }
             }
         }
         Some(_) => {
-            p.err("module", "write a path, {file: PATH}, or {url: URL, sha256: HEX}");
+            p.err("module", "write a path, {file: PATH}, {url: URL, sha256: HEX}, or {image: oci://REGISTRY/REPO:TAG, sha256: DIGEST}");
             return None;
         }
     };

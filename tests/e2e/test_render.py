@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 import harness
+import istio_emulation
 
 EXAMPLES = ["examples/demo.yaml", "examples/gateway.yaml", "examples/routing.yaml"]
 
@@ -162,62 +163,32 @@ def test_a_module_with_another_sha256_is_refused(mocks_only, module_server, tmp_
 
 
 # --------------------------------------------------------------------------------------------------
-# --target istio, checked offline: no cluster is available, so the EnvoyFilter's patches are applied
-# here the way Istio applies them (HTTP_FILTER INSERT_BEFORE the router, HTTP_ROUTE INSERT_FIRST in the
-# virtual host, CLUSTER ADD) to a listener shaped like an Istio ingress gateway's, and run in Envoy.
-
-
-def istio_like_bootstrap(docs: list[dict], listener: int, admin: int) -> dict:
-    router = {"name": "envoy.filters.http.router", "typed_config": {
-        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
-    vhost = {"name": "*:80", "domains": ["*"], "routes": [
-        {"match": {"prefix": "/mesh-service"}, "direct_response": {"status": 204}}]}
-    hcm = {"@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-           "stat_prefix": "outbound_0.0.0.0_8080", "route_config": {"name": "http.8080", "virtual_hosts": [vhost]},
-           "http_filters": [router]}
-    clusters = []
-    kinds = [d["kind"] for d in docs]
-    assert kinds.count("EnvoyFilter") == 1, kinds
-    for p in next(d for d in docs if d["kind"] == "EnvoyFilter")["spec"]["configPatches"]:
-        what, op, value = p["applyTo"], p["patch"]["operation"], p["patch"]["value"]
-        if what == "CLUSTER" and op == "ADD":
-            clusters.append(value)
-        elif what == "HTTP_ROUTE" and op == "INSERT_FIRST":
-            vhost["routes"].insert(0, value)
-        elif what == "HTTP_FILTER" and op == "INSERT_BEFORE":
-            assert p["match"]["listener"]["filterChain"]["filter"]["subFilter"]["name"] == router["name"]
-            hcm["http_filters"].insert(hcm["http_filters"].index(router), value)
-        else:
-            raise AssertionError(f"unexpected patch {what} {op}")
-    return {"admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
-            "static_resources": {"listeners": [{
-                "name": "0.0.0.0_8080",
-                "address": {"socket_address": {"address": "127.0.0.1", "port_value": listener}},
-                "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
-                                                "typed_config": hcm}]}]}],
-                "clusters": clusters}}
+# --target istio, checked offline (tests/e2e/istio_emulation.py): no cluster is available, so the
+# EnvoyFilter's patches are applied here the way Istio applies them to a listener shaped like an
+# Istio ingress gateway's, and its extension configurations are delivered over file-based ECDS,
+# rewritten the way istio-agent rewrites them (the module fetched, checked, made a local file).
+# The module from an OCI image: tests/e2e/test_istio.py.
 
 
 def test_the_istio_rendering_of_the_routing_example_is_valid_envoy_configuration(tmp_path):
     docs = list(yaml.safe_load_all(harness.render_gateway_file(
         yaml.safe_load((harness.REPO / "examples/routing.yaml").read_text()), target="istio", workdir=tmp_path)))
-    (tmp_path / "istio-envoy.yaml").write_text(yaml.safe_dump(istio_like_bootstrap(docs, 1, 2)))
+    wasm = harness.build_wasm()
+    # artifacts.example.com is not reachable: the "agent" hands over the built module.
+    boot = istio_emulation.istio_like_bootstrap(docs, 1, 2, tmp_path / "ecds", lambda uri, sha: wasm)
+    (tmp_path / "istio-envoy.yaml").write_text(yaml.safe_dump(boot))
     r = envoy_validate(tmp_path / "istio-envoy.yaml")
     assert r.returncode == 0 and "OK" in r.stdout, r.stdout + r.stderr
 
 
-class IstioLikeGateway(harness.GatewayFileGateway):
-    def render(self) -> str:
-        text = harness.render_gateway_file(self.local_file(), target="istio", workdir=self.workdir)
-        docs = list(yaml.safe_load_all(text))
-        return yaml.safe_dump(istio_like_bootstrap(docs, self.listener_port, self.admin_port), sort_keys=False)
-
-
 def test_the_istio_patches_serve_and_fail_over_in_envoy(mocks_only, module_server, tmp_path):
+    """module: {url, sha256}: the agent fetches the URL and checks the module's digest."""
     url, sha = module_server
-    gw = IstioLikeGateway(tmp_path, mocks_only, gateway_file=remote_file(url, sha))
+    agent = istio_emulation.Agent(tmp_path / "wasm-cache")
+    gw = istio_emulation.IstioLikeGateway(tmp_path, mocks_only, gateway_file=remote_file(url, sha), agent=agent)
     start(gw, harness.build_wasm())
     try:
+        assert agent.fetches == [url, url]  # both extension configurations, one cached file
         client = openai.OpenAI(base_url=gw.base_url, api_key="x", max_retries=0, timeout=30)
         r = client.chat.completions.with_raw_response.create(
             model="gpt-4o-mini", messages=[{"role": "user", "content": "Hello"}],
