@@ -5,7 +5,10 @@
   the openai SDK and fails over across providers;
 - the module fetched over HTTP with its pinned sha256 (``module: {url, sha256}`` →
   ``vm_config.code.remote``) loads and serves; a wrong digest is refused: Envoy logs the mismatch and
-  no request is served by a filter built from it.
+  no request is served by a filter built from it;
+- ``--target istio`` (with ``module: {url, sha256}``), as istiod and istio-agent would deliver it
+  (tests/e2e/istio_emulation.py): valid, and serving and failing over with both roles over ECDS.
+  The module from an OCI image: tests/e2e/test_istio.py.
 """
 
 from __future__ import annotations
