@@ -69,6 +69,35 @@ fn walk<'a>(v: &'a Value, f: &mut impl FnMut(&'a Value)) {
 
 /// Every plugin configuration (role → parsed JSON) in a rendered document.
 #[test]
+fn a_fleet_ledger_renders_the_rate_limit_filters_and_service() {
+    let text = format!("{BASE}auth: {{ ledger: fleet, keys: [] }}\nfleet: {{ rate_limit_service: \"rls.internal:8081\", failure_mode_deny: false }}\n");
+    let path = write_tmp("fleet.yaml", &text);
+    let (ok, out, err) = run(&["render", path.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let doc: Value = serde_yaml::from_str(&out).unwrap();
+    let hcm = &doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
+    let names: Vec<&str> = hcm["http_filters"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["switchyard.gateway", "envoy.filters.http.ratelimit", "envoy.filters.http.ratelimit.budget", "envoy.filters.http.router"]);
+    for f in &hcm["http_filters"].as_array().unwrap()[1..3] {
+        assert_eq!(f["typed_config"]["failure_mode_deny"], false);
+    }
+    let per_filter = &hcm["route_config"]["virtual_hosts"][0]["typed_per_filter_config"];
+    assert!(per_filter["envoy.filters.http.ratelimit"]["rate_limits"].as_array().unwrap().len() >= 6);
+    assert!(per_filter["envoy.filters.http.ratelimit.budget"]["rate_limits"].as_array().unwrap().len() >= 4);
+    assert_eq!(hcm["local_reply_config"]["mappers"].as_array().unwrap().len(), 3);
+    let rls: Vec<&Value> = doc["static_resources"]["clusters"].as_array().unwrap().iter().filter(|c| c["name"] == "switchyard_rls").collect();
+    assert_eq!(rls.len(), 1);
+    assert_eq!(rls[0]["type"], "STRICT_DNS");
+    let addr = &rls[0]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"];
+    assert_eq!((addr["address"].as_str(), addr["port_value"].as_i64()), (Some("rls.internal"), Some(8081)));
+    // Istio: not rendered yet, and says so rather than dropping the limits.
+    let text = format!("{text}module: {{ url: \"https://example.com/s.wasm\", sha256: \"{}\" }}\n", "a".repeat(64));
+    let path = write_tmp("fleet-istio.yaml", &text);
+    let (ok, _, err) = run(&["render", path.to_str().unwrap(), "--target", "istio"]);
+    assert!(!ok && err.contains("fleet: --target istio"), "{err}");
+}
+
+#[test]
 fn cache_and_guardrails_at_the_top_reach_the_gateway_plugin() {
     let text = format!("{BASE}cache: {{ scope: global, ttl_seconds: 60 }}\nguardrails: {{ detectors: {{ email: redact }} }}\n");
     let path = write_tmp("top-cache.yaml", &text);
@@ -242,6 +271,12 @@ fn check_names_the_field_and_says_what_to_do() {
          &["backends.b.host", "its own host"]),
         ("sds-and-env", "backends:\n  a: { schema: openai, credential: { sds: /s/a.yaml, env: A } }\nmodels:\n- { name: m, candidates: [a] }\n",
          &["backends.a.credential", "either env or sds"]),
+        ("fleet-without-service", &format!("{BASE}auth: {{ ledger: fleet, keys: [] }}\n"),
+         &["auth.ledger", "fleet: {rate_limit_service: HOST:PORT}"]),
+        ("fleet-without-ledger", &format!("{BASE}fleet: {{ rate_limit_service: \"127.0.0.1:8081\" }}\n"),
+         &["fleet", "ledger: fleet"]),
+        ("fleet-bad-service", &format!("{BASE}auth: {{ ledger: fleet, keys: [] }}\nfleet: {{ rate_limit_service: rls }}\n"),
+         &["fleet.rate_limit_service", "host:port"]),
         ("cache-twice", &format!("{BASE}cache: {{ scope: global }}\ngateway:\n  cache: {{ scope: key }}\n"),
          &["gateway.cache", "also given at the top"]),
         ("cache-check", &format!("{BASE}cache: {{ scope: everybody }}\n"), &["everybody"]),

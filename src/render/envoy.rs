@@ -468,8 +468,58 @@ pub fn router_filter() -> Node {
     ])
 }
 
+/// `envoy/fleet.yaml`: the rate limit filters, their per-route descriptors, the local replies and
+/// the service's cluster — the one copy, rendered here and documented there.
+const FLEET_YAML: &str = include_str!("../../envoy/fleet.yaml");
+
+/// One piece of `envoy/fleet.yaml`, with the gateway file's service and failure mode.
+fn fleet_piece(f: &GatewayFile, key: &str) -> Node {
+    let doc: serde_yaml::Value = serde_yaml::from_str(FLEET_YAML).unwrap_or(serde_yaml::Value::Null);
+    let mut n = node_of(doc.get(key).unwrap_or(&serde_yaml::Value::Null));
+    if let Some(fleet) = &f.fleet {
+        set_fleet_settings(&mut n, fleet);
+    }
+    n
+}
+
+fn set_fleet_settings(n: &mut Node, fleet: &super::FleetSettings) {
+    match n {
+        Node::Map(m) => {
+            for (k, v) in m.iter_mut() {
+                match k.as_str() {
+                    "failure_mode_deny" => *v = fleet.failure_mode_deny.into(),
+                    "socket_address" => *v = socket(&fleet.rate_limit_service.0, fleet.rate_limit_service.1).get("socket_address").cloned().unwrap_or(Node::Null),
+                    _ => set_fleet_settings(v, fleet),
+                }
+            }
+        }
+        Node::List(l) => l.iter_mut().for_each(|v| set_fleet_settings(v, fleet)),
+        _ => {}
+    }
+}
+
+/// A parsed YAML value as a rendering node.
+fn node_of(v: &serde_yaml::Value) -> Node {
+    use serde_yaml::Value as V;
+    match v {
+        V::Null => Node::Null,
+        V::Bool(b) => Node::Bool(*b),
+        V::Number(n) => n.as_i64().map(Node::Int).unwrap_or_else(|| Node::Float(n.as_f64().unwrap_or(0.0))),
+        V::String(s) => Node::Str(s.clone()),
+        V::Sequence(l) => Node::List(l.iter().map(node_of).collect()),
+        V::Mapping(m) => Node::Map(m.iter().map(|(k, v)| (k.as_str().unwrap_or_default().to_string(), node_of(v))).collect()),
+        V::Tagged(t) => node_of(&t.value),
+    }
+}
+
 pub fn http_filters(f: &GatewayFile) -> Node {
     let mut filters = vec![gateway_filter(f)];
+    if f.fleet.is_some() {
+        // After the gateway (which leaves the descriptors' filter state), before the router.
+        if let Node::List(l) = fleet_piece(f, "http_filters") {
+            filters.extend(l);
+        }
+    }
     if f.capabilities {
         filters.push(header_to_metadata());
     }
@@ -480,18 +530,16 @@ pub fn http_filters(f: &GatewayFile) -> Node {
 pub fn route_config(f: &GatewayFile) -> Node {
     let mut routes: Vec<Node> = f.routes.iter().map(route_entry).collect();
     routes.push(no_route());
-    map([
-        ("name", "llm".into()),
-        (
-            "virtual_hosts",
-            Node::List(vec![map([
-                ("name", "llm".into()),
-                ("domains", strs(&["*"])),
-                ("request_body_buffer_limit", 16_777_216u32.into()),
-                ("routes", Node::List(routes)),
-            ])]),
-        ),
-    ])
+    let mut vhost = vec![
+        ("name".to_string(), Node::from("llm")),
+        ("domains".into(), strs(&["*"])),
+        ("request_body_buffer_limit".into(), 16_777_216u32.into()),
+        ("routes".into(), Node::List(routes)),
+    ];
+    if f.fleet.is_some() {
+        vhost.push(("typed_per_filter_config".into(), fleet_piece(f, "typed_per_filter_config")));
+    }
+    map([("name", "llm".into()), ("virtual_hosts", Node::List(vec![Node::Map(vhost)]))])
 }
 
 pub fn hcm(f: &GatewayFile) -> Node {
@@ -512,6 +560,9 @@ pub fn hcm(f: &GatewayFile) -> Node {
             map([("max_headers_count", 100u32.into()), ("headers_with_underscores_action", "DROP_HEADER".into())]),
         ),
     ]);
+    if f.fleet.is_some() {
+        hcm.push(("local_reply_config".into(), fleet_piece(f, "local_reply_config")));
+    }
     hcm.push(("route_config".into(), route_config(f)));
     hcm.push(("http_filters".into(), http_filters(f)));
     Node::Map(hcm)
@@ -759,6 +810,17 @@ pub fn module_cluster(url: &str) -> Option<Node> {
 
 pub fn clusters(f: &GatewayFile) -> Vec<Node> {
     let mut out: Vec<Node> = f.routes.iter().map(|r| cluster(f, r)).collect();
+    if let Some(fleet) = &f.fleet {
+        if let Node::List(l) = fleet_piece(f, "clusters") {
+            let dns = fleet.rate_limit_service.0.parse::<std::net::IpAddr>().is_err();
+            out.extend(l.into_iter().map(|mut c| {
+                if let (true, Some(t)) = (dns, c.get_mut("type")) {
+                    *t = "STRICT_DNS".into();
+                }
+                c
+            }));
+        }
+    }
     if let Module::Remote { url, .. } = &f.module {
         if let Some(c) = module_cluster(url) {
             out.push(c);

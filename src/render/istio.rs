@@ -185,6 +185,11 @@ pub fn render(f: &GatewayFile) -> Result<Vec<Node>, String> {
                     (see README \"Running in Istio\")"
             .into());
     }
+    if f.fleet.is_some() {
+        return Err("fleet: --target istio does not render the rate limit filters yet; render --target envoy, or add \
+                    envoy/fleet.yaml's pieces to the gateway with an EnvoyFilter of your own"
+            .into());
+    }
     let mut docs = service_entries(f);
     docs.push(envoy_filter(f));
     Ok(docs)

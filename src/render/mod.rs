@@ -130,6 +130,15 @@ pub struct GatewayFile {
     pub capabilities: bool,
     /// `--target istio`: namespace, workload labels, route configuration port.
     pub istio: IstioSettings,
+    /// Limits and budgets counted fleet-wide (`auth.ledger: fleet`): the rate limit service.
+    pub fleet: Option<FleetSettings>,
+}
+
+/// `fleet:` — where the rate limit service is, and what a request gets when it cannot be reached.
+#[derive(Debug, Clone)]
+pub struct FleetSettings {
+    pub rate_limit_service: (String, u16),
+    pub failure_mode_deny: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -166,6 +175,7 @@ const TOP: &[&str] = &[
     "guardrails",
     "cache",
     "istio",
+    "fleet",
 ];
 
 /// Errors that name the field and say what to do.
@@ -558,6 +568,7 @@ fn build(doc: &Node, p: &mut Problems) -> Option<GatewayFile> {
     let gateway = Node::Map(gateway);
     let capabilities = gateway.get("capabilities").is_some_and(|c| !matches!(c, Node::Null));
     let istio = istio_settings(doc.get("istio"), p);
+    let fleet = fleet_settings(doc.get("fleet"), gateway.get("auth").and_then(|a| a.get("ledger")), p);
     if p.errors.is_empty() {
         Some(GatewayFile {
             listen,
@@ -575,6 +586,7 @@ fn build(doc: &Node, p: &mut Problems) -> Option<GatewayFile> {
             routes,
             capabilities,
             istio,
+            fleet,
         })
     } else {
         None
@@ -920,6 +932,39 @@ pub fn header(source: &str, target: &str) -> String {
     format!(
         "# Rendered by `switchyard render {source} --target {target}`: do not edit. Edit {source}, then\n# render again (`switchyard check {source}` validates it first).\n"
     )
+}
+
+fn fleet_settings(n: Option<&Node>, ledger: Option<&Node>, p: &mut Problems) -> Option<FleetSettings> {
+    let fleet_ledger = ledger.and_then(Node::as_str) == Some("fleet");
+    let Some(n) = n else {
+        if fleet_ledger {
+            p.err("auth.ledger", "is fleet: add `fleet: {rate_limit_service: HOST:PORT}` (switchyard-rls, envoyproxy/ratelimit or Limitador) so the rate limit filters are rendered");
+        }
+        return None;
+    };
+    let Node::Map(m) = n else {
+        p.err("fleet", "must be a mapping: {rate_limit_service: HOST:PORT, failure_mode_deny: true}");
+        return None;
+    };
+    let mut service = None;
+    let mut failure_mode_deny = true;
+    for (k, v) in m {
+        match (k.as_str(), v) {
+            ("rate_limit_service", Node::Str(s)) => service = host_port(s, "fleet.rate_limit_service", None, p),
+            ("failure_mode_deny", Node::Bool(b)) => failure_mode_deny = *b,
+            ("rate_limit_service", _) => p.err("fleet.rate_limit_service", "write HOST:PORT of the rate limit service's gRPC port, e.g. 127.0.0.1:8081"),
+            ("failure_mode_deny", _) => p.err("fleet.failure_mode_deny", "true (refuse requests while the service is down: 503) or false (serve them uncounted)"),
+            _ => p.err(&format!("fleet.{k}"), "unknown field; fleet knows rate_limit_service and failure_mode_deny"),
+        }
+    }
+    let Some(rate_limit_service) = service else {
+        p.err("fleet", "set rate_limit_service: HOST:PORT");
+        return None;
+    };
+    if !fleet_ledger {
+        p.err("fleet", "counts limits on the rate limit service only with `auth: {ledger: fleet, …}`; add it, or remove fleet:");
+    }
+    Some(FleetSettings { rate_limit_service, failure_mode_deny })
 }
 
 fn istio_settings(n: Option<&Node>, p: &mut Problems) -> IstioSettings {

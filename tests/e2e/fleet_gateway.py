@@ -1,7 +1,7 @@
 """A fleet for the end-to-end tests of shared limits and budgets (``test_fleet.py``): a real
 ``redis-server`` on a free port, Switchyard's rate limit service (``tools/rls``) on it, and any
-number of Envoys running envoy/demo.yaml with envoy/fleet.yaml merged in and an ``auth`` policy
-with ``"ledger": "fleet"``. The limits file of the service is written by the command line from
+number of Envoys rendered from examples/demo.yaml with an ``auth`` policy with ``"ledger": "fleet"``
+and ``fleet: {rate_limit_service}`` (which renders envoy/fleet.yaml's pieces). The limits file of the service is written by the command line from
 that same gateway configuration (``switchyard fleet-limits``).
 
     fleet = Fleet.start(workdir, auth, envoys=2)
@@ -52,35 +52,21 @@ def fleet_limits(gateway_json: Path) -> str:
     return out.stdout
 
 
-def merge_fleet(text: str, rls_port: int) -> str:
-    """demo.yaml (rendered) with envoy/fleet.yaml's pieces in place, the service on ``rls_port``."""
-    doc = yaml.safe_load(text)
-    fleet = yaml.safe_load(FLEET_YAML.read_text(encoding="utf-8"))
-    hcms = [n for n in harness._walk_nodes(doc)
-            if isinstance(n.get("typed_config"), dict) and "HttpConnectionManager"
-            in str(n["typed_config"].get("@type", ""))]
-    assert len(hcms) == 1, "demo.yaml has one HttpConnectionManager"
-    hcm = hcms[0]["typed_config"]
-    filters = hcm["http_filters"]
-    at = next(i for i, f in enumerate(filters) if f.get("name") == "switchyard.gateway")
-    hcm["http_filters"] = filters[:at + 1] + copy.deepcopy(fleet["http_filters"]) + filters[at + 1:]
-    for vh in hcm["route_config"]["virtual_hosts"]:
-        vh.setdefault("typed_per_filter_config", {}).update(copy.deepcopy(fleet["typed_per_filter_config"]))
-    hcm["local_reply_config"] = copy.deepcopy(fleet["local_reply_config"])
-    cluster = copy.deepcopy(fleet["clusters"][0])
-    ep = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
-    ep["address"]["socket_address"]["port_value"] = rls_port
-    doc["static_resources"]["clusters"].append(cluster)
-    return yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)
-
-
 class FleetEnvoy(harness.Gateway):
-    """harness.Gateway with envoy/fleet.yaml merged in."""
+    """An Envoy rendered by `switchyard render` from examples/demo.yaml with the fleet's ``auth``
+    (``ledger: fleet``) and ``fleet: {rate_limit_service}``: the renderer adds envoy/fleet.yaml's
+    rate limit filters, descriptors, local replies and the service's cluster."""
 
     rls_port: int = 0
 
     def render(self) -> str:
-        return merge_fleet(super().render(), self.rls_port)
+        doc = harness.local_gateway_file(harness.demo_gateway_file(), self.listener_port,
+                                         self.admin_port, self.mocks, self.wasm_path,
+                                         self.access_log_path)
+        doc["auth"] = (self.gateway_config or {})["auth"]
+        doc["fleet"] = {"rate_limit_service": f"127.0.0.1:{self.rls_port}"}
+        self.replacements = {"gateway_file": str(harness.DEMO_GATEWAY_FILE)}
+        return harness.render_gateway_file(doc, workdir=self.workdir)
 
 
 class FleetLdsEnvoy(LdsGateway, FleetEnvoy):

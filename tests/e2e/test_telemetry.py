@@ -837,9 +837,13 @@ def test_envoy_config_validates(config, built_wasm):
     wasm = built_wasm
     text = (REPO / "envoy" / config).read_text(encoding="utf-8")
     if config == "fleet.yaml":
-        # A fragment, not a bootstrap: validate it where it goes, merged into demo.yaml.
-        import fleet_gateway
-        text = fleet_gateway.merge_fleet((REPO / "envoy" / "demo.yaml").read_text(encoding="utf-8"), 8081)
+        # A fragment, not a bootstrap: validate it where the renderer puts it (examples/demo.yaml
+        # with a fleet ledger and a rate limit service).
+        doc = harness.demo_gateway_file()
+        doc["auth"] = {"ledger": "fleet", "keys": [{"id": "k", "sha256": "0" * 64, "limits": {"rpm": 1}}]}
+        doc["fleet"] = {"rate_limit_service": "127.0.0.1:8081"}
+        text = harness.render_gateway_file(doc)
+        assert "envoy.filters.http.ratelimit.budget" in text and "switchyard_rls" in text
     text = re.sub(r"(?<![\w/.-])" + re.escape(harness.WASM_REL), str(wasm), text)
     envoy = str(REPO / ".venv" / "bin" / "envoy-bin")
     with tempfile.TemporaryDirectory() as d:
