@@ -11,11 +11,10 @@
 //! Modes:
 //!   metrics    `telemetry::metric_updates` (a dozen `name;label=value;…` stat names)
 //!   logfields  `telemetry::log_fields` (the access-log record)
-//!   metrickeys `telemetry::metric_keys` (what the filter looks metric ids up by: no names built)
 
 use std::hint::black_box;
 
-use switchyard::telemetry::{log_fields, metric_keys, metric_updates, LabelOptions, RequestRecord};
+use switchyard::telemetry::{log_fields, metric_updates, LabelOptions, RequestRecord};
 
 fn record() -> RequestRecord {
     RequestRecord {
@@ -47,7 +46,6 @@ fn main() {
     for _ in 0..n {
         total += match mode.as_str() {
             "metrics" => metric_updates(black_box(&r), LabelOptions::default()).iter().map(|u| u.name.len()).sum::<usize>(),
-            "metrickeys" => metric_keys(black_box(&r), LabelOptions::default()).iter().map(|(_, k, _)| (*k as usize) & 1).sum::<usize>(),
             "logfields" => log_fields(black_box(&r)).iter().map(|(_, v)| v.len()).sum::<usize>(),
             other => panic!("unknown mode {other}"),
         };

@@ -231,38 +231,6 @@ pub fn status_class(status: u16) -> &'static str {
 
 /// The metric updates one finished request makes.
 pub fn metric_updates(r: &RequestRecord, opts: LabelOptions) -> Vec<MetricUpdate> {
-    metric_updates_with(r, opts, &mut stat_name).into_iter().map(|(kind, name, value)| MetricUpdate { kind, name, value }).collect()
-}
-
-/// The same updates as [`metric_updates`], each named by a 64-bit hash of its stat name's parts
-/// (family and raw label values) instead of the name: what the filter looks its metric ids up by,
-/// without building a dozen `family;label=value;…` strings per request. Same order as
-/// [`metric_updates`], so a request whose keys are not all known yet builds the names once and
-/// pairs them up.
-pub fn metric_keys(r: &RequestRecord, opts: LabelOptions) -> Vec<(MetricKind, u64, u64)> {
-    metric_updates_with(r, opts, &mut stat_key)
-}
-
-/// FNV-1a over the family and each label's name and raw value, separated by bytes that cannot
-/// occur in UTF-8 text (so `("a", "bc")` and `("ab", "c")` differ).
-pub fn stat_key(metric: &str, labels: &[(&str, &str)]) -> u64 {
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |bytes: &[u8], sep: u8| {
-        for b in bytes {
-            h = (h ^ u64::from(*b)).wrapping_mul(PRIME);
-        }
-        h = (h ^ u64::from(sep)).wrapping_mul(PRIME);
-    };
-    eat(metric.as_bytes(), 0xff);
-    for (k, v) in labels {
-        eat(k.as_bytes(), 0xfe);
-        eat(v.as_bytes(), 0xfd);
-    }
-    h
-}
-
-fn metric_updates_with<N>(r: &RequestRecord, opts: LabelOptions, stat_name: &mut dyn FnMut(&str, &[(&str, &str)]) -> N) -> Vec<(MetricKind, N, u64)> {
     let mut out = Vec::with_capacity(16);
     let route = r.route.as_deref().unwrap_or("");
     let backend = r.backend.as_deref().unwrap_or("");
@@ -294,8 +262,8 @@ fn metric_updates_with<N>(r: &RequestRecord, opts: LabelOptions, stat_name: &mut
         base.push(("key_id", key));
         base.push(("team", team));
     }
-    let counter = |name: N, value: u64| (MetricKind::Counter, name, value);
-    let histogram = |name: N, value: u64| (MetricKind::Histogram, name, value);
+    let counter = |name: String, value: u64| MetricUpdate { kind: MetricKind::Counter, name, value };
+    let histogram = |name: String, value: u64| MetricUpdate { kind: MetricKind::Histogram, name, value };
 
     // The API the client spoke (`chat`, `embeddings`, `messages`, …): on the request counter only.
     let mut with_op = base.clone();
@@ -495,43 +463,6 @@ mod tests {
             ttft_ms: Some(20),
             ..Default::default()
         }
-    }
-
-    #[test]
-    fn metric_keys_follow_metric_updates_one_to_one() {
-        // Same length and order, and two updates share a key exactly when they share a name, over
-        // records that take many branches (rejection, failover, usage, cost, deadline, cache, …).
-        let mut records = vec![record(), RequestRecord::default()];
-        let mut r = record();
-        r.rejection = Some(Rejection::RateLimit);
-        r.key_id = Some("k1".into());
-        r.team = Some("t".into());
-        r.status = 429;
-        r.error_type = Some("rate_limit_exceeded".into());
-        records.push(r);
-        let mut r = record();
-        r.deadline = Some(DeadlineRecord { timeout_ms: 100, hedge: true, fired: 1, winner: Some(2), winner_ttft_ms: Some(30) });
-        r.cache = Some("hit");
-        r.cache_saved_micros = Some(7);
-        r.cancelled_attempts = vec![CancelledAttempt { backend: "b2".into(), provider: "openai".into(), cost_micros: Some(3) }];
-        r.response_model = Some("a;b=c".into());
-        records.push(r);
-        let mut seen: std::collections::HashMap<u64, String> = std::collections::HashMap::new();
-        for key_labels in [false, true] {
-            let opts = LabelOptions { key_labels };
-            for r in &records {
-                let names = metric_updates(r, opts);
-                let keys = metric_keys(r, opts);
-                assert_eq!(names.len(), keys.len());
-                for (u, (kind, key, value)) in names.iter().zip(&keys) {
-                    assert_eq!((u.kind, u.value), (*kind, *value));
-                    let prev = seen.entry(*key).or_insert_with(|| u.name.clone());
-                    assert_eq!(prev, &u.name, "one key, two names");
-                }
-            }
-        }
-        assert_ne!(stat_key("m", &[("a", "bc")]), stat_key("m", &[("ab", "c")]));
-        assert_ne!(stat_key("m", &[("a", "b")]), stat_key("m", &[("a", "b"), ("", "")]));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType};
 
 use super::inflight::{self, RequestState, SharedState};
-use super::{adjust_inflight_gauge, emit_metrics, emit_request_metrics, header, now_ms, publish_log_fields, send_json, set_request_header, set_response_header, EnvoyStore};
+use super::{adjust_inflight_gauge, emit_metrics, header, now_ms, publish_log_fields, send_json, set_request_header, set_response_header, EnvoyStore};
 use crate::api::chat::{parse_chat_request_with, ResponseSummary, Usage};
 use crate::api::embeddings::parse_embeddings_request_with;
 use crate::api::ingress::{self, AnswerTranslate, Ingress, Local};
@@ -1042,7 +1042,7 @@ impl HttpContext for GatewayFilter {
             self.record_canary(&model, arm);
         }
         if self.cfg.emit_metrics {
-            emit_request_metrics(&self.record, self.cfg.label_options);
+            emit_metrics(&telemetry::metric_updates(&self.record, self.cfg.label_options));
         }
     }
 }

@@ -303,69 +303,6 @@ fn emit_metrics(updates: &[crate::telemetry::MetricUpdate]) {
     });
 }
 
-/// A `HashMap` hasher for keys that are already hashes (`telemetry::stat_key`).
-#[derive(Default)]
-struct KeyHasher(u64);
-
-impl std::hash::Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 << 8) | u64::from(*b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
-thread_local! {
-    /// `telemetry::stat_key` of a finished request's metric → metric id, so that a label set seen
-    /// before costs no stat name built and no string hashed (`emit_request_metrics`).
-    static METRIC_KEYS: std::cell::RefCell<HashMap<u64, u32, std::hash::BuildHasherDefault<KeyHasher>>> =
-        std::cell::RefCell::new(HashMap::default());
-}
-
-/// A finished request's metrics (`telemetry::metric_updates`), looked up by key: the stat names are
-/// built only when one of them has not been defined on this VM yet.
-fn emit_request_metrics(record: &crate::telemetry::RequestRecord, opts: crate::telemetry::LabelOptions) {
-    use crate::telemetry::MetricKind;
-    let keys = crate::telemetry::metric_keys(record, opts);
-    let known = METRIC_KEYS.with(|m| {
-        let m = m.borrow();
-        keys.iter().map(|(_, k, _)| m.get(k).copied()).collect::<Option<Vec<u32>>>()
-    });
-    let Some(ids) = known else {
-        // A label set not seen yet: define by name (emit_metrics caches by name), then remember
-        // the keys (both lists are in the same order).
-        let updates = crate::telemetry::metric_updates(record, opts);
-        emit_metrics(&updates);
-        METRICS.with(|by_name| {
-            let by_name = by_name.borrow();
-            METRIC_KEYS.with(|m| {
-                let mut m = m.borrow_mut();
-                for ((_, key, _), u) in keys.iter().zip(&updates) {
-                    if let Some(id) = by_name.get(&u.name) {
-                        m.insert(*key, *id);
-                    }
-                }
-            });
-        });
-        return;
-    };
-    for ((kind, _, value), id) in keys.iter().zip(ids) {
-        let res = match kind {
-            MetricKind::Counter => hostcalls::increment_metric(id, (*value).min(i64::MAX as u64) as i64),
-            MetricKind::Histogram | MetricKind::Gauge => hostcalls::record_metric(id, *value),
-        };
-        if let Err(e) = res {
-            log::warn!("switchyard: cannot update metric {id}: {e:?}");
-        }
-    }
-}
-
 thread_local! {
     static INFLIGHT_GAUGE: std::cell::Cell<Option<u32>> = const { std::cell::Cell::new(None) };
 }
