@@ -665,3 +665,22 @@ fn aws_signer_envoy_renders_envoys_aws_request_signing_for_that_host() {
     assert!(ok, "{err}");
     assert_eq!(out.matches("envoy.filters.http.aws_request_signing").count(), 2);
 }
+
+#[test]
+fn without_an_access_log_the_gateway_does_not_write_its_fields() {
+    let render = |extra: &str| -> Value {
+        let p = write_tmp("nolog.yaml", &format!("{extra}{BASE}"));
+        let (ok, out, err) = run(&["render", p.to_str().unwrap(), "--target", "envoy"]);
+        assert!(ok, "{err}");
+        serde_yaml::from_str(&out).unwrap()
+    };
+    // No access log: nothing reads the fields, the gateway is told not to write them.
+    let doc = render("access_log: false\n");
+    assert_eq!(plugins(&doc, "gateway")[0]["metrics"]["access_log_fields"], Value::Bool(false));
+    // With the access log (the default), or when the file says so, they are written.
+    let doc = render("");
+    assert!(plugins(&doc, "gateway")[0]["metrics"].get("access_log_fields").is_none());
+    let doc = render("access_log: false\nmetrics: { access_log_fields: true, key_labels: true }\n");
+    let m = &plugins(&doc, "gateway")[0]["metrics"];
+    assert_eq!((&m["access_log_fields"], &m["key_labels"]), (&Value::Bool(true), &Value::Bool(true)));
+}

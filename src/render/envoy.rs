@@ -137,12 +137,34 @@ pub fn backend_plugin(f: &GatewayFile) -> Node {
     ])
 }
 
+/// The gateway plugin's configuration for `--target envoy` (Istio's mesh access log may read the
+/// fields whatever the gateway file says, so `gateway_wasm` keeps them). Without an access log (`access_log:
+/// false`) nothing in the rendered Envoy reads the access-log fields, so the gateway does not write
+/// them (twenty filter-state objects per request, ~15 µs of CPU; bench/analysis.md section 8),
+/// unless the file sets `metrics.access_log_fields` itself.
+pub fn gateway_plugin(f: &GatewayFile) -> Node {
+    let mut g = f.gateway.clone();
+    if f.access_log.is_none() {
+        match g.get_mut("metrics") {
+            Some(m @ Node::Map(_)) => {
+                if m.get("access_log_fields").is_none() {
+                    m.set("access_log_fields", false.into());
+                }
+            }
+            None => g.set("metrics", Node::Map(vec![("access_log_fields".into(), false.into())])),
+            Some(_) => {}
+        }
+    }
+    g
+}
+
 /// The filters' names (and, for `--target istio`, their extension configurations' names).
 pub const GATEWAY_FILTER: &str = "switchyard.gateway";
 pub const BACKEND_FILTER: &str = "switchyard.backend";
 
+/// The gateway filter of `--target envoy` (Istio's goes through `gateway_wasm`).
 pub fn gateway_filter(f: &GatewayFile) -> Node {
-    wasm_filter(GATEWAY_FILTER, "switchyard-gateway", vm_config(f), json_plugin(&f.gateway))
+    wasm_filter(GATEWAY_FILTER, "switchyard-gateway", vm_config(f), json_plugin(&gateway_plugin(f)))
 }
 
 /// The gateway plugin's Wasm `typed_config` in the VM `vm`.
