@@ -3,7 +3,7 @@
 or another bench config) with each given `.wasm`, interleaved round by round with plain Envoy, so that
 the shared machine's drift hits every variant alike. Uses bench.py's functions (mock, pinning, wrk).
 
-  bench/.peers/venv/bin/python bench/ab.py NAME=path/to.wasm [NAME=path ...]
+  bench/.peers/venv/bin/python bench/ab.py NAME=path/to.wasm[@'"gateway_field": value'] [NAME=... ...]
       [--config switchyard.yaml] [--rounds 3] [--seconds 5] [--target sw-anthropic] [--requests N]
 
 With --requests N it instead sends N requests per workload, one connection, to each variant and prints
@@ -29,7 +29,11 @@ CFG = b.OUT / "ab-configs"
 
 
 def variant_config(name: str, wasm: str, base: str) -> str:
+    wasm, _, extra = wasm.partition("@")
     text = (CFG / "envoy" / base).read_text()
+    if extra:
+        # NAME=WASM@"field": value — extra gateway configuration, e.g. @"metrics": {"access_log_fields": false}
+        text = text.replace('"role": "gateway",', f'"role": "gateway", {extra},', 1)
     if wasm != envoy_configs.WASM:
         text = text.replace(envoy_configs.WASM, str(Path(wasm).resolve()))
     path = b.OUT / f"ab-{name}.yaml"
