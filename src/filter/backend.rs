@@ -117,6 +117,8 @@ impl BackendFilter {
             }
             _ => out.extend_from_slice(fresh),
         }
+        let out = self.scrub_error_events(out, start);
+        let Some(hold) = self.deadline.as_mut() else { return Action::Continue };
         let token = hold.watch.push(out.get(start..).unwrap_or_default());
         hold.held_len = out.len();
         if out != body {
@@ -158,16 +160,14 @@ impl BackendFilter {
         // there, and Envoy's credential injector and AWS signer pick their backend by `:authority`.
         // A backend without `host` gets the client's, unless that names a configured backend's
         // host (then the backend's name), so no attempt goes out looking like another backend's.
-        let authority = match &cfg.host {
-            Some(host) => Some(host.clone()),
-            None => self
-                .client_authority
-                .as_deref()
-                .map(|a| if self.backends.is_backend_host(a) { backend.name.clone() } else { a.to_string() }),
+        // An empty or unknown client authority gets the backend's name too: the header is never
+        // left as an earlier attempt wrote it.
+        let authority = match (&cfg.host, self.client_authority.as_deref()) {
+            (Some(host), _) => host.clone(),
+            (None, Some(a)) if !a.is_empty() && !self.backends.is_backend_host(a) => a.to_string(),
+            (None, _) => backend.name.clone(),
         };
-        if let Some(a) = authority.filter(|a| !a.is_empty()) {
-            set_request_header(":authority", Some(&a));
-        }
+        set_request_header(":authority", Some(&authority));
         set_request_header("content-type", Some("application/json"));
         let body_changed = up.body.as_slice() != body;
         // Always set: an earlier attempt (retries share one header map) may have changed it.
@@ -197,6 +197,19 @@ impl BackendFilter {
 }
 
 impl BackendFilter {
+    /// A provider's mid-stream error event may quote the credential, like its error answers:
+    /// translated stream output from `from` on is scrubbed when it carries an error event (only
+    /// then is it searched).
+    fn scrub_error_events(&self, mut out: Vec<u8>, from: usize) -> Vec<u8> {
+        let fresh = out.get(from..).unwrap_or_default();
+        if memchr::memmem::find(fresh, br#"{"error":{"#).is_some() {
+            let scrubbed = self.scrub_credentials(fresh);
+            out.truncate(from);
+            out.extend_from_slice(&scrubbed);
+        }
+        out
+    }
+
     /// `body` without the credentials this attempt sent (a provider may quote them in an error).
     fn scrub_credentials(&self, body: &[u8]) -> Vec<u8> {
         let Some(backend) = self.backend.as_ref() else { return body.to_vec() };
@@ -531,11 +544,8 @@ impl HttpContext for BackendFilter {
                 if end_of_stream {
                     translator.finish(&mut self.out);
                 }
-                // A provider's mid-stream error event may quote the credential, like its error
-                // answers; only chunks that carry a translated error event are searched.
-                if memchr::memmem::find(&self.out, br#"{"error":{"#).is_some() {
-                    self.out = self.scrub_credentials(&self.out);
-                }
+                let out = std::mem::take(&mut self.out);
+                self.out = self.scrub_error_events(out, 0);
             }
             ResponseMode::Error { status } => {
                 let status = *status;

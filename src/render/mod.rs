@@ -373,6 +373,13 @@ fn build(doc: &Node, p: &mut Problems) -> Option<GatewayFile> {
                             );
                         }
                     }
+                    if sha.is_none() && !rest.contains('@') {
+                        p.warnings.push(
+                            "module.image: a tag without sha256 is not pinned: each gateway pulls whatever the tag names when it starts \
+                             (unverified bytes, possibly different versions across pods); add sha256 (the manifest digest) or use @sha256:…"
+                                .to_string(),
+                        );
+                    }
                     Module::Image { image, sha256: sha }
                 }
                 _ => {

@@ -306,6 +306,21 @@ def test_translated_stream_within_the_deadline_is_held_and_translated_whole(rgw,
     assert (rec["deadlines_fired"], rec["winner_attempt"]) == ("0", "1")
 
 
+def test_a_held_stream_error_event_quoting_the_credential_is_scrubbed(rgw):
+    """A stream held for its first token (a deadline route) whose provider error event quotes the
+    credential it received: the held chunks are scrubbed like any other stream's (review finding)."""
+    key = harness.ENVOY_ENV["GEMINI_API_KEY"]
+    r = requests.post(rgw.base_url + "/chat/completions", timeout=30,
+                      headers={"authorization": "Bearer sk-apps", "content-type": "application/json",
+                               "x-mock-more": "echo-auth-error-first", **delay(gemini=300)},
+                      json={"model": "ft-gemini", "messages": MSG, "stream": True})
+    assert r.status_code == 200, r.text
+    assert [q for q in rgw.mock_requests("more") if key in json.dumps(q["headers"])], "the key reached the provider"
+    errors = [json.loads(ln[5:]) for ln in r.text.splitlines() if ln.startswith("data:") and '"error"' in ln]
+    assert errors and "[redacted]" in errors[-1]["error"]["message"], r.text[-600:]
+    assert key not in r.text
+
+
 def test_every_candidate_too_slow_is_an_openai_shaped_504(rgw, rclient):
     with pytest.raises(openai.APIStatusError) as e:
         rclient.chat.completions.create(model="ft-chat", messages=MSG,

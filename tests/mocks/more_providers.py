@@ -1231,6 +1231,10 @@ class MoreProvider(base.Provider):
             return base.echo_auth(sub.error(401), req.headers)
         if scenario == "echo-auth-mid-stream":
             return base.echo_auth_in_stream(sub.mid_stream_error(req), req.headers)
+        if scenario == "echo-auth-error-first" and isinstance(sub, Gemini) and sub.method(req) == "streamGenerateContent":
+            # A stream whose first event is the error (no token before it), quoting the credential.
+            err = json.dumps({"error": {"code": 503, "message": sub.MESSAGES[503], "status": "UNAVAILABLE"}})
+            return base.echo_auth_in_stream(sub._stream(req, [err]), req.headers)
         if scenario in base.ANSWER_FAULTS:
             reply = sub.answer(req)
             reply.fault = scenario

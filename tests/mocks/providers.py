@@ -55,7 +55,7 @@ SCENARIOS = (
     "slow-stream", "once-<scenario>",
     # the security tests' (tests/e2e/test_security.py): a 401 quoting the credential received;
     # the normal answer plus headers a gateway must not pass on (SPOOF_HEADERS)
-    "echo-auth", "echo-auth-mid-stream", "spoof-headers",
+    "echo-auth", "echo-auth-mid-stream", "echo-auth-error-first", "spoof-headers",
     # the guardrail tests' (tests/e2e/test_guardrails.py), OpenAI mock only: the recorded answer
     # whose text is the last user message (streamed three characters per chunk)
     "echo",
