@@ -277,6 +277,8 @@ fn check_names_the_field_and_says_what_to_do() {
          &["fleet", "ledger: fleet"]),
         ("fleet-bad-service", &format!("{BASE}auth: {{ ledger: fleet, keys: [] }}\nfleet: {{ rate_limit_service: rls }}\n"),
          &["fleet.rate_limit_service", "host:port"]),
+        ("name-is-keyed-host", "backends:\n  o: { schema: openai, host: api.openai.com, credential: { sds: /s/o.yaml } }\n  api.openai.com: { schema: ollama, address: \"127.0.0.1:1\" }\nmodels:\n- { name: m, candidates: [o, api.openai.com] }\n",
+         &["backends.api.openai.com", "named like backend o's host"]),
         ("cache-twice", &format!("{BASE}cache: {{ scope: global }}\ngateway:\n  cache: {{ scope: key }}\n"),
          &["gateway.cache", "also given at the top"]),
         ("cache-check", &format!("{BASE}cache: {{ scope: everybody }}\n"), &["everybody"]),

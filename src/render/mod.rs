@@ -455,6 +455,14 @@ fn build(doc: &Node, p: &mut Problems) -> Option<GatewayFile> {
                     ),
                 );
             }
+            // A backend without `host` is sent with its name as `:authority` when the client's
+            // names a configured host: that name must not be this host either.
+            if o.config.get("host").is_none() && o.name.eq_ignore_ascii_case(host) {
+                p.err(
+                    &format!("backends.{}", o.name),
+                    format!("is named like backend {}'s host ({host}), whose credential Envoy applies by :authority: rename it or set its host", b.name),
+                );
+            }
         }
     }
 
