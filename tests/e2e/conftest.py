@@ -126,3 +126,12 @@ def pytest_sessionfinish(session, exitstatus):
     if keep:
         sys.stderr.write(f"\nswitchyard e2e: logs and rendered config kept in {wd}\n")
     harness.cleanup_workdir(wd, keep)
+
+
+@pytest.fixture(scope="module")
+def mocks_only():
+    """The mock providers only, for a module that starts Envoys of its own (test_render, test_istio)."""
+    workdir = Path(tempfile.mkdtemp(prefix="switchyard-mocks-"))
+    m = harness.Mocks(workdir).start()
+    yield m
+    m.stop()

@@ -350,6 +350,16 @@ def switchyard_cli() -> Path:
     return _CLI
 
 
+def start_or_stop(gw: "Gateway", wasm: Path) -> "Gateway":
+    """Starts ``gw``; stops it again (and re-raises) when it does not come up."""
+    try:
+        gw.start(wasm)
+    except BaseException:
+        gw.stop()
+        raise
+    return gw
+
+
 def render_gateway_file(doc: dict, target: str = "envoy", args: tuple = (),
                         workdir: Path | None = None) -> str:
     """`switchyard render` of a gateway file given as data; raises with its errors."""

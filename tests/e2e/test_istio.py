@@ -46,23 +46,6 @@ def image():
     return out, info["manifest"].split(":", 1)[1]
 
 
-@pytest.fixture(scope="module")
-def mocks_only():
-    workdir = Path(tempfile.mkdtemp(prefix="switchyard-istio-"))
-    m = harness.Mocks(workdir).start()
-    yield m
-    m.stop()
-
-
-def start(gw: harness.Gateway, wasm: Path):
-    try:
-        gw.start(wasm)
-    except BaseException:
-        gw.stop()
-        raise
-    return gw
-
-
 def image_file(digest: str) -> dict:
     doc = harness.demo_gateway_file()
     # As scripts/package prints it (sha256:HEX); the rendering passes the hex Istio compares.
@@ -95,7 +78,7 @@ def test_the_module_from_the_oci_image_serves_and_fails_over_with_both_roles_in_
     wasm = harness.build_wasm()
     agent = istio_emulation.Agent(tmp_path / "wasm-cache", {REPOSITORY: layout})
     gw = IstioLikeGateway(tmp_path, mocks_only, gateway_file=image_file(digest), agent=agent)
-    start(gw, wasm)
+    harness.start_or_stop(gw, wasm)
     try:
         # Both extension configurations name the one file the agent extracted: the built module.
         assert agent.fetches == [IMAGE, IMAGE]
@@ -149,7 +132,7 @@ def test_with_the_backend_role_in_another_vm_the_shared_state_is_lost(mocks_only
         return ext
 
     gw = IstioLikeGateway(tmp_path, mocks_only, gateway_file=image_file(digest), agent=agent, edit=other_vm)
-    start(gw, harness.build_wasm())
+    harness.start_or_stop(gw, harness.build_wasm())
     try:
         client = openai.OpenAI(base_url=gw.base_url, api_key="x", max_retries=0, timeout=30)
         # The request of the test above: the answer still comes (the backend role falls back to
@@ -171,7 +154,7 @@ def test_an_image_with_another_digest_fails_closed(mocks_only, image, tmp_path):
     wrong = hashlib.sha256(b"another image").hexdigest()
     agent = istio_emulation.Agent(tmp_path / "wasm-cache", {REPOSITORY: layout})
     gw = IstioLikeGateway(tmp_path, mocks_only, gateway_file=image_file(wrong), agent=agent)
-    start(gw, harness.build_wasm())
+    harness.start_or_stop(gw, harness.build_wasm())
     mocks_only.clear()
     try:
         assert agent.fetches == []

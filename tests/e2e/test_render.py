@@ -55,25 +55,8 @@ def test_rendered_examples_are_valid_envoy_configurations(example, tmp_path):
     assert r.returncode == 0 and "OK" in r.stdout, r.stdout + r.stderr
 
 
-@pytest.fixture(scope="module")
-def mocks_only():
-    workdir = Path(tempfile.mkdtemp(prefix="switchyard-render-"))
-    m = harness.Mocks(workdir).start()
-    yield m
-    m.stop()
-
-
-def start(gw: harness.Gateway, wasm: Path):
-    try:
-        gw.start(wasm)
-    except BaseException:
-        gw.stop()
-        raise
-    return gw
-
-
 def test_the_demo_gateway_file_serves_and_fails_over(mocks_only, tmp_path):
-    gw = start(harness.GatewayFileGateway(tmp_path, mocks_only), harness.build_wasm())
+    gw = harness.start_or_stop(harness.GatewayFileGateway(tmp_path, mocks_only), harness.build_wasm())
     try:
         client = openai.OpenAI(base_url=gw.base_url, api_key="x", max_retries=0, timeout=30)
         r = client.chat.completions.with_raw_response.create(
@@ -117,7 +100,7 @@ def remote_file(url: str, sha: str) -> dict:
 def test_the_module_loads_from_an_http_url_with_its_pinned_sha256(mocks_only, module_server, tmp_path):
     url, sha = module_server
     gw = harness.GatewayFileGateway(tmp_path, mocks_only, gateway_file=remote_file(url, sha))
-    start(gw, harness.build_wasm())
+    harness.start_or_stop(gw, harness.build_wasm())
     try:
         cfg = yaml.safe_load(gw.config_path.read_text())
         assert "switchyard.wasm" not in str(cfg["static_resources"]["listeners"]).replace(url, "")
@@ -148,7 +131,7 @@ def test_a_module_with_another_sha256_is_refused(mocks_only, module_server, tmp_
     wrong = hashlib.sha256(b"not the module").hexdigest()
     assert wrong != sha
     gw = harness.GatewayFileGateway(tmp_path, mocks_only, gateway_file=remote_file(url, wrong))
-    start(gw, harness.build_wasm())
+    harness.start_or_stop(gw, harness.build_wasm())
     mocks_only.clear()
     try:
         status, _, body = harness.http(
@@ -189,7 +172,7 @@ def test_the_istio_patches_serve_and_fail_over_in_envoy(mocks_only, module_serve
     url, sha = module_server
     agent = istio_emulation.Agent(tmp_path / "wasm-cache")
     gw = istio_emulation.IstioLikeGateway(tmp_path, mocks_only, gateway_file=remote_file(url, sha), agent=agent)
-    start(gw, harness.build_wasm())
+    harness.start_or_stop(gw, harness.build_wasm())
     try:
         assert agent.fetches == [url, url]  # both extension configurations, one cached file
         client = openai.OpenAI(base_url=gw.base_url, api_key="x", max_retries=0, timeout=30)
@@ -220,7 +203,7 @@ def test_the_gateway_filter_needs_allow_on_headers_stop_iteration(mocks_only, tm
             del cfg["allow_on_headers_stop_iteration"]
             return yaml.safe_dump(doc, sort_keys=False)
 
-    gw = start(NoStopIteration(tmp_path, mocks_only), harness.build_wasm())
+    gw = harness.start_or_stop(NoStopIteration(tmp_path, mocks_only), harness.build_wasm())
     try:
         client = openai.OpenAI(base_url=gw.base_url, api_key="x", max_retries=0, timeout=5)
         with pytest.raises(openai.APITimeoutError):
