@@ -3,12 +3,14 @@
 or another bench config) with each given `.wasm`, interleaved round by round with plain Envoy, so that
 the shared machine's drift hits every variant alike. Uses bench.py's functions (mock, pinning, wrk).
 
-  bench/.peers/venv/bin/python bench/ab.py NAME=path/to.wasm[@'"gateway_field": value'] [NAME=... ...]
+  bench/.peers/venv/bin/python bench/ab.py NAME=path/to.wasm[@'"gateway_field": value'][%config.yaml] [NAME=... ...]
       [--config switchyard.yaml] [--rounds 3] [--seconds 5] [--target sw-anthropic] [--requests N]
 
 With --requests N it instead sends N requests per workload, one connection, to each variant and prints
 Envoy's log lines that contain `HOSTCALLS` (a build of the filter against an SDK that counts its
-hostcalls, see bench/analysis.md section 8), then exits. Writes nothing outside bench/out/.
+hostcalls, see bench/analysis.md section 8), then exits. `%config.yaml` gives one variant its own bench
+config (e.g. `on=target/.../switchyard.wasm%switchyard-policy.yaml` against `off=...` with --target sw-policy,
+whose requests carry the virtual key the policy config knows). Writes nothing outside bench/out/.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ CFG = b.OUT / "ab-configs"
 
 
 def variant_config(name: str, wasm: str, base: str) -> str:
+    wasm, _, own_base = wasm.partition("%")
+    base = own_base or base
     wasm, _, extra = wasm.partition("@")
     text = (CFG / "envoy" / base).read_text()
     if extra:
@@ -97,7 +101,8 @@ def main() -> int:
                         if problem:
                             print(f"{name}/{w.name}: FAILED verification: {problem}", flush=True)
                             continue
-                        b.run_wrk(b.DUT_PORT, w, f"ab-{name}-{w.name}-warmup", b.WARMUP, b.CONNECTIONS)
+                        if b.WARMUP > 0:
+                            b.run_wrk(b.DUT_PORT, w, f"ab-{name}-{w.name}-warmup", b.WARMUP, b.CONNECTIONS)
                         b.wait_quiet([dut.pid, mock.pid])
                         d0, s0, t0 = b.cpu_seconds(dut.pid), b.system_busy(), time.time()
                         m0 = b.cpu_seconds(mock.pid)

@@ -794,7 +794,8 @@ def measure(t: Target, w: Workload, port: int, dut: Proc, mock: Proc, data: dict
         return row
     row["bytes_per_answer"] = wire
     tag = f"{t.key}-{w.name}"
-    run_wrk(port, w, tag + "-warmup", WARMUP, CONNECTIONS)
+    if WARMUP > 0:   # BENCH_WARMUP=0: no warm-up (wrk refuses a zero duration)
+        run_wrk(port, w, tag + "-warmup", WARMUP, CONNECTIONS)
 
     wait_quiet([dut.pid, mock.pid])
     d0, m0, s0, t0 = cpu_seconds(dut.pid), cpu_seconds(mock.pid), system_busy(), time.time()

@@ -171,8 +171,9 @@ impl OutputMeter {
 
     /// The `data:` payload of one OpenAI `chat.completion.chunk`; anything else is ignored.
     /// Parsed into borrowed fields only (no `Value` tree): it runs on every chunk of a metered stream.
-    pub fn push_chunk_json(&mut self, data: &str) {
-        let Ok(chunk) = serde_json::from_str::<MeterChunk>(data) else { return };
+    /// Returns whether `data` parsed — then it is valid JSON, and the caller need not check that again.
+    pub fn push_chunk_json(&mut self, data: &str) -> bool {
+        let Ok(chunk) = serde_json::from_str::<MeterChunk>(data) else { return false };
         for c in chunk.choices.iter().flatten() {
             let Some(d) = &c.delta else { continue };
             self.deltas += 1;
@@ -187,6 +188,7 @@ impl OutputMeter {
                 }
             }
         }
+        true
     }
 
     /// Number of choice deltas seen.
@@ -240,8 +242,8 @@ mod tests {
         m.push_chunk_json(r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":"Hello"}}]}"#);
         m.push_chunk_json(r#"{"choices":[{"index":0,"delta":{"content":" world, again"}}]}"#);
         m.push_chunk_json(r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"a\":"}}]}}]}"#);
-        m.push_chunk_json("[DONE]");
-        m.push_chunk_json("not json");
+        assert!(!m.push_chunk_json("[DONE]"));
+        assert!(!m.push_chunk_json("not json"));
         assert_eq!(m.tokens(), (5 + 13 + 5u64).div_ceil(4));
     }
 }

@@ -327,8 +327,9 @@ struct ScopeState {
 }
 
 impl ScopeState {
-    fn encode(&self) -> Vec<u8> {
-        let mut w = Writer::new();
+    /// `size_hint`: the length of the value this one replaces (it changes by a few bytes).
+    fn encode(&self, size_hint: usize) -> Vec<u8> {
+        let mut w = Writer::with_capacity(size_hint + 32);
         w.u8(STATE_VERSION);
         self.rate.encode(&mut w);
         self.budget.encode(&mut w);
@@ -520,7 +521,7 @@ impl Policy {
     /// key (a `set` of a missing key always succeeds), so creating them before any request makes
     /// every later update a real compare-and-swap.
     pub fn prime<S: SharedStore + ?Sized>(&self, store: &S) {
-        let empty = ScopeState::default().encode();
+        let empty = ScopeState::default().encode(0);
         let mut keys: Vec<String> = Vec::new();
         for k in self.keys.iter() {
             if !k.limits.is_empty() || k.budget.is_some() {
@@ -709,7 +710,7 @@ impl Policy {
                 budget = Some((*b, res));
             }
             out = Some((rate, budget, left));
-            Ok(st.encode())
+            Ok(st.encode(cur.map_or(0, <[u8]>::len)))
         });
         match (r, out) {
             (Ok(()), Some((rate, budget, left))) => Ok((ScopeGrant { store_key: key, rate, budget }, left)),
@@ -893,7 +894,7 @@ impl Policy {
             let mut st = ScopeState::decode(cur, &g.store_key);
             st.rate.settle(&g.rate, now_ms, actual_tokens, undo);
             left = g.budget.map(|(b, res)| st.budget.settle(&b, now_ms, Some(res), charge_micros));
-            Ok(st.encode())
+            Ok(st.encode(cur.map_or(0, <[u8]>::len)))
         });
         if r.is_err() {
             log::error!(
@@ -1510,7 +1511,7 @@ mod tests {
         let mut s = ScopeState::default();
         s.rate.requests.charge(NOW, 7);
         s.budget.spent_micros = 99;
-        let bytes = s.encode();
+        let bytes = s.encode(0);
         assert_eq!(ScopeState::decode(Some(&bytes), "k"), s);
         assert_eq!(ScopeState::decode(Some(&[]), "k"), ScopeState::default());
         assert_eq!(ScopeState::decode(Some(&[9, 9, 9]), "k"), ScopeState::default());

@@ -137,7 +137,9 @@ impl UsageTap {
             write_raw_event(out, b"[DONE]");
             return;
         }
-        if serde_json::from_str::<IgnoredAny>(data).is_err() {
+        // A metered tap parses every chunk anyway: a chunk it could read is valid JSON.
+        let metered = self.meter.as_mut().is_some_and(|m| m.push_chunk_json(data));
+        if !metered && serde_json::from_str::<IgnoredAny>(data).is_err() {
             // The SDKs would fail on it with a JSON error of their own: end the stream with an
             // OpenAI error event instead (an event cut by the end of the stream is a truncation).
             self.error = true;
@@ -162,9 +164,6 @@ impl UsageTap {
         }
         if !self.error && data.starts_with("{\"error\"") {
             self.error = true;
-        }
-        if let Some(m) = self.meter.as_mut() {
-            m.push_chunk_json(data);
         }
         if data.contains("\"usage\"") {
             if let Ok(head) = serde_json::from_str::<ChunkHead>(data) {
@@ -272,6 +271,22 @@ data: [DONE]\n\n";
         tap.push(b"data: {\"choices\":[{\"delta\":{\"content\":\"abcdefgh\"}}]}\n\n", &mut out);
         assert_eq!(tap.estimated_output_tokens(), 2);
         assert_eq!(UsageTap::new(false).estimated_output_tokens(), 0);
+    }
+
+    #[test]
+    fn a_metered_tap_validates_what_its_meter_could_not_read() {
+        // The meter's parse stands in for the JSON check; an event it cannot read must still be
+        // checked: valid JSON of another shape goes through, invalid JSON ends the stream.
+        let mut tap = UsageTap::new(false).with_meter();
+        let mut out = Vec::new();
+        tap.push(b"data: {\"choices\":\"not a list\"}\n\n", &mut out);
+        assert!(!tap.saw_error());
+        assert_eq!(String::from_utf8_lossy(&out), "data: {\"choices\":\"not a list\"}\n\n");
+        tap.push(b"data: {\"choices\":[{\"delta\":{\"content\":\"ab\"}}]\n\n", &mut out);
+        assert!(tap.saw_error());
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("\"code\":\"invalid_upstream_event\""), "{text}");
+        assert_eq!(tap.estimated_output_tokens(), 0, "nothing counted from the bad event");
     }
 
     #[test]
