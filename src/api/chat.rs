@@ -492,7 +492,7 @@ pub struct FunctionDelta<'a> {
 }
 
 /// The parts of a whole OpenAI answer (chat, embeddings or error) the gateway accounts with.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub struct ResponseSummary {
     #[serde(default)]
     pub model: Option<String>,
@@ -502,7 +502,7 @@ pub struct ResponseSummary {
     pub error: Option<ErrorSummary>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub struct ErrorSummary {
     #[serde(default, rename = "type")]
     pub kind: Option<String>,

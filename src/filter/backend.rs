@@ -366,6 +366,7 @@ impl HttpContext for BackendFilter {
             }
             let mut st = state.borrow_mut();
             st.native_answer = self.native;
+            st.handover = None;
             st.attempts += 1;
             let name: Rc<str> = Rc::from(backend.name.as_str());
             if st.first_backend.is_none() {
@@ -555,9 +556,13 @@ impl HttpContext for BackendFilter {
                     self.remember_refusal();
                 }
             }
-            ResponseMode::Whole => match self.hints.as_ref().map(|h| providers::response_body(dialect, h, &body, now_secs())) {
-                Some(Ok(b)) => {
-                    self.out = b;
+            ResponseMode::Whole => match self.hints.as_ref().map(|h| providers::response_answer(dialect, h, &body, now_secs())) {
+                Some(Ok(a)) => {
+                    self.out = a.body;
+                    // What the gateway would parse the bytes again for (see `inflight::RequestState::handover`).
+                    if let (Some(summary), Some(state)) = (a.summary, &self.state) {
+                        state.borrow_mut().handover = Some(summary);
+                    }
                     self.settle_attempt(true);
                 }
                 Some(Err(e)) => {

@@ -105,6 +105,12 @@ pub struct GatewayFilter {
     lossy_ingress: bool,
     /// The client's `cache-control` (read only when the cache is on).
     cache_control: crate::cache::Control,
+    /// The backend's summary of the whole answer it translated (see `RequestState::handover`),
+    /// taken when nothing here needs the answer's bytes: the body is then not read back.
+    handover: Option<ResponseSummary>,
+    /// Bytes of a handed-over answer that passed (the summary stands only for what `Collect`
+    /// would have kept).
+    handed_bytes: usize,
 }
 
 impl Drop for GatewayFilter {
@@ -150,6 +156,8 @@ impl GatewayFilter {
             cache_hit: None,
             lossy_ingress: false,
             cache_control: crate::cache::Control::Normal,
+            handover: None,
+            handed_bytes: 0,
         }
     }
 
@@ -811,6 +819,20 @@ impl HttpContext for GatewayFilter {
             }
             w.on_response_headers(status, matches!(self.mode, ResponseMode::Stream(_)));
         }
+        // A whole answer the backend translated (and summarised) here, which the client gets as it
+        // is: unless the cache or quality sampling keeps it or guardrails scan it, its bytes are
+        // not needed. Anything else (another VM's backend, OpenAI's own answers, errors, another
+        // ingress API) has no hand-over and is read and parsed as before.
+        self.handover = None;
+        if matches!(self.mode, ResponseMode::Collect | ResponseMode::Hold)
+            && !translated
+            && !self.guard.as_ref().is_some_and(|g| g.wants_answer())
+            && !self.watch.as_ref().is_some_and(|w| w.wants_whole())
+        {
+            if let Some(state) = &self.state {
+                self.handover = state.borrow_mut().handover.take();
+            }
+        }
         let action = match self.mode {
             ResponseMode::RewriteError if end_of_stream => {
                 let e = ApiError::from_openai_body(status, b"");
@@ -840,12 +862,16 @@ impl HttpContext for GatewayFilter {
                 if !end_of_stream {
                     return Action::Pause;
                 }
-                let body = self.get_http_response_body(0, body_size).unwrap_or_default();
+                let handed = self.handover.take();
+                // With a hand-over nothing below reads the body (no guardrails scan, no watch that
+                // keeps it, OpenAI ingress: no translation).
+                let body = if handed.is_some() { Vec::new() } else { self.get_http_response_body(0, body_size).unwrap_or_default() };
                 let native = self.ingress != Ingress::OpenAi && self.state.as_ref().is_some_and(|st| st.borrow().native_answer);
-                let summary = match self.ingress.canonical_view().filter(|_| native && self.record.status < 400) {
+                let summary = match (handed, self.ingress.canonical_view().filter(|_| native && self.record.status < 400)) {
+                    (Some(s), _) => s,
                     // A native answer is read through its canonical view; the client gets it as it is.
-                    Some(view) => (view.answer)(&body, now_ms() / 1000).map(|c| ResponseSummary::parse(&c)).unwrap_or_default(),
-                    None => ResponseSummary::parse(&body),
+                    (None, Some(view)) => (view.answer)(&body, now_ms() / 1000).map(|c| ResponseSummary::parse(&c)).unwrap_or_default(),
+                    (None, None) => ResponseSummary::parse(&body),
                 };
                 self.record.response_model = summary.model;
                 self.usage = summary.usage;
@@ -884,6 +910,19 @@ impl HttpContext for GatewayFilter {
                         log::warn!("switchyard: cannot replace response body: {e:?}");
                     }
                     set_response_header("content-length", Some(&out.len().to_string()));
+                }
+                Action::Continue
+            }
+            ResponseMode::Collect if self.handover.is_some() => {
+                self.handed_bytes = self.handed_bytes.saturating_add(body_size);
+                if let Some(w) = self.watch.as_mut() {
+                    w.count_whole(body_size);
+                }
+                if end_of_stream {
+                    // What `Collect` would have parsed: nothing once the answer outgrew its buffer.
+                    let summary = self.handover.take().filter(|_| self.handed_bytes <= MAX_SUMMARY_BYTES).unwrap_or_default();
+                    self.record.response_model = summary.model;
+                    self.usage = summary.usage;
                 }
                 Action::Continue
             }

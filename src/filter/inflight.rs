@@ -59,6 +59,10 @@ pub struct RequestState {
     pub untranslatable: Option<crate::api::ApiError>,
     /// The latest attempt went to a native backend: its answer is in the ingress API's shape.
     pub native_answer: bool,
+    /// What the latest attempt's backend read from the whole answer it translated (model, usage):
+    /// the gateway uses it instead of reading the translated bytes back, when it needs nothing
+    /// else of them. Cleared when an attempt starts; set only by a successful translation.
+    pub handover: Option<crate::api::chat::ResponseSummary>,
 }
 
 #[derive(Debug)]
@@ -71,7 +75,7 @@ pub struct Refused {
 
 impl RequestState {
     pub fn new(model: String, op: Operation) -> Self {
-        RequestState { model, op, attempts: 0, first_backend: None, served_backend: None, served_provider: None, served_model: None, provider_headers: Vec::new(), client_authority: None, byok: None, refused: Vec::new(), deadline_ms: None, timings: Vec::new(), timed_targets: Vec::new(), needs: None, skipped: 0, forbid_floating: false, ingress: Default::default(), native_body: None, untranslatable: None, native_answer: false }
+        RequestState { model, op, attempts: 0, first_backend: None, served_backend: None, served_provider: None, served_model: None, provider_headers: Vec::new(), client_authority: None, byok: None, refused: Vec::new(), deadline_ms: None, timings: Vec::new(), timed_targets: Vec::new(), needs: None, skipped: 0, forbid_floating: false, ingress: Default::default(), native_body: None, untranslatable: None, native_answer: false, handover: None }
     }
 
     /// How a provider refused `backend`'s credential in this request, if it did.

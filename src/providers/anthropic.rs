@@ -932,6 +932,11 @@ fn finish_reason(stop_reason: &str) -> &'static str {
 /// Translate a whole (non-stream) Anthropic Message response body into an OpenAI
 /// `chat.completion` JSON body.
 pub fn response_body(body: &[u8], created: u64) -> Result<Vec<u8>, ApiError> {
+    response_answer(body, created).map(|a| a.body)
+}
+
+/// [`response_body`], with the summary the gateway accounts with (see [`super::WholeAnswer`]).
+pub fn response_answer(body: &[u8], created: u64) -> Result<super::WholeAnswer, ApiError> {
     let msg: AnthResponse = serde_json::from_slice(body)
         .map_err(|e| ApiError::gateway(502, format!("The Anthropic backend returned a response the gateway could not read: {e}.")))?;
     if let Some(kind) = msg.kind.as_deref() {
@@ -995,8 +1000,7 @@ pub fn response_body(body: &[u8], created: u64) -> Result<Vec<u8>, ApiError> {
         usage: Some(tokens.to_openai()),
         system_fingerprint: None,
     };
-    serde_json::to_vec(&completion)
-        .map_err(|e| ApiError::gateway(500, format!("could not serialise the chat completion: {e}")))
+    super::WholeAnswer::of(completion)
 }
 
 // =============================================================================================

@@ -945,7 +945,16 @@ pub fn response_body(body: &[u8], model: &str, created: u64) -> Result<Vec<u8>, 
     response_body_with_id(body, model, &new_completion_id(), created)
 }
 
+/// [`response_body`], with the summary the gateway accounts with (see [`super::WholeAnswer`]).
+pub fn response_answer(body: &[u8], model: &str, created: u64) -> Result<super::WholeAnswer, ApiError> {
+    response_answer_with_id(body, model, &new_completion_id(), created)
+}
+
 pub fn response_body_with_id(body: &[u8], model: &str, id: &str, created: u64) -> Result<Vec<u8>, ApiError> {
+    response_answer_with_id(body, model, id, created).map(|a| a.body)
+}
+
+fn response_answer_with_id(body: &[u8], model: &str, id: &str, created: u64) -> Result<super::WholeAnswer, ApiError> {
     let resp: ConverseResponse = serde_json::from_slice(body)
         .map_err(|e| ApiError::gateway(502, format!("The Bedrock backend returned a response the gateway could not read: {e}.")))?;
     let Some(output) = resp.output else {
@@ -994,7 +1003,7 @@ pub fn response_body_with_id(body: &[u8], model: &str, id: &str, created: u64) -
         usage: Some(resp.usage.unwrap_or_default().to_openai()),
         system_fingerprint: None,
     };
-    serde_json::to_vec(&completion).map_err(|e| ApiError::gateway(500, format!("could not serialise the chat completion: {e}")))
+    super::WholeAnswer::of(completion)
 }
 
 // =============================================================================================

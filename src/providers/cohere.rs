@@ -557,6 +557,11 @@ fn finish(reason: Option<&str>, error: Option<&str>, had_tool_calls: bool) -> Fi
 /// Translates a whole (non-stream) Cohere `ChatResponseV2` body into an OpenAI `chat.completion`.
 /// `model` names the answer (Cohere's does not).
 pub fn response_body(body: &[u8], model: &str, created: u64) -> Result<Vec<u8>, ApiError> {
+    response_answer(body, model, created).map(|a| a.body)
+}
+
+/// [`response_body`], with the summary the gateway accounts with (see [`super::WholeAnswer`]).
+pub fn response_answer(body: &[u8], model: &str, created: u64) -> Result<super::WholeAnswer, ApiError> {
     let resp: CoResponse = parse_upstream(NAME, body)?;
     let msg = resp.message.unwrap_or_default();
 
@@ -628,7 +633,7 @@ pub fn response_body(body: &[u8], model: &str, created: u64) -> Result<Vec<u8>, 
         usage: Some(resp.usage.unwrap_or_default().to_openai()),
         system_fingerprint: None,
     };
-    serde_json::to_vec(&completion).map_err(|e| ApiError::gateway(500, format!("could not serialise the chat completion: {e}")))
+    super::WholeAnswer::of(completion)
 }
 
 /// Tool-call arguments as OpenAI's JSON text (Cohere sends a string; an object is re-encoded).

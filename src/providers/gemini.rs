@@ -1065,6 +1065,11 @@ fn completion_id(response_id: Option<&str>, created: u64) -> String {
 /// thought parts (`thought: true`) `reasoning_content`, `functionCall` parts `tool_calls`. A prompt
 /// blocked by `promptFeedback.blockReason` is one empty choice with `content_filter`.
 pub fn response_body(body: &[u8], hints: &ResponseHints, created: u64) -> Result<Vec<u8>, ApiError> {
+    response_answer(body, hints, created).map(|a| a.body)
+}
+
+/// [`response_body`], with the summary the gateway accounts with (see [`super::WholeAnswer`]).
+pub fn response_answer(body: &[u8], hints: &ResponseHints, created: u64) -> Result<super::WholeAnswer, ApiError> {
     let resp: GenResponse<'_> = serde_json::from_slice(body).map_err(|e| {
         ApiError::gateway(502, format!("The Gemini backend returned a response the gateway could not read: {e}."))
     })?;
@@ -1132,7 +1137,7 @@ pub fn response_body(body: &[u8], hints: &ResponseHints, created: u64) -> Result
         usage: Some(resp.usage_metadata.unwrap_or_default().to_openai()),
         system_fingerprint: None,
     };
-    serde_json::to_vec(&completion).map_err(|e| ApiError::gateway(500, format!("could not serialise the chat completion: {e}")))
+    super::WholeAnswer::of(completion)
 }
 
 // =============================================================================================

@@ -17,7 +17,7 @@ pub mod sigv4;
 pub(crate) mod testutil;
 pub(crate) mod util;
 
-use crate::api::chat::{parse_chat_request, Usage};
+use crate::api::chat::{parse_chat_request, ResponseSummary, Usage};
 use crate::api::embeddings::EncodingFormat;
 use crate::api::ApiError;
 use crate::config::{AwsCredentials, Backend, Schema};
@@ -312,6 +312,38 @@ pub fn response_body(dialect: impl Into<Dialect>, hints: &ResponseHints, body: &
     }
 }
 
+/// A whole answer translated into OpenAI's shape, and the summary the gateway accounts with (model,
+/// usage), taken from the completion the bytes were written from: the gateway then need not read
+/// the bytes back and parse them again. `summary` is what `ResponseSummary::parse(&body)` gives;
+/// `None` when the answer was not translated here (OpenAI's own, embeddings).
+#[derive(Debug)]
+pub struct WholeAnswer {
+    pub body: Vec<u8>,
+    pub summary: Option<ResponseSummary>,
+}
+
+impl WholeAnswer {
+    /// Serialises `completion`, then moves its model and usage into the summary (no copy).
+    pub(crate) fn of(completion: crate::api::chat::ChatCompletion) -> Result<WholeAnswer, ApiError> {
+        let body = serde_json::to_vec(&completion)
+            .map_err(|e| ApiError::gateway(500, format!("could not serialise the chat completion: {e}")))?;
+        Ok(WholeAnswer { body, summary: Some(ResponseSummary { model: Some(completion.model), usage: completion.usage, error: None }) })
+    }
+}
+
+/// [`response_body`], with the summary of the translated chat answers (see [`WholeAnswer`]).
+pub fn response_answer(dialect: impl Into<Dialect>, hints: &ResponseHints, body: &[u8], created: u64) -> Result<WholeAnswer, ApiError> {
+    let d = dialect.into();
+    match (d.schema, hints.op) {
+        (Schema::Cohere, Operation::Chat) => cohere::response_answer(body, &hints.model, created),
+        (Schema::Ollama, Operation::Chat) => ollama::response_answer(body, &hints.model, created),
+        (Schema::Anthropic, Operation::Chat) => anthropic::response_answer(body, created),
+        (Schema::Bedrock, Operation::Chat) => bedrock::response_answer(body, &hints.model, created),
+        (Schema::Gemini, Operation::Chat) => gemini::response_answer(body, hints, created),
+        _ => response_body(d, hints, body, created).map(|body| WholeAnswer { body, summary: None }),
+    }
+}
+
 /// The stream translator for a schema; `None` when the stream is already OpenAI SSE. `hints` are
 /// the request's (streams that do not name their model, like Bedrock's, use `hints.model`).
 pub fn stream_translator(dialect: impl Into<Dialect>, hints: &ResponseHints, created: u64) -> Option<Box<dyn StreamTranslate>> {
@@ -358,5 +390,34 @@ mod tests {
             assert_eq!(response_body(d, &hints, b"{\"id\":\"c\",\"choices\":[", 1).unwrap_err().status, 502, "{d:?}");
             assert!(response_body(d, &hints, ok, 1).is_ok(), "{d:?}");
         }
+    }
+
+    /// The summary handed to the gateway is exactly what the gateway would read back from the bytes.
+    #[test]
+    fn whole_answer_summary_is_what_the_bytes_say() {
+        let cases: [(Schema, &str); 5] = [
+            (Schema::Anthropic, r#"{"id":"msg_1","type":"message","role":"assistant","model":"claude-x","content":[{"type":"text","text":"hi"}],"stop_reason":"end_turn","usage":{"input_tokens":10,"output_tokens":5,"cache_read_input_tokens":3,"cache_creation_input_tokens":2}}"#),
+            (Schema::Bedrock, r#"{"output":{"message":{"role":"assistant","content":[{"text":"hi"}]}},"stopReason":"end_turn","usage":{"inputTokens":10,"outputTokens":5,"totalTokens":15}}"#),
+            (Schema::Gemini, r#"{"candidates":[{"content":{"role":"model","parts":[{"text":"hi"}]},"finishReason":"STOP"}],"usageMetadata":{"promptTokenCount":10,"candidatesTokenCount":5,"totalTokenCount":17,"thoughtsTokenCount":2},"modelVersion":"gemini-x"}"#),
+            (Schema::Cohere, r#"{"id":"c1","finish_reason":"COMPLETE","message":{"role":"assistant","content":[{"type":"text","text":"hi"}]},"usage":{"tokens":{"input_tokens":10,"output_tokens":5}}}"#),
+            (Schema::Ollama, r#"{"model":"llama3","created_at":"2024-01-01T00:00:00Z","message":{"role":"assistant","content":"hi"},"done":true,"done_reason":"stop","prompt_eval_count":10,"eval_count":5}"#),
+        ];
+        let hints = ResponseHints::chat(false, "sent-model");
+        for (schema, answer) in cases {
+            let a = response_answer(schema, &hints, answer.as_bytes(), 1).unwrap();
+            let summary = a.summary.expect("a translated chat answer has a summary");
+            assert_eq!(summary, ResponseSummary::parse(&a.body), "{schema:?}");
+            let usage = summary.usage.as_ref().expect("usage");
+            assert!(usage.prompt_tokens >= 10 && usage.completion_tokens >= 5, "{schema:?}");
+            assert!(summary.model.is_some(), "{schema:?}");
+            // The same bytes as the plain translation (ids and created aside, both are fixed here
+            // except Bedrock's minted id).
+            let plain = response_body(schema, &hints, answer.as_bytes(), 1).unwrap();
+            assert_eq!(ResponseSummary::parse(&plain), summary, "{schema:?}");
+        }
+        // Not translated here: no summary, the gateway reads the answer itself.
+        let ok = br#"{"id":"c","object":"chat.completion","model":"m","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}"#;
+        assert!(response_answer(Schema::Openai, &hints, ok, 1).unwrap().summary.is_none());
+        assert!(response_answer(Schema::Anthropic, &hints, b"{", 1).is_err());
     }
 }

@@ -454,6 +454,11 @@ fn error_message(v: &Value) -> String {
 /// Translates a whole (non-stream) Ollama `/api/chat` answer into an OpenAI `chat.completion`.
 /// `model` names the answer when Ollama's does not.
 pub fn response_body(body: &[u8], model: &str, created: u64) -> Result<Vec<u8>, ApiError> {
+    response_answer(body, model, created).map(|a| a.body)
+}
+
+/// [`response_body`], with the summary the gateway accounts with (see [`super::WholeAnswer`]).
+pub fn response_answer(body: &[u8], model: &str, created: u64) -> Result<super::WholeAnswer, ApiError> {
     let resp: OlResponse = parse_upstream(NAME, body)?;
     if let Some(err) = &resp.error {
         return Err(ApiError::new(502, "api_error", format!("The Ollama backend failed: {}", error_message(err)))
@@ -506,7 +511,7 @@ pub fn response_body(body: &[u8], model: &str, created: u64) -> Result<Vec<u8>, 
         )),
         system_fingerprint: None,
     };
-    serde_json::to_vec(&completion).map_err(|e| ApiError::gateway(500, format!("could not serialise the chat completion: {e}")))
+    super::WholeAnswer::of(completion)
 }
 
 // =============================================================================================
