@@ -38,7 +38,9 @@ def variant_config(name: str, wasm: str, base: str) -> str:
     if extra:
         # NAME=WASM@"field": value — extra gateway configuration, e.g. @"metrics": {"access_log_fields": false}
         text = text.replace('"role": "gateway",', f'"role": "gateway", {extra},', 1)
-    if wasm != envoy_configs.WASM:
+    if wasm.endswith(".so"):   # a build of the native prototype, for the native configs
+        text = text.replace(envoy_configs.NATIVE, str(Path(wasm).resolve()))
+    elif wasm != envoy_configs.WASM:
         text = text.replace(envoy_configs.WASM, str(Path(wasm).resolve()))
     path = b.OUT / f"ab-{name}.yaml"
     path.write_text(text)
