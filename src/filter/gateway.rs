@@ -825,6 +825,9 @@ impl HttpContext for GatewayFilter {
         // ingress API) has no hand-over and is read and parsed as before.
         self.handover = None;
         if matches!(self.mode, ResponseMode::Collect | ResponseMode::Hold)
+            // Only a success: the backend stores a summary only for a translated 2xx, and an error
+            // answer (whoever sent it) is read for its error type and code.
+            && (200..300).contains(&status)
             && !translated
             && !self.guard.as_ref().is_some_and(|g| g.wants_answer())
             && !self.watch.as_ref().is_some_and(|w| w.wants_whole())
