@@ -289,27 +289,7 @@ fn invalid_answer(why: &str) -> ApiError {
 
 /// A successful non-stream answer translated into the OpenAI body for the operation.
 pub fn response_body(dialect: impl Into<Dialect>, hints: &ResponseHints, body: &[u8], created: u64) -> Result<Vec<u8>, ApiError> {
-    let d = dialect.into();
-    match (d.schema, hints.op) {
-        (Schema::Openai, Operation::Chat) if d.preset.is_some() => {
-            check_whole_answer(body)?;
-            Ok(compat::normalise_answer(body, created))
-        }
-        (Schema::Openai | Schema::AzureOpenai, _) => {
-            check_whole_answer(body)?;
-            Ok(body.to_vec())
-        }
-        (Schema::Cohere, Operation::Chat) => cohere::response_body(body, &hints.model, created),
-        (Schema::Cohere, Operation::Embeddings) => cohere::embeddings_response_body(body, &hints.model, hints.encoding),
-        (Schema::Ollama, Operation::Chat) => ollama::response_body(body, &hints.model, created),
-        (Schema::Ollama, Operation::Embeddings) => ollama::embeddings_response_body(body, &hints.model, hints.encoding),
-        (Schema::Anthropic, Operation::Chat) => anthropic::response_body(body, created),
-        (Schema::Anthropic, Operation::Embeddings) => Err(ApiError::gateway(502, "unexpected embeddings answer")),
-        (Schema::Bedrock, Operation::Chat) => bedrock::response_body(body, &hints.model, created),
-        (Schema::Bedrock, Operation::Embeddings) => bedrock::embeddings_response(body, &hints.model, hints.encoding),
-        (Schema::Gemini, Operation::Chat) => gemini::response_body(body, hints, created),
-        (Schema::Gemini, Operation::Embeddings) => gemini::embeddings_response_body(body, hints),
-    }
+    response_answer(dialect, hints, body, created).map(|a| a.body)
 }
 
 /// A whole answer translated into OpenAI's shape, and the summary the gateway accounts with (model,
@@ -329,18 +309,35 @@ impl WholeAnswer {
             .map_err(|e| ApiError::gateway(500, format!("could not serialise the chat completion: {e}")))?;
         Ok(WholeAnswer { body, summary: Some(ResponseSummary { model: Some(completion.model), usage: completion.usage, error: None }) })
     }
+
+    /// Bytes the gateway reads itself (no summary).
+    fn bytes(body: Result<Vec<u8>, ApiError>) -> Result<WholeAnswer, ApiError> {
+        body.map(|body| WholeAnswer { body, summary: None })
+    }
 }
 
 /// [`response_body`], with the summary of the translated chat answers (see [`WholeAnswer`]).
 pub fn response_answer(dialect: impl Into<Dialect>, hints: &ResponseHints, body: &[u8], created: u64) -> Result<WholeAnswer, ApiError> {
     let d = dialect.into();
     match (d.schema, hints.op) {
+        (Schema::Openai, Operation::Chat) if d.preset.is_some() => {
+            check_whole_answer(body)?;
+            WholeAnswer::bytes(Ok(compat::normalise_answer(body, created)))
+        }
+        (Schema::Openai | Schema::AzureOpenai, _) => {
+            check_whole_answer(body)?;
+            WholeAnswer::bytes(Ok(body.to_vec()))
+        }
         (Schema::Cohere, Operation::Chat) => cohere::response_answer(body, &hints.model, created),
+        (Schema::Cohere, Operation::Embeddings) => WholeAnswer::bytes(cohere::embeddings_response_body(body, &hints.model, hints.encoding)),
         (Schema::Ollama, Operation::Chat) => ollama::response_answer(body, &hints.model, created),
+        (Schema::Ollama, Operation::Embeddings) => WholeAnswer::bytes(ollama::embeddings_response_body(body, &hints.model, hints.encoding)),
         (Schema::Anthropic, Operation::Chat) => anthropic::response_answer(body, created),
+        (Schema::Anthropic, Operation::Embeddings) => Err(ApiError::gateway(502, "unexpected embeddings answer")),
         (Schema::Bedrock, Operation::Chat) => bedrock::response_answer(body, &hints.model, created),
+        (Schema::Bedrock, Operation::Embeddings) => WholeAnswer::bytes(bedrock::embeddings_response(body, &hints.model, hints.encoding)),
         (Schema::Gemini, Operation::Chat) => gemini::response_answer(body, hints, created),
-        _ => response_body(d, hints, body, created).map(|body| WholeAnswer { body, summary: None }),
+        (Schema::Gemini, Operation::Embeddings) => WholeAnswer::bytes(gemini::embeddings_response_body(body, hints)),
     }
 }
 
